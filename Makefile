@@ -1,0 +1,34 @@
+# The README's two commands. Both set themselves up on a fresh machine (create .venv, install).
+#   make run    the local paired experiment: both arms of experiments/local.yaml on this machine
+#   make test   ruff and the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint install clean
+
+# torch==2.13.0 goes in first: any other spec pulls gigabytes of CUDA packages. Everything else
+# resolves together in one install (see DESIGN.md about azureml-mlflow).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[all]'
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/train run --config experiments/local.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# pytest exits 5 when it collects no test: that fails here like any other non-zero exit.
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs mlruns mlflow.db .pytest_cache .ruff_cache
