@@ -1,0 +1,185 @@
+"""`train`: the command line of paired fine-tuning.
+
+Thin by design: each command parses its options and calls the module that does the work. torch,
+transformers, azure and mlflow are imported inside commands, so `train --help` answers at once.
+
+Exit codes: 0 success; 1 a job or check failed; 2 bad input (config, data, arguments), reported
+before anything is trained or submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from training.config import ARMS, ConfigError, ExperimentConfig, load_config
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def bad_input(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="paired-finetune")
+def main():
+    """Paired LLM fine-tuning: a control and an experiment model from the same base, everything
+    else identical, tracked in MLflow and compared.
+
+    \b
+    Locally, no cloud:
+      train data validate examples/data/*.jsonl
+      train run --config experiments/local.yaml
+    """
+
+
+# ----------------------------------------------------------------------------- data
+@main.group()
+def data():
+    """Check training data before spending money on it."""
+
+
+@data.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Take the tokenizer and max sequence length from this experiment file.")
+@click.option("--base-model", default=None,
+              help="Tokenizer to count tokens with: hub id, path or tiny-llama "
+                   "[default: the config's base_model, else tiny-llama].")
+@click.option("--max-seq-length", type=click.IntRange(min=1), default=None,
+              help="Flag examples longer than this many tokens [default: the config's].")
+@click.option("--no-tokenizer", is_flag=True, help="Check structure only (fastest).")
+def data_validate(paths, config_path, base_model, max_seq_length, no_tokenizer):
+    """Validate chat, prompt/completion or text JSONL files.
+
+    Every bad line is reported as PATH:LINE: what is wrong, and the exit code is 2 if there is
+    any; otherwise a summary of rows, format and token lengths is printed.
+    """
+    from training import data as data_mod
+
+    cfg = _load(config_path) if config_path else None
+    if max_seq_length is None and cfg:
+        max_seq_length = cfg.training.max_seq_length
+    tokenizer = None
+    if not no_tokenizer:
+        tokenizer = _tokenizer(base_model or (cfg.base_model if cfg else "tiny-llama"))
+    report = data_mod.validate_files(paths, tokenizer=tokenizer, max_seq_length=max_seq_length)
+    data_mod.print_report(report, _console())
+    if not report.ok:
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _load(config_path: Path) -> ExperimentConfig:
+    try:
+        return load_config(config_path)
+    except ConfigError as e:
+        bad_input(str(e))
+
+
+def _tokenizer(base_model: str):
+    from training.models import load_tokenizer, resolve_base_model
+
+    try:
+        return load_tokenizer(resolve_base_model(base_model))
+    except OSError as e:
+        bad_input(f"base_model {base_model!r}: cannot load its tokenizer ({e})")
+
+
+# ----------------------------------------------------------------------------- run
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="The experiment file (YAML).")
+@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("runs"),
+              show_default=True, help="Each pair goes to OUTPUT_DIR/PAIR_ID/ARM/.")
+@click.option("--arm", "arm", type=click.Choice(ARMS), default=None,
+              help="Run one arm only [default: both, in parallel].")
+@click.option("--pair-id", default=None,
+              help="Name the pair [default: derived from the config and both datasets' hashes, "
+                   "so the same command resumes an interrupted pair].")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+def run(config_path, output_dir, arm, pair_id, tracking_uri):
+    """Run a pair on this machine: both arms in parallel, same recipe as on Azure ML.
+
+    The data is validated first (nothing is trained on bad data). A finished arm is not trained
+    again; an interrupted one resumes from its latest checkpoint. Ctrl-C or SIGTERM makes each arm
+    write a checkpoint before this command exits.
+    """
+    from training import data as data_mod
+    from training.backends.local import LocalPair, pair_id_for, prepare_pair
+    from training.models import resolve_base_model
+    from training.tracking import tracking_uri as resolve_uri
+
+    console = _console()
+    cfg = _load(config_path)
+    files = {"control": cfg.arms.control.train, "experiment": cfg.arms.experiment.train}
+    if cfg.eval:
+        files["eval"] = cfg.eval
+
+    with console.status(f"preparing {cfg.base_model} and validating data"):
+        tokenizer = _tokenizer(cfg.base_model)
+        report = data_mod.validate_files(list(files.values()), tokenizer=tokenizer,
+                                         max_seq_length=cfg.training.max_seq_length)
+    if not report.ok:
+        data_mod.print_report(report, console)
+        bad_input("the data is not valid: nothing was trained")
+    if cfg.method == "qlora":
+        import torch
+
+        if not torch.cuda.is_available():
+            bad_input("method: qlora needs a CUDA GPU (bitsandbytes 4-bit); use lora on CPU")
+
+    hashes = {name: f.sha256 for name, f in zip(files, report.files, strict=True)}
+    pair_id = pair_id or pair_id_for(cfg, hashes)
+    pair_dir = output_dir / pair_id
+    resolved = prepare_pair(cfg, pair_dir, pair_id, hashes)
+    resolve_base_model(cfg.base_model)  # build tiny-llama once, before the arms race for it
+    uri = resolve_uri(tracking_uri)
+    _ensure_experiment(uri, cfg.name)
+    console.print(f"pair [bold]{pair_id}[/] -> {pair_dir}   (MLflow: {uri})")
+
+    arms = [arm] if arm else list(ARMS)
+    from training.progress import PairProgress
+
+    with PairProgress(console, arms) as progress:
+        pair = LocalPair(resolved, pair_dir, pair_id, arms, uri, on_event=progress.update)
+        previous = {s: signal.signal(s, pair.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            states = pair.run()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    progress.summary(states, pair_dir)
+
+    if pair.stopping:
+        console.print(f"interrupted: run the same command again to resume {pair_id}")
+        sys.exit(130)
+    if any(s.status == "failed" for s in states.values()):
+        sys.exit(EXIT_FAILED)
+
+
+def _ensure_experiment(uri: str, name: str) -> None:
+    """Create the MLflow experiment here, once: two arms creating it at once would race."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name)
+
+
+if __name__ == "__main__":
+    main()

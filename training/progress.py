@@ -1,0 +1,71 @@
+"""Live progress of a pair and its closing summary (rich).
+
+On a terminal: one bar per arm with step, losses and throughput. Elsewhere (CI, a log file): a plain
+line per logged step, so the output stays readable when nobody is watching it live.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def _fmt(value, spec=".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class PairProgress:
+    def __init__(self, console: Console, arms: list[str]):
+        self.console = console
+        self.live = console.is_terminal
+        self.lock = threading.Lock()
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            console=console, disable=not self.live,
+        )
+        self.tasks = {a: self.progress.add_task(a, total=None, info="starting") for a in arms}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def update(self, state, event: dict) -> None:
+        kind = event.get("event")
+        last = state.last
+        info = (f"loss {_fmt(last.get('train_loss'))}  eval {_fmt(last.get('eval_loss'))}  "
+                f"{_fmt(last.get('tokens_per_second'), ',.0f')} tok/s")
+        if kind == "done":
+            info = f"done  eval {_fmt(event.get('eval_loss'))}"
+        elif kind == "exit" and state.status not in ("finished", "skipped"):
+            info = f"{state.status} (exit {event.get('returncode')})"
+        with self.lock:
+            self.progress.update(self.tasks[state.arm], total=state.max_steps,
+                                 completed=state.step, info=info)
+            if not self.live and kind in ("start", "log", "eval", "done", "preempted", "exit"):
+                self.console.print(f"{state.arm:<10} step {state.step}/{state.max_steps or '?'}  "
+                                   f"{info}", highlight=False)
+
+    def summary(self, states: dict, pair_dir: Path) -> None:
+        table = Table(title=f"pair {pair_dir.name}", title_justify="left")
+        for col in ("arm", "status", "steps", "train loss", "eval loss", "perplexity", "tokens/s"):
+            table.add_column(col, justify="left" if col in ("arm", "status") else "right")
+        for s in states.values():
+            m = s.metrics or {}
+            table.add_row(s.arm, s.status, str(m.get("global_step", s.step)),
+                          _fmt(m.get("train_loss", s.last.get("train_loss"))),
+                          _fmt(m.get("eval_loss", s.last.get("eval_loss"))),
+                          _fmt(m.get("perplexity"), ".2f"),
+                          _fmt(m.get("tokens_per_second", s.last.get("tokens_per_second")), ",.0f"))
+        self.console.print(table)
+        for s in states.values():
+            if s.status in ("failed", "interrupted"):
+                self.console.print(f"{s.arm}: {s.status}, see {s.folder / 'train.log'}")
+        self.console.print(f"results: {pair_dir}")

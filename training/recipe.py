@@ -1,0 +1,421 @@
+"""Train one arm of a pair: data, model, Trainer, tracking. This is what runs inside every job.
+
+    python -m training.recipe --config pair.yaml --arm control --output-dir runs/PAIR/control --pair-id PAIR
+    torchrun --nproc_per_node 4 -m training.recipe ...        (DDP: one process per GPU)
+
+Top to bottom: read the config and data, load the base model (LoRA, QLoRA or full), train with the
+HF Trainer, evaluate, write `model/` and `metrics.json`. Preemption-safe: SIGTERM or SIGINT writes a
+checkpoint and exits 128+signal; started again with the same output folder it resumes from the latest
+complete checkpoint and finishes exactly as an uninterrupted run would. Only rank 0 logs and writes.
+
+Output folder layout:
+    checkpoints/checkpoint-N/   Trainer checkpoints; COMPLETE marks one that was fully written
+    model/                      the final model or LoRA adapter, loadable with from_pretrained / peft
+    metrics.json                train_loss, eval_loss, perplexity, tokens_per_second, global_step, ...
+    config.yaml                 the resolved experiment file this arm trained with
+    mlflow_run_id               the arm's MLflow run, continued on resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from training.config import ARMS, ConfigError, ExperimentConfig, load_config
+from training.data import DataError, file_sha256, load_examples
+from training.models import load_tokenizer, resolve_base_model
+
+log = logging.getLogger("training.recipe")
+
+COMPLETE = "COMPLETE"  # written into a checkpoint folder once everything in it is on disk
+EVENT_PREFIX = "@@ "  # stdout lines the local backend turns into live progress
+
+
+# ----------------------------------------------------------------------------- small helpers
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def emit(event: str, **fields) -> None:
+    """A machine-readable progress line on rank 0 (the local backend renders these)."""
+    if rank() == 0:
+        print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def choose_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:
+    """Once, from the hardware: bf16 where supported, fp16 on older GPUs, fp32 on CPU."""
+    if requested == "auto":
+        return ("bf16" if bf16_supported else "fp16") if cuda else "fp32"
+    if requested == "fp16" and not cuda:
+        raise ConfigError("training.precision: fp16 needs a CUDA GPU (use auto or fp32 on CPU)")
+    if requested == "bf16" and cuda and not bf16_supported:
+        raise ConfigError("training.precision: this GPU has no bf16 (use auto or fp16)")
+    return requested
+
+
+def latest_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint that was written to the end; half-written ones are never picked up."""
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).exists()]
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def split_holdout(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Each arm's own eval holdout when no shared eval set is configured."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(rows) * fraction))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
+class Preemption:
+    """First SIGTERM/SIGINT: ask the Trainer to checkpoint and stop. Second: stop at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt  # a second signal: give up; the marker keeps checkpoints safe
+        self.signum = signum
+        log.warning("%s received: checkpointing and stopping", signal.Signals(signum).name)
+
+
+# ----------------------------------------------------------------------------- callbacks
+def make_callbacks(preemption: Preemption, tracking: bool):
+    import torch
+    import torch.distributed as dist
+    from transformers import TrainerCallback
+
+    from training import tracking as mlflow_tracking
+
+    class StopOnSignal(TrainerCallback):
+        """Turns a signal into `save now, then stop` at the next step boundary, on every rank."""
+
+        def on_step_end(self, args, state, control, **kw):
+            stop = preemption.signum is not None
+            if dist.is_available() and dist.is_initialized():
+                flag = torch.tensor([int(stop)], device=args.device)
+                dist.all_reduce(flag)  # all ranks stop at the same step, or DDP would hang
+                stop = bool(flag.item())
+            if stop:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    class MarkComplete(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # every rank's RNG state is on disk
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                (ckpt / COMPLETE).write_text(f"step {state.global_step}\n")
+
+    class Report(TrainerCallback):
+        """Progress events, throughput and MLflow metrics (rank 0)."""
+
+        def __init__(self):
+            self.step_seconds = 0.0
+            self.leg_tokens = 0
+            self._t0 = None
+            self._tokens0 = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self._tokens0 = state.num_input_tokens_seen
+            emit("start", step=state.global_step, max_steps=state.max_steps)
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self._t0 is not None:
+                self.step_seconds += time.perf_counter() - self._t0
+            self.leg_tokens = state.num_input_tokens_seen - self._tokens0
+
+        @property
+        def tokens_per_second(self) -> float:
+            return self.leg_tokens / self.step_seconds if self.step_seconds else 0.0
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            metrics = {}
+            if "loss" in logs:
+                metrics = {"train_loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                           "grad_norm": logs.get("grad_norm"),
+                           "tokens_per_second": self.tokens_per_second,
+                           "tokens_seen": state.num_input_tokens_seen}
+                emit("log", step=state.global_step, max_steps=state.max_steps, **metrics)
+            elif "eval_loss" in logs:
+                metrics = {"eval_loss": logs["eval_loss"], "perplexity": math.exp(logs["eval_loss"])}
+                emit("eval", step=state.global_step, max_steps=state.max_steps, **metrics)
+            if tracking:
+                mlflow_tracking.log_metrics({k: v for k, v in metrics.items() if v is not None},
+                                            step=state.global_step)
+
+    return [StopOnSignal(), MarkComplete(), Report()]
+
+
+# ----------------------------------------------------------------------------- the recipe
+def load_model(cfg: ExperimentConfig, model_path: str, precision: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    kwargs = {"attn_implementation": "sdpa"}  # exact with padding-free batches
+    if cfg.method == "qlora":
+        if not torch.cuda.is_available():
+            raise ConfigError("method: qlora needs a CUDA GPU (bitsandbytes 4-bit); use lora on CPU")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtypes[precision],
+        )
+    # Full fine-tuning keeps fp32 master weights (mixed precision autocasts); adapters train in
+    # fp32 over a half-precision frozen base.
+    kwargs["dtype"] = torch.float32 if cfg.method == "full" else dtypes[precision]
+    if torch.cuda.is_available() and world_size() == 1:
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+
+    if cfg.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.training.gradient_checkpointing)
+    elif cfg.training.gradient_checkpointing:
+        model.enable_input_require_grads()  # else checkpointed LoRA layers get no gradient
+    lora = cfg.lora
+    return get_peft_model(model, LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules, task_type="CAUSAL_LM",
+    ))
+
+
+def training_arguments(cfg: ExperimentConfig, out: Path, precision: str):
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.training
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        max_steps=t.max_steps or -1,
+        num_train_epochs=t.epochs or 1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup,  # below 1: a ratio
+        weight_decay=t.weight_decay,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not cuda,
+        activation_checkpointing=t.gradient_checkpointing and cfg.method != "qlora",
+        eval_strategy="steps",
+        eval_steps=t.eval_every,
+        save_strategy="steps",
+        save_steps=t.save_every,
+        save_total_limit=t.keep_checkpoints,
+        logging_steps=t.log_every,
+        load_best_model_at_end=t.early_stopping is not None,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=t.seed,
+        data_seed=t.seed,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_backend=None if cuda else "gloo",
+        ddp_find_unused_parameters=False,
+        disable_tqdm=True,
+        report_to="none",
+    )
+
+
+def encode_rows(rows: list[dict], tokenizer, max_seq_length: int):
+    from datasets import Dataset
+
+    from training.data import encode_example
+
+    return Dataset.from_list([encode_example(r, tokenizer, max_seq_length) for r in rows])
+
+
+def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
+              train_file: Path, eval_file: Path | None, preemption: Preemption) -> int:
+    import torch
+    from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening,
+                              EarlyStoppingCallback, Trainer, set_seed)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+    t = cfg.training
+    is_main = rank() == 0
+    cuda = torch.cuda.is_available()
+    precision = choose_precision(t.precision, cuda, cuda and torch.cuda.is_bf16_supported())
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.to_yaml())
+
+    # Data: the same encoding for both arms; each arm's own holdout only without a shared eval set.
+    train_rows = load_examples(train_file)
+    eval_rows = load_examples(eval_file) if eval_file else None
+    data_params = {"data.train_sha256": file_sha256(train_file), "data.train_rows": len(train_rows)}
+    if eval_rows is None:
+        train_rows, eval_rows = split_holdout(train_rows, t.eval_fraction, t.seed)
+        data_params["data.eval"] = f"holdout {t.eval_fraction} of train"
+    else:
+        data_params |= {"data.eval_sha256": file_sha256(eval_file), "data.eval_rows": len(eval_rows)}
+
+    set_seed(t.seed)
+    model_path = resolve_base_model(cfg.base_model)
+    tokenizer = load_tokenizer(model_path)
+    train_ds = encode_rows(train_rows, tokenizer, t.max_seq_length)
+    eval_ds = encode_rows(eval_rows, tokenizer, t.max_seq_length)
+    model = load_model(cfg, model_path, precision)
+    if preemption.signum is not None:
+        return 128 + preemption.signum  # stopped before the first step: nothing to save
+
+    if t.packing:  # padding-free: sequences laid end to end, boundaries from position_ids
+        collator = DataCollatorWithFlattening()
+    else:
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100,
+                                          pad_to_multiple_of=8 if cuda else None)
+    from training.tracking import code_version, flatten, tracking_uri
+
+    tracked = is_main and not os.environ.get("PAIRED_FINETUNE_NO_MLFLOW")
+    callbacks = make_callbacks(preemption, tracking=tracked)
+    report = callbacks[-1]
+    if t.early_stopping:
+        callbacks.append(EarlyStoppingCallback(t.early_stopping.patience,
+                                               t.early_stopping.min_delta))
+    trainer = Trainer(model=model, args=training_arguments(cfg, out, precision),
+                      train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
+                      processing_class=tokenizer, callbacks=callbacks)
+
+    resume = latest_complete_checkpoint(out / "checkpoints")
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = {**flatten(cfg.model_dump(mode="json", exclude={"arms", "eval"})), **data_params,
+              "arm": arm, "pair_id": pair_id, "config_sha256": cfg.sha256(),
+              "code_version": code_version(), "precision": precision, "world_size": world_size(),
+              "trainable_params": n_trainable, "base_model_path": model_path}
+    tags = {"pair_id": pair_id, "arm": arm, "base_model": cfg.base_model, "method": cfg.method,
+            "code_version": params["code_version"]}
+
+    def run() -> int:
+        if resume:
+            log.warning("resuming from %s", resume)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if preemption.signum is not None:
+            emit("preempted", step=trainer.state.global_step)
+            return 128 + preemption.signum
+        final = trainer.evaluate()
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        metrics = {
+            "train_loss": history[-1]["loss"] if history else None,
+            "eval_loss": final["eval_loss"],
+            "perplexity": math.exp(final["eval_loss"]),
+            "tokens_per_second": report.tokens_per_second,
+            "tokens_seen": trainer.state.num_input_tokens_seen,
+            "global_step": trainer.state.global_step,
+            "max_steps": trainer.state.max_steps,
+            "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+            "precision": precision,
+        }
+        if not is_main:
+            return 0
+        trainer.save_model(str(out / "model.tmp"))
+        tokenizer.save_pretrained(str(out / "model.tmp"))
+        shutil.rmtree(out / "model", ignore_errors=True)
+        os.replace(out / "model.tmp", out / "model")
+        if tracked:
+            from training import tracking
+
+            tracking.log_metrics({f"final_{k}": v for k, v in metrics.items()},
+                                 step=trainer.state.global_step)
+        write_json_atomic(out / "metrics.json", metrics)  # last: its presence means "finished"
+        if tracked:
+            import mlflow
+
+            mlflow.log_artifact(str(out / "config.yaml"))
+            mlflow.log_artifact(str(out / "metrics.json"))
+        emit("done", **metrics)
+        return 0
+
+    if not tracked:
+        return run()
+    import mlflow
+
+    from training.tracking import arm_run
+
+    mlflow.set_tracking_uri(tracking_uri())
+    with arm_run(out, cfg.name, f"{pair_id}-{arm}", tags, params):
+        return run()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m training.recipe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="experiment YAML (the pair's resolved config)")
+    p.add_argument("--arm", required=True, choices=ARMS)
+    p.add_argument("--output-dir", required=True, help="this arm's folder")
+    p.add_argument("--pair-id", required=True)
+    p.add_argument("--train-file", help="override arms.<arm>.train (Azure ML job input)")
+    p.add_argument("--eval-file", help="override eval (Azure ML job input)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    preemption = Preemption()
+    preemption.install()  # before the slow imports: a signal during start-up is not lost
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if rank() == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank()}] %(message)s", stream=sys.stderr)
+    out = Path(args.output_dir)
+    if (out / "metrics.json").exists():
+        log.info("%s already finished: %s", args.arm, out / "metrics.json")
+        emit("done", **json.loads((out / "metrics.json").read_text()))
+        return 0
+    try:
+        cfg = load_config(args.config)
+        train_file = Path(args.train_file) if args.train_file else cfg.train_file(args.arm)
+        eval_file = Path(args.eval_file) if args.eval_file else cfg.eval
+        return train_arm(cfg, args.arm, out, args.pair_id, train_file, eval_file, preemption)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
