@@ -24,7 +24,8 @@ EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    # soft_wrap: a long "path:line: problem" stays one line (greppable, clickable) when piped
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def bad_input(message: str) -> None:

@@ -49,13 +49,15 @@ class PairProgress:
         with self.lock:
             self.progress.update(self.tasks[state.arm], total=state.max_steps,
                                  completed=state.step, info=info)
-            if not self.live and kind in ("start", "log", "eval", "done", "preempted", "exit"):
+            quiet_exit = kind == "exit" and state.status in ("finished", "skipped")
+            if not self.live and not quiet_exit and kind in (
+                    "start", "log", "eval", "done", "preempted", "exit"):
                 self.console.print(f"{state.arm:<10} step {state.step}/{state.max_steps or '?'}  "
                                    f"{info}", highlight=False)
 
     def summary(self, states: dict, pair_dir: Path) -> None:
         table = Table(title=f"pair {pair_dir.name}", title_justify="left")
-        for col in ("arm", "status", "steps", "train loss", "eval loss", "perplexity", "tokens/s"):
+        for col in ("arm", "status", "steps", "train loss", "eval loss", "ppl", "tokens/s"):
             table.add_column(col, justify="left" if col in ("arm", "status") else "right")
         for s in states.values():
             m = s.metrics or {}

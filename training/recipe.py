@@ -34,6 +34,8 @@ from training.config import ARMS, ConfigError, ExperimentConfig, load_config
 from training.data import DataError, file_sha256, load_examples
 from training.models import load_tokenizer, resolve_base_model
 
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model shards" bars in logs
+
 log = logging.getLogger("training.recipe")
 
 COMPLETE = "COMPLETE"  # written into a checkpoint folder once everything in it is on disk
@@ -53,6 +55,17 @@ def emit(event: str, **fields) -> None:
     """A machine-readable progress line on rank 0 (the local backend renders these)."""
     if rank() == 0:
         print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
+
+
+def describe(step: int, max_steps: int, metrics: dict) -> str:
+    """The same progress as a line for people reading a job's log."""
+    parts = [f"step {step}/{max_steps}"]
+    for key, fmt in (("train_loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"),
+                     ("perplexity", "ppl {:.2f}"), ("learning_rate", "lr {:.2e}"),
+                     ("tokens_per_second", "{:,.0f} tok/s")):
+        if metrics.get(key) is not None:
+            parts.append(fmt.format(metrics[key]))
+    return "  ".join(parts)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -174,6 +187,9 @@ def make_callbacks(preemption: Preemption, tracking: bool):
             elif "eval_loss" in logs:
                 metrics = {"eval_loss": logs["eval_loss"], "perplexity": math.exp(logs["eval_loss"])}
                 emit("eval", step=state.global_step, max_steps=state.max_steps, **metrics)
+            else:
+                return
+            log.info(describe(state.global_step, state.max_steps, metrics))
             if tracking:
                 mlflow_tracking.log_metrics({k: v for k, v in metrics.items() if v is not None},
                                             step=state.global_step)
@@ -255,7 +271,7 @@ def training_arguments(cfg: ExperimentConfig, out: Path, precision: str):
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        ddp_backend=None if cuda else "gloo",
+        ddp_backend="gloo" if world_size() > 1 and not cuda else None,
         ddp_find_unused_parameters=False,
         disable_tqdm=True,
         report_to="none",
@@ -273,8 +289,14 @@ def encode_rows(rows: list[dict], tokenizer, max_seq_length: int):
 def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
               train_file: Path, eval_file: Path | None, preemption: Preemption) -> int:
     import torch
-    from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening,
-                              EarlyStoppingCallback, Trainer, set_seed)
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        DataCollatorWithFlattening,
+        EarlyStoppingCallback,
+        PrinterCallback,
+        Trainer,
+        set_seed,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
@@ -321,6 +343,7 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
     trainer = Trainer(model=model, args=training_arguments(cfg, out, precision),
                       train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                       processing_class=tokenizer, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # Report prints progress instead
 
     resume = latest_complete_checkpoint(out / "checkpoints")
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -338,7 +361,11 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
         if preemption.signum is not None:
             emit("preempted", step=trainer.state.global_step)
             return 128 + preemption.signum
-        final = trainer.evaluate()
+        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+        if evals and evals[-1]["step"] == trainer.state.global_step and not t.early_stopping:
+            final = evals[-1]  # the last step was just evaluated: don't pay for it twice
+        else:
+            final = trainer.evaluate()
         history = [h for h in trainer.state.log_history if "loss" in h]
         metrics = {
             "train_loss": history[-1]["loss"] if history else None,

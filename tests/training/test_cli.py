@@ -1,0 +1,52 @@
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from tests.training.pairs import DATA, REPO
+from training.cli import main
+
+HEAVY = ("torch", "transformers", "mlflow", "azure", "datasets", "peft")
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = (
+        "import sys\n"
+        "from training.cli import main\n"
+        "try:\n    main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "--config" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    for args in (["--help"], ["run", "--help"], ["data", "--help"], ["data", "validate", "--help"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+        assert "Usage:" in result.output
+
+
+def test_data_validate_good_files_exit_0(tiny_model_path):
+    result = CliRunner().invoke(main, ["data", "validate", str(DATA / "control.jsonl"),
+                                       str(DATA / "eval.jsonl"), "--max-seq-length", "256"])
+    assert result.exit_code == 0, result.output
+    assert "control.jsonl" in result.output
+
+
+def test_data_validate_bad_file_exit_2_names_the_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "x"}, '
+                   '{"role": "assistant", "content": "y"}]}\n{oops\n')
+    result = CliRunner().invoke(main, ["data", "validate", str(bad), "--no-tokenizer"])
+    assert result.exit_code == 2
+    assert f"{bad}:2:" in result.output
+
+
+def test_run_with_missing_config_exits_2(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "cannot read experiment file" in result.output

@@ -1,0 +1,513 @@
+"""training.data: validation messages, summaries, exact token counts, loss masks and packing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from training.data import (
+    DataError,
+    ValidationReport,
+    detect_format,
+    encode_example,
+    file_sha256,
+    load_examples,
+    print_report,
+    validate_files,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
+EOT = "<|eot_id|>"
+
+
+def chat(*turns: tuple[str, str]) -> dict:
+    return {"messages": [{"role": r, "content": c} for r, c in turns]}
+
+
+GOOD = chat(("system", "Be brief."), ("user", "What is 2+2?"), ("assistant", "4."))
+MULTI = chat(
+    ("system", "You are a tutor."),
+    ("user", "Name a prime."),
+    ("assistant", "Seven is prime."),
+    ("user", "And an even one?"),
+    ("assistant", "Two, the only even prime."),
+)
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    """Each item: a dict (dumped as JSON), a str (written as is) or bytes (written raw)."""
+    with open(path, "wb") as f:
+        for line in lines:
+            if isinstance(line, dict):
+                line = json.dumps(line)
+            if isinstance(line, str):
+                line = line.encode("utf-8")
+            f.write(line + b"\n")
+    return path
+
+
+def check_messages(messages: list[str], path: Path, expected: list[tuple[int, str]]) -> None:
+    """messages are exactly `path:line: ...` for each (line, fragment), in order."""
+    assert len(messages) == len(expected), "\n".join(messages)
+    for message, (line, fragment) in zip(messages, expected, strict=True):
+        prefix = f"{path}:{line}: " if line else f"{path}: "
+        assert message.startswith(prefix), (message, prefix)
+        assert fragment in message, (message, fragment)
+
+
+# --------------------------------------------------------------------------------------------------
+# Structural validation
+
+
+def test_every_bad_line_is_reported_with_its_line_number(tmp_path):
+    path = write_lines(
+        tmp_path / "bad.jsonl",
+        [
+            GOOD,  # 1
+            "",  # 2: blank, skipped
+            '{"messages": [',  # 3
+            b'\xff{"text": "x"}',  # 4
+            "[1, 2]",  # 5
+            {"question": "q", "answer": "a"},  # 6
+            {"messages": "hello"},  # 7
+            {"messages": []},  # 8
+            chat(("user", ""), ("assistant", "a")),  # 9
+            chat(("", "hi"), ("assistant", "a")),  # 10
+            chat(("bot", "hi"), ("assistant", "a")),  # 11
+            chat(("system", "s"), ("user", "only a question")),  # 12
+            {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]},
+            {"messages": ["hi", {"role": "assistant", "content": "a"}]},  # 14
+            chat(("assistant", "I speak first"), ("user", "ok")),  # 15
+            GOOD,  # 16: duplicate of 1 (a warning)
+            {"prompt": "no completion"},  # 17
+            chat(("user", "hi"), ("assistant", "  \n ")),  # 18
+            "   ",  # 19: blank
+            {"messages": [{"content": "no role"}, {"role": "assistant"}]},  # 20
+        ],
+    )
+    report = validate_files([path])
+    assert not report.ok
+    expected = [
+        (3, "not valid JSON"),
+        (4, "not valid UTF-8 (byte 0xff at column 1)"),
+        (5, "not a JSON object (got an array)"),
+        (6, "unknown format"),
+        (7, "messages must be a list, got a string"),
+        (8, "messages is empty"),
+        (9, "message 1 (user): content is empty"),
+        (10, "message 1: role is empty"),
+        (11, "message 1: unknown role 'bot'"),
+        (12, "no assistant message to learn from"),
+        (13, "message 1 (user) content must be a string, got a number"),
+        (14, "message 1 is not an object"),
+        (15, "message 1 is an assistant turn"),
+        (17, "'prompt' without 'completion'"),
+        (18, "message 2 (assistant): content is empty"),
+        (20, "message 1 has no role"),
+        (20, "message 2 (assistant) has no content"),
+    ]
+    check_messages(report.problems, path, expected)
+    check_messages(report.warnings, path, [(16, "duplicate of line 1")])
+    [summary] = report.files
+    assert summary.rows == 18  # non-blank lines
+    assert summary.bad_rows == 16
+    assert summary.duplicates == 1
+    assert summary.format == "chat"
+
+    with pytest.raises(DataError) as caught:
+        load_examples(path)
+    assert caught.value.problems == report.problems
+    assert str(caught.value).splitlines() == report.problems
+
+
+def test_prompt_completion_and_text_rows_are_checked(tmp_path):
+    path = write_lines(
+        tmp_path / "pc.jsonl",
+        [
+            {"prompt": "Q: 1+1?", "completion": " 2"},
+            {"prompt": "Q", "completion": None},
+            {"prompt": ["Q"], "completion": "A"},
+            {"prompt": "Q", "completion": ""},
+            {"prompt": "Q", "completion": "A", "text": "both"},
+            {"completion": "A"},
+        ],
+    )
+    check_messages(
+        validate_files(path).problems,
+        path,
+        [
+            (2, "completion must be a string, got null"),
+            (3, "prompt must be a string, got an array"),
+            (4, "completion is empty"),
+            (5, "more than one format"),
+            (6, "'completion' without 'prompt'"),
+        ],
+    )
+    path = write_lines(tmp_path / "text.jsonl", [{"text": "hello"}, {"text": 3}, {"text": " "}])
+    check_messages(
+        validate_files(path).problems,
+        path,
+        [(2, "text must be a string, got a number"), (3, "text is empty")],
+    )
+
+
+def test_a_file_that_mixes_formats_is_a_problem(tmp_path):
+    path = write_lines(
+        tmp_path / "mixed.jsonl",
+        [{"text": "odd one out"}, GOOD, MULTI, {"prompt": "p", "completion": "c"}],
+    )
+    report = validate_files(path)
+    check_messages(
+        report.problems,
+        path,
+        [
+            (1, "text row in a file of chat rows (line 2 is one)"),
+            (4, "prompt_completion row in a file of chat rows"),
+        ],
+    )
+    assert report.files[0].format == "chat"
+
+
+def test_empty_missing_and_directory_inputs(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    blank = write_lines(tmp_path / "blank.jsonl", ["", "  ", "\t"])
+    missing = tmp_path / "missing.jsonl"
+    report = validate_files([empty, blank, missing])
+    assert report.problems == [
+        f"{empty}: empty file, no examples",
+        f"{blank}: empty file, no examples",
+        f"{missing}: no such file",
+    ]
+    assert [f.rows for f in report.files] == [0, 0, 0]
+    assert report.files[2].sha256 is None
+
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    assert validate_files(nothing).problems == [f"{nothing}: no .jsonl files in this directory"]
+
+    with pytest.raises(DataError, match="no such file"):
+        load_examples(missing)
+
+
+def test_bom_crlf_and_a_last_line_without_newline(tmp_path):
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\r\n\r\n" + json.dumps(MULTI).encode()
+    )
+    report = validate_files(path)
+    assert report.ok, report.problems
+    assert report.files[0].rows == 2
+    assert load_examples(path) == [GOOD, MULTI]
+
+
+def test_good_files_give_the_right_summary(tiny_tokenizer):
+    report = validate_files([EXAMPLES])  # a directory stands for its *.jsonl files
+    assert report.ok, report.problems
+    names = sorted(p.name for p in EXAMPLES.glob("*.jsonl"))
+    assert [Path(f.path).name for f in report.files] == names
+    for summary in report.files:
+        raw = Path(summary.path).read_bytes()
+        rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        assert summary.rows == len(rows)
+        assert summary.format == "chat"
+        assert summary.sha256 == hashlib.sha256(raw).hexdigest() == file_sha256(summary.path)
+        assert summary.bad_rows == 0
+        assert summary.duplicates == len(rows) - len({json.dumps(r, sort_keys=True) for r in rows})
+        assert summary.tokens is None  # no tokenizer
+    assert len(report.warnings) == sum(f.duplicates for f in report.files)
+
+    counted = validate_files([EXAMPLES], tokenizer=tiny_tokenizer, max_seq_length=1024)
+    assert counted.ok
+    for summary in counted.files:
+        lengths = sorted(
+            len(encode_example(r, tiny_tokenizer, 10_000)["input_ids"])
+            for r in load_examples(summary.path)
+        )
+        stats = summary.tokens
+        assert (stats.min, stats.max) == (lengths[0], lengths[-1])
+        assert stats.median == lengths[(len(lengths) + 1) // 2 - 1]
+        assert stats.p95 == lengths[-(-len(lengths) * 95 // 100) - 1]
+        assert stats.mean == pytest.approx(sum(lengths) / len(lengths))
+        assert sum(c for _, _, c in stats.histogram) == len(lengths)
+        assert stats.histogram[0][0] == lengths[0] and stats.histogram[-1][1] == lengths[-1]
+
+
+def test_detect_format():
+    assert detect_format(GOOD) == "chat"
+    assert detect_format({"prompt": "p", "completion": "c", "id": 3}) == "prompt_completion"
+    assert detect_format({"text": "t"}) == "text"
+    with pytest.raises(ValueError, match="unknown format"):
+        detect_format({"input": "x"})
+    with pytest.raises(ValueError, match="not a JSON object"):
+        detect_format(["text"])
+
+
+def test_file_sha256_streams_large_files(tmp_path):
+    path = tmp_path / "big.bin"
+    data = bytes(range(256)) * 20_000  # 5 MB: several chunks
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Token counts: exactly what training sees
+
+VARIED = [
+    GOOD,
+    MULTI,
+    chat(("user", "  padded with spaces \n"), ("assistant", "\tand tabs\t")),
+    chat(("user", "Unicode: ünïcödé 日本語 🙂"), ("assistant", "ok 🙂")),
+    chat(("user", "{{ not jinja }} {% raw %}"), ("assistant", "braces {}")),
+    chat(("user", "a" * 300), ("assistant", "b " * 120)),
+    chat(("system", "Be brief."), ("user", "Same system prompt"), ("assistant", "cached pieces")),
+    chat(("user", f"text with a fake {EOT} inside"), ("assistant", "odd")),
+    chat(("user", "q"), ("assistant", "first"), ("user", "q2"), ("assistant", "second")),
+]
+
+
+def row_lengths(rows, tokenizer) -> list[int]:
+    return [len(encode_example(r, tokenizer, 100_000)["input_ids"]) for r in rows]
+
+
+def flagged_lines(path, tokenizer, limit) -> set[int]:
+    report = validate_files(path, tokenizer=tokenizer, max_seq_length=limit)
+    found = [re.fullmatch(rf"{re.escape(str(path))}:(\d+): \d+ tokens, over max_seq_length {limit}", p)
+             for p in report.problems]
+    assert all(found), report.problems
+    return {int(m.group(1)) for m in found}
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        VARIED,
+        [{"prompt": "Q: what is 2+2?\nA:", "completion": " 4"}, {"prompt": "p " * 50, "completion": "c"}],
+        [{"text": "Plain text to learn from."}, {"text": "x " * 200}],
+    ],
+    ids=["chat", "prompt_completion", "text"],
+)
+def test_length_check_equals_encoded_length(tmp_path, tiny_tokenizer, rows):
+    path = write_lines(tmp_path / "rows.jsonl", rows)
+    lengths = row_lengths(rows, tiny_tokenizer)
+    assert len(set(lengths)) > 1
+    for limit in sorted(set(lengths)) + [min(lengths) - 1]:
+        expected = {i + 1 for i, n in enumerate(lengths) if n > limit}
+        assert flagged_lines(path, tiny_tokenizer, limit) == expected, limit
+    report = validate_files(path, tokenizer=tiny_tokenizer, max_seq_length=min(lengths))
+    longest = max(range(len(rows)), key=lambda i: lengths[i])
+    assert f"{path}:{longest + 1}: {lengths[longest]} tokens, over max_seq_length {min(lengths)}" in (
+        report.problems
+    )
+    assert validate_files(path, tokenizer=tiny_tokenizer).ok  # no limit: nothing is too long
+
+
+def test_lengths_are_exact_for_any_chat_template(tmp_path, tiny_model_path):
+    """A template that is not Llama-3's goes through apply_chat_template and stays exact."""
+    from training.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_path)
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] | upper }}"
+        "<|end_header_id|>\n{{ m['content'] }}<|eot_id|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>ASSISTANT<|end_header_id|>\n{% endif %}"
+    )
+    path = write_lines(tmp_path / "rows.jsonl", VARIED)
+    lengths = row_lengths(VARIED, tokenizer)
+    assert lengths != row_lengths(VARIED, load_tokenizer(tiny_model_path))
+    for limit in sorted(set(lengths)):
+        expected = {i + 1 for i, n in enumerate(lengths) if n > limit}
+        assert flagged_lines(path, tokenizer, limit) == expected, limit
+
+
+def test_special_token_text_in_content_is_a_warning(tmp_path, tiny_tokenizer):
+    path = write_lines(tmp_path / "rows.jsonl", [GOOD, VARIED[7], {"messages": MULTI["messages"]}])
+    assert validate_files(path).warnings == []  # needs the tokenizer to know its special tokens
+    report = validate_files(path, tokenizer=tiny_tokenizer)
+    assert report.ok
+    assert report.warnings == [f"{path}:2: message 1 contains the special token '{EOT}' as text"]
+
+
+# --------------------------------------------------------------------------------------------------
+# encode_example: the loss mask
+
+
+def labelled_runs(encoded) -> list[list[int]]:
+    runs, current = [], []
+    for token, label in zip(encoded["input_ids"], encoded["labels"], strict=True):
+        if label == -100:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            assert label == token
+            current.append(token)
+    return [*runs, current] if current else runs
+
+
+def test_chat_labels_only_the_assistant_reply_and_its_end_of_turn(tiny_tokenizer):
+    encoded = encode_example(GOOD, tiny_tokenizer, 1024)
+    rendered = tiny_tokenizer.apply_chat_template(GOOD["messages"], tokenize=False)
+    assert encoded["input_ids"] == tiny_tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert encoded["input_ids"][0] == tiny_tokenizer.bos_token_id
+    runs = labelled_runs(encoded)
+    assert [tiny_tokenizer.decode(r) for r in runs] == ["4." + EOT]
+
+
+def test_multi_turn_labels_every_assistant_turn_and_nothing_else(tiny_tokenizer):
+    encoded = encode_example(MULTI, tiny_tokenizer, 1024)
+    runs = [tiny_tokenizer.decode(r) for r in labelled_runs(encoded)]
+    assert runs == ["Seven is prime." + EOT, "Two, the only even prime." + EOT]
+    learned = "".join(runs)
+    for text in ("tutor", "Name a prime", "even one", "system", "user", "assistant"):
+        assert text not in learned
+    masked = [t for t, label in zip(encoded["input_ids"], encoded["labels"], strict=True) if label == -100]
+    assert "Name a prime." in tiny_tokenizer.decode(masked)
+
+
+def test_prompt_completion_masks_the_prompt(tiny_tokenizer):
+    row = {"prompt": "Translate: chat ->", "completion": " cat"}
+    encoded = encode_example(row, tiny_tokenizer, 1024)
+    prompt = tiny_tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+    completion = tiny_tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+    bos, eos = tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id
+    assert encoded["input_ids"] == [bos, *prompt, *completion, eos]
+    assert encoded["labels"] == [-100] * (1 + len(prompt)) + completion + [eos]
+    [run] = labelled_runs(encoded)
+    assert tiny_tokenizer.decode(run) == " cat" + tiny_tokenizer.eos_token
+
+
+def test_text_is_labelled_throughout_and_truncation(tiny_tokenizer):
+    encoded = encode_example({"text": "All of this is learned."}, tiny_tokenizer, 1024)
+    assert encoded["labels"] == encoded["input_ids"]
+    assert encoded["input_ids"][0] == tiny_tokenizer.bos_token_id
+    assert encoded["input_ids"][-1] == tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode(encoded["input_ids"][1:-1]) == "All of this is learned."
+
+    full = encode_example(MULTI, tiny_tokenizer, 1024)
+    short = encode_example(MULTI, tiny_tokenizer, 10)
+    assert short == {"input_ids": full["input_ids"][:10], "labels": full["labels"][:10]}
+    with pytest.raises(ValueError, match="max_seq_length"):
+        encode_example(GOOD, tiny_tokenizer, 0)
+
+
+def test_a_template_that_rewrites_earlier_turns_is_reported(tmp_path, tiny_model_path):
+    from training.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_path)
+    # Like templates that drop earlier reasoning: only the last assistant turn keeps its content.
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+        "\n\n{% if m['role'] != 'assistant' or loop.last %}{{ m['content'] }}{% endif %}<|eot_id|>"
+        "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>"
+        "\n\n{% endif %}"
+    )
+    with pytest.raises(ValueError, match="chat template problem"):
+        encode_example(MULTI, tokenizer, 1024)
+    encode_example(GOOD, tokenizer, 1024)  # one assistant turn: fine
+    path = write_lines(tmp_path / "rows.jsonl", [MULTI, GOOD])
+    report = validate_files(path, tokenizer=tokenizer)
+    check_messages(report.problems, path, [(1, "chat template problem")])
+
+
+# --------------------------------------------------------------------------------------------------
+# Packing: padding-free batches give exactly the loss of padded ones
+
+
+def test_flattened_batch_loss_equals_padded_loss(tiny_model_path, tiny_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM, DataCollatorWithFlattening
+
+    rows = [
+        MULTI,
+        GOOD,
+        {"prompt": "Question: why test packing?\nAnswer:", "completion": " To be sure it is exact."},
+        {"text": "A plain text example, labelled from start to end."},
+        VARIED[5],
+    ]
+    features = [encode_example(r, tiny_tokenizer, 256) for r in rows]
+    sizes = [len(f["input_ids"]) for f in features]
+    assert len(set(sizes)) > 1
+
+    batch = DataCollatorWithFlattening()(features)
+    assert set(batch) >= {"input_ids", "labels", "position_ids"}
+    assert "attention_mask" not in batch
+    assert batch["input_ids"].shape == (1, sum(sizes))  # no padding at all
+    assert batch["position_ids"][0].tolist() == [i for n in sizes for i in range(n)]
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    assert all(batch["labels"][0, s].item() == -100 for s in starts)  # no loss across examples
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model_path, attn_implementation="sdpa", dtype=torch.float32
+    ).eval()
+    with torch.no_grad():
+        flat = model(**batch, use_cache=False).loss.item()
+
+        # Each example alone, averaged by the number of predicted tokens.
+        total, count = 0.0, 0
+        for f in features:
+            ids = torch.tensor([f["input_ids"]])
+            labels = torch.tensor([f["labels"]])
+            n = int((labels[:, 1:] != -100).sum())
+            total += model(input_ids=ids, labels=labels, use_cache=False).loss.item() * n
+            count += n
+        alone = total / count
+
+        # The same examples right-padded in one batch (labels -100, attention mask 0).
+        width = max(sizes)
+        pad = tiny_tokenizer.pad_token_id
+        padded = model(
+            input_ids=torch.tensor([f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in features]),
+            attention_mask=torch.tensor([[1] * n + [0] * (width - n) for n in sizes]),
+            labels=torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in features]),
+            use_cache=False,
+        ).loss.item()
+
+    assert count == int((batch["labels"][0, 1:] != -100).sum())
+    assert flat == pytest.approx(alone, abs=1e-5)
+    assert flat == pytest.approx(padded, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# The printed report
+
+
+def test_print_report_lists_problems_with_a_cap_then_summary_and_histogram(tmp_path, tiny_tokenizer):
+    from rich.console import Console
+
+    bad = write_lines(tmp_path / "bad.jsonl", [GOOD] + ["{oops"] * 60)
+    good = write_lines(tmp_path / "good [v2].jsonl", VARIED)
+    report = validate_files([bad, good], tokenizer=tiny_tokenizer, max_seq_length=1024)
+    assert len(report.problems) == 60
+    console = Console(file=io.StringIO(), width=250, record=True, color_system=None)
+    print_report(report, console)
+    out = console.export_text()
+    assert "60 problems:" in out
+    assert f"{bad}:2: not valid JSON" in out
+    assert f"{bad}:51: not valid JSON" in out
+    assert f"{bad}:52: not valid JSON" not in out  # only the first 50
+    assert "... and 10 more" in out
+    assert "good [v2].jsonl" in out  # brackets are not taken as markup
+    assert "chat" in out and "│    9 │" in out.replace("┃", "│")
+    assert f"token lengths of {good}:" in out
+    assert "█" in out
+    assert "fix the data before training" in out
+
+    console = Console(file=io.StringIO(), width=250, record=True, color_system=None)
+    print_report(validate_files(good), console)
+    out = console.export_text()
+    assert "OK: 1 files, 9 examples" in out
+    assert "problem" not in out
+
+
+def test_report_ok_and_rows():
+    report = ValidationReport()
+    assert report.ok and report.rows == 0
+    report.problems.append("x: no such file")
+    assert not report.ok
