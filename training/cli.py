@@ -119,7 +119,7 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     write a checkpoint before this command exits.
     """
     from training import data as data_mod
-    from training.backends.local import LocalPair, pair_id_for, prepare_pair
+    from training.backends.local import LocalPair, PairMismatch, pair_id_for, prepare_pair
     from training.models import resolve_base_model
     from training.tracking import tracking_uri as resolve_uri
 
@@ -145,7 +145,10 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     hashes = {name: f.sha256 for name, f in zip(files, report.files, strict=True)}
     pair_id = pair_id or pair_id_for(cfg, hashes)
     pair_dir = output_dir / pair_id
-    resolved = prepare_pair(cfg, pair_dir, pair_id, hashes)
+    try:
+        resolved = prepare_pair(cfg, pair_dir, pair_id, hashes)
+    except PairMismatch as e:
+        bad_input(str(e))
     resolve_base_model(cfg.base_model)  # build tiny-llama once, before the arms race for it
     uri = resolve_uri(tracking_uri)
     _ensure_experiment(uri, cfg.name)

@@ -76,11 +76,14 @@ class LengthStats:
 
 @dataclass
 class FileSummary:
+    """One file: ``format`` is the majority format (None when no row has one), ``sha256`` None when the
+    file could not be read, ``tokens`` None without a tokenizer (or without a countable row)."""
+
     path: str
     rows: int  # examples: non-blank lines
-    format: str | None  # chat | prompt_completion | text (the majority one); None when no row has one
-    sha256: str | None  # of the file's bytes; None when it could not be read
-    tokens: LengthStats | None = None  # None without a tokenizer (or without a countable row)
+    format: str | None
+    sha256: str | None
+    tokens: LengthStats | None = None
     bad_rows: int = 0  # rows with at least one problem
     duplicates: int = 0  # rows that repeat an earlier row of the same file
 
@@ -191,7 +194,9 @@ def _check_chat(messages: Any) -> list[str]:
         role = message.get("role")
         content = message.get("content")
         if type(role) is not str:
-            what = "has no role" if role is None else f"role must be a string, got {_json_type(role)}"
+            what = (
+                "has no role" if role is None else f"role must be a string, got {_json_type(role)}"
+            )
             errors.append(f"message {j} {what}")
             role = "?"
         elif role not in ROLES:
@@ -204,10 +209,14 @@ def _check_chat(messages: Any) -> list[str]:
         elif role == "assistant":
             has_assistant = True
             if j == 1:
-                errors.append("message 1 is an assistant turn: a conversation starts with system or user")
+                errors.append(
+                    "message 1 is an assistant turn: a conversation starts with system or user"
+                )
         if type(content) is not str:
-            what = "has no content" if content is None else (
-                f"content must be a string, got {_json_type(content)}"
+            what = (
+                "has no content"
+                if content is None
+                else (f"content must be a string, got {_json_type(content)}")
             )
             errors.append(f"message {j} ({role}) {what}")
         elif not content or content.isspace():
@@ -553,7 +562,9 @@ class _TokenCounter:
         bos = tok.bos_token or ""
         try:
             for messages in _PROBES:
-                if tok.apply_chat_template(messages, tokenize=False) != _render_llama3(messages, bos):
+                if tok.apply_chat_template(messages, tokenize=False) != _render_llama3(
+                    messages, bos
+                ):
                     return "jinja"
         except Exception:
             return "jinja"
@@ -738,7 +749,9 @@ def _chat_text_and_spans(messages: list[dict], tokenizer) -> tuple[str, list[tup
     """The rendered conversation and the character spans of its assistant turns (content and the
     template's end of turn), found by rendering the conversation up to each turn."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the tokenizer has no chat template: load it with training.models.load_tokenizer")
+        raise ValueError(
+            "the tokenizer has no chat template: load it with training.models.load_tokenizer"
+        )
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, message in enumerate(messages):
@@ -834,25 +847,48 @@ def print_report(report: ValidationReport, console) -> None:
     from rich.text import Text
 
     if report.problems:
-        _listing(console, "problems" if len(report.problems) != 1 else "problem", "bold red",
-                 report.problems)
+        _listing(
+            console,
+            "problems" if len(report.problems) != 1 else "problem",
+            "bold red",
+            report.problems,
+        )
     if report.warnings:
-        _listing(console, "warnings" if len(report.warnings) != 1 else "warning", "yellow",
-                 report.warnings)
+        _listing(
+            console,
+            "warnings" if len(report.warnings) != 1 else "warning",
+            "yellow",
+            report.warnings,
+        )
     if report.files:
         table = Table(title="Data files", title_justify="left")
         for name, justify in [
-            ("file", "left"), ("rows", "right"), ("format", "left"), ("bad", "right"),
-            ("dups", "right"), ("tokens min", "right"), ("p50", "right"), ("p95", "right"),
-            ("max", "right"), ("mean", "right"), ("sha256", "left"),
+            ("file", "left"),
+            ("rows", "right"),
+            ("format", "left"),
+            ("bad", "right"),
+            ("dups", "right"),
+            ("tokens min", "right"),
+            ("p50", "right"),
+            ("p95", "right"),
+            ("max", "right"),
+            ("mean", "right"),
+            ("sha256", "left"),
         ]:
             table.add_column(name, justify=justify, overflow="fold")
         for f in report.files:
             t = f.tokens
             table.add_row(
-                Text(f.path), f"{f.rows:,}", f.format or "-", str(f.bad_rows), str(f.duplicates),
-                *((f"{t.min:,}", f"{t.median:,}", f"{t.p95:,}", f"{t.max:,}", f"{t.mean:,.1f}")
-                  if t else ("-",) * 5),
+                Text(f.path),
+                f"{f.rows:,}",
+                f.format or "-",
+                str(f.bad_rows),
+                str(f.duplicates),
+                *(
+                    (f"{t.min:,}", f"{t.median:,}", f"{t.p95:,}", f"{t.max:,}", f"{t.mean:,.1f}")
+                    if t
+                    else ("-",) * 5
+                ),
                 (f.sha256 or "-")[:12],
             )
         console.print(table)
@@ -862,7 +898,10 @@ def print_report(report: ValidationReport, console) -> None:
                 for line in _histogram_lines(f.tokens):
                     console.print(Text(line))
     if report.ok:
-        console.print(Text(f"OK: {len(report.files)} files, {report.rows:,} examples", style="green"))
+        console.print(
+            Text(f"OK: {len(report.files)} files, {report.rows:,} examples", style="green")
+        )
     else:
-        console.print(Text(f"{len(report.problems)} problems: fix the data before training",
-                           style="bold red"))
+        console.print(
+            Text(f"{len(report.problems)} problems: fix the data before training", style="bold red")
+        )

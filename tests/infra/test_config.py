@@ -12,7 +12,7 @@ import yaml
 from infra import config as stack_config
 from infra import naming
 from infra.config import ConfigError, StackConfig
-from tests.infra.conftest import BASE_CONFIG, ORGANIZATION, PROJECT, STACK, run
+from tests.infra.conftest import BASE_CONFIG, PROJECT, STACK, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_defaults():
     assert cfg.location == "eastus"
     assert cfg.resource_group_name == "rg-paired-finetune-dev"
     assert cfg.workspace_name == "mlw-paired-finetune-dev"
-    assert cfg.name_suffix == naming.default_suffix(ORGANIZATION, PROJECT, STACK)
+    assert cfg.name_suffix is None  # derived from the subscription in the program
     assert (cfg.gpu_vm_size, cfg.gpu_min_nodes, cfg.gpu_max_nodes) == (
         "Standard_NC24ads_A100_v4",
         0,
@@ -80,6 +80,7 @@ def test_values_arrive_as_strings_and_are_coerced():
 def test_empty_values_mean_default():
     cfg = load(workspaceName="", nameSuffix="", environmentVersion="")
     assert cfg.workspace_name == "mlw-paired-finetune-dev"
+    assert cfg.name_suffix is None
     assert cfg.environment_version is None
 
 
@@ -191,8 +192,10 @@ def test_global_names_follow_azure_rules(project, stack):
 
 
 def test_names_are_deterministic_and_differ_between_stacks():
-    assert naming.default_suffix("o", "p", "dev") == naming.default_suffix("o", "p", "dev")
-    assert naming.default_suffix("o", "p", "dev") != naming.default_suffix("o", "p", "prod")
+    assert naming.default_suffix("sub", "p", "dev") == naming.default_suffix("sub", "p", "dev")
+    assert naming.default_suffix("sub", "p", "dev") != naming.default_suffix("sub", "p", "prod")
+    # Everyone deploys paired-finetune/dev: the subscription keeps their names apart.
+    assert naming.default_suffix("sub-a", "p", "dev") != naming.default_suffix("sub-b", "p", "dev")
 
 
 def test_dev_stack_file_is_complete_and_valid():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from infra import environment, program
+from infra import environment, naming, program
 from infra.config import ConfigError
 from infra.roles import ACR_PULL, STORAGE_BLOB_DATA_CONTRIBUTOR, STORAGE_BLOB_DATA_READER
 from tests.infra.conftest import (
@@ -105,6 +105,20 @@ def test_storage_account_is_identity_only(default_run):
     assert account["kind"] == "StorageV2"
     assert account["sku"] == {"name": "Standard_LRS"}
     assert account["location"] == "eastus"
+
+
+def test_global_names_carry_a_suffix_derived_from_the_subscription(default_run):
+    suffix = naming.default_suffix(SUBSCRIPTION_ID, PROJECT, "dev")
+    assert default_run.one(STORAGE).inputs["accountName"] == f"stpairedfidev{suffix}"
+    assert default_run.one(VAULT).inputs["vaultName"] == f"kvpairedfidev{suffix}"
+    assert default_run.one(REGISTRY).inputs["registryName"] == f"crpairedfinetunedev{suffix}"
+
+
+def test_name_suffix_from_config():
+    configured = run_program(nameSuffix="x7k2")
+    assert configured.one(STORAGE).inputs["accountName"] == "stpairedfidevx7k2"
+    assert configured.one(VAULT).inputs["vaultName"] == "kvpairedfidevx7k2"
+    assert configured.one(REGISTRY).inputs["registryName"] == "crpairedfinetunedevx7k2"
 
 
 def test_dataset_container_is_private(default_run):

@@ -18,8 +18,9 @@ def write_experiment(folder: Path, *, method="full", max_steps=20, eval_every=10
                 "per_device_batch_size": batch_size, "max_seq_length": 256, "seed": 7,
                 "eval_every": eval_every, "save_every": save_every, "keep_checkpoints": 2,
                 "log_every": 2}
-    if "early_stopping" in extra:
-        training["early_stopping"] = extra.pop("early_stopping")
+    for key in ("early_stopping", "gradient_checkpointing"):
+        if key in extra:
+            training[key] = extra.pop(key)
     cfg = {
         "name": name,
         "base_model": "tiny-llama",

@@ -277,8 +277,10 @@ def row_lengths(rows, tokenizer) -> list[int]:
 
 def flagged_lines(path, tokenizer, limit) -> set[int]:
     report = validate_files(path, tokenizer=tokenizer, max_seq_length=limit)
-    found = [re.fullmatch(rf"{re.escape(str(path))}:(\d+): \d+ tokens, over max_seq_length {limit}", p)
-             for p in report.problems]
+    found = [
+        re.fullmatch(rf"{re.escape(str(path))}:(\d+): \d+ tokens, over max_seq_length {limit}", p)
+        for p in report.problems
+    ]
     assert all(found), report.problems
     return {int(m.group(1)) for m in found}
 
@@ -287,7 +289,10 @@ def flagged_lines(path, tokenizer, limit) -> set[int]:
     "rows",
     [
         VARIED,
-        [{"prompt": "Q: what is 2+2?\nA:", "completion": " 4"}, {"prompt": "p " * 50, "completion": "c"}],
+        [
+            {"prompt": "Q: what is 2+2?\nA:", "completion": " 4"},
+            {"prompt": "p " * 50, "completion": "c"},
+        ],
         [{"text": "Plain text to learn from."}, {"text": "x " * 200}],
     ],
     ids=["chat", "prompt_completion", "text"],
@@ -296,33 +301,53 @@ def test_length_check_equals_encoded_length(tmp_path, tiny_tokenizer, rows):
     path = write_lines(tmp_path / "rows.jsonl", rows)
     lengths = row_lengths(rows, tiny_tokenizer)
     assert len(set(lengths)) > 1
-    for limit in sorted(set(lengths)) + [min(lengths) - 1]:
+    for limit in [*sorted(set(lengths)), min(lengths) - 1]:
         expected = {i + 1 for i, n in enumerate(lengths) if n > limit}
         assert flagged_lines(path, tiny_tokenizer, limit) == expected, limit
     report = validate_files(path, tokenizer=tiny_tokenizer, max_seq_length=min(lengths))
     longest = max(range(len(rows)), key=lambda i: lengths[i])
-    assert f"{path}:{longest + 1}: {lengths[longest]} tokens, over max_seq_length {min(lengths)}" in (
-        report.problems
+    assert (
+        f"{path}:{longest + 1}: {lengths[longest]} tokens, over max_seq_length {min(lengths)}"
+        in (report.problems)
     )
     assert validate_files(path, tokenizer=tiny_tokenizer).ok  # no limit: nothing is too long
 
 
-def test_lengths_are_exact_for_any_chat_template(tmp_path, tiny_model_path):
-    """A template that is not Llama-3's goes through apply_chat_template and stays exact."""
-    from training.models import load_tokenizer
-
-    tokenizer = load_tokenizer(tiny_model_path)
+def other_template(tokenizer):
     tokenizer.chat_template = (
         "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] | upper }}"
         "<|end_header_id|>\n{{ m['content'] }}<|eot_id|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|start_header_id|>ASSISTANT<|end_header_id|>\n{% endif %}"
     )
+
+
+def markup_token_eats_newlines(tokenizer):
+    from tokenizers import AddedToken
+
+    tokenizer.backend_tokenizer.add_special_tokens(
+        [AddedToken("<|end_header_id|>", rstrip=True, special=True, normalized=False)]
+    )
+
+
+@pytest.mark.parametrize("change", [other_template, markup_token_eats_newlines])
+def test_lengths_are_exact_for_other_templates_and_tokenizers(tmp_path, tiny_model_path, change):
+    """Whatever the template or the tokenizer's added tokens, counts equal encode_example's."""
+    from training.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_path)
+    change(tokenizer)
     path = write_lines(tmp_path / "rows.jsonl", VARIED)
     lengths = row_lengths(VARIED, tokenizer)
     assert lengths != row_lengths(VARIED, load_tokenizer(tiny_model_path))
     for limit in sorted(set(lengths)):
         expected = {i + 1 for i, n in enumerate(lengths) if n > limit}
         assert flagged_lines(path, tokenizer, limit) == expected, limit
+    # The assistant turn is what the template writes for it (here maybe a newline after <|eot_id|>).
+    runs = [tokenizer.decode(r) for r in labelled_runs(encode_example(MULTI, tokenizer, 1024))]
+    assert [r.rstrip("\n") for r in runs] == [
+        "Seven is prime." + EOT,
+        "Two, the only even prime." + EOT,
+    ]
 
 
 def test_special_token_text_in_content_is_a_warning(tmp_path, tiny_tokenizer):
@@ -366,7 +391,9 @@ def test_multi_turn_labels_every_assistant_turn_and_nothing_else(tiny_tokenizer)
     learned = "".join(runs)
     for text in ("tutor", "Name a prime", "even one", "system", "user", "assistant"):
         assert text not in learned
-    masked = [t for t, label in zip(encoded["input_ids"], encoded["labels"], strict=True) if label == -100]
+    masked = [
+        t for t, label in zip(encoded["input_ids"], encoded["labels"], strict=True) if label == -100
+    ]
     assert "Name a prime." in tiny_tokenizer.decode(masked)
 
 
@@ -426,11 +453,14 @@ def test_flattened_batch_loss_equals_padded_loss(tiny_model_path, tiny_tokenizer
     rows = [
         MULTI,
         GOOD,
-        {"prompt": "Question: why test packing?\nAnswer:", "completion": " To be sure it is exact."},
+        {
+            "prompt": "Question: why test packing?\nAnswer:",
+            "completion": " To be sure it is exact.",
+        },
         {"text": "A plain text example, labelled from start to end."},
         VARIED[5],
     ]
-    features = [encode_example(r, tiny_tokenizer, 256) for r in rows]
+    features = [encode_example(r, tiny_tokenizer, 1024) for r in rows]
     sizes = [len(f["input_ids"]) for f in features]
     assert len(set(sizes)) > 1
 
@@ -455,6 +485,7 @@ def test_flattened_batch_loss_equals_padded_loss(tiny_model_path, tiny_tokenizer
             ids = torch.tensor([f["input_ids"]])
             labels = torch.tensor([f["labels"]])
             n = int((labels[:, 1:] != -100).sum())
+            assert n > 0
             total += model(input_ids=ids, labels=labels, use_cache=False).loss.item() * n
             count += n
         alone = total / count
@@ -463,13 +494,23 @@ def test_flattened_batch_loss_equals_padded_loss(tiny_model_path, tiny_tokenizer
         width = max(sizes)
         pad = tiny_tokenizer.pad_token_id
         padded = model(
-            input_ids=torch.tensor([f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in features]),
+            input_ids=torch.tensor(
+                [f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in features]
+            ),
             attention_mask=torch.tensor([[1] * n + [0] * (width - n) for n in sizes]),
-            labels=torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in features]),
+            labels=torch.tensor(
+                [f["labels"] + [-100] * (width - len(f["labels"])) for f in features]
+            ),
             use_cache=False,
         ).loss.item()
 
+        # Sanity: without position_ids the examples would attend to each other and the loss differs.
+        leaky = model(
+            input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False
+        ).loss.item()
+
     assert count == int((batch["labels"][0, 1:] != -100).sum())
+    assert abs(leaky - flat) > 1e-4
     assert flat == pytest.approx(alone, abs=1e-5)
     assert flat == pytest.approx(padded, abs=1e-5)
 
@@ -478,7 +519,9 @@ def test_flattened_batch_loss_equals_padded_loss(tiny_model_path, tiny_tokenizer
 # The printed report
 
 
-def test_print_report_lists_problems_with_a_cap_then_summary_and_histogram(tmp_path, tiny_tokenizer):
+def test_print_report_lists_problems_with_a_cap_then_summary_and_histogram(
+    tmp_path, tiny_tokenizer
+):
     from rich.console import Console
 
     bad = write_lines(tmp_path / "bad.jsonl", [GOOD] + ["{oops"] * 60)

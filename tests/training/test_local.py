@@ -142,3 +142,17 @@ def test_bad_data_exits_2_and_nothing_is_trained(tmp_path, tracking_env, tiny_mo
     assert f"{bad}:1:" in proc.stderr and f"{bad}:2:" in proc.stderr
     assert "nothing was trained" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_pair_id_cannot_be_reused_for_another_config(tmp_path, tracking_env, tiny_model_path):
+    first = write_experiment(tmp_path / "a", max_steps=12)
+    second = write_experiment(tmp_path / "b", max_steps=14)
+    pair_dir = tmp_path / "runs" / "mine"
+    pair_dir.mkdir(parents=True)
+    from training.backends.local import prepare_pair
+
+    prepare_pair(load_config(first), pair_dir, "mine", {"control": "x"})
+    proc = train_run(second, tmp_path / "runs", tracking_env, "--pair-id", "mine", check=False)
+    assert proc.returncode == 2
+    assert "different config or data" in proc.stderr
+    assert not (pair_dir / "control").exists()

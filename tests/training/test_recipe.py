@@ -136,7 +136,8 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tiny_model_path, tm
 @slow
 def test_lora_adapter_saves_and_reloads(tiny_model_path, tmp_path):
     cfg = write_experiment(tmp_path, method="lora", max_steps=12, eval_every=6, save_every=6,
-                           learning_rate=5e-3, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+                           learning_rate=5e-3, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+                           gradient_checkpointing=True)
     out = tmp_path / "arm"
     run_recipe(cfg, out, env={**os.environ, "PAIRED_FINETUNE_NO_MLFLOW": "1"})
     model_dir = out / "model"

@@ -23,6 +23,10 @@ from training.config import ExperimentConfig
 from training.recipe import EVENT_PREFIX
 
 
+class PairMismatch(Exception):
+    """An existing pair folder was made from another config or other data."""
+
+
 @dataclass
 class ArmState:
     arm: str
@@ -46,11 +50,19 @@ def pair_id_for(cfg: ExperimentConfig, data_hashes: dict[str, str]) -> str:
 
 def prepare_pair(cfg: ExperimentConfig, pair_dir: Path, pair_id: str, data_hashes: dict) -> Path:
     """The pair's folder: the resolved config both arms read, and a small manifest."""
+    manifest = {"pair_id": pair_id, "name": cfg.name, "base_model": cfg.base_model,
+                "config_sha256": cfg.sha256(), "data_sha256": data_hashes}
+    existing = pair_dir / "pair.json"
+    if existing.exists():
+        before = json.loads(existing.read_text())
+        if (before.get("config_sha256"), before.get("data_sha256")) != (
+                manifest["config_sha256"], data_hashes):
+            # resuming checkpoints of another config or other data would mix two experiments
+            raise PairMismatch(f"{pair_dir} holds pair {pair_id} with a different config or "
+                               "data: choose another --pair-id or --output-dir")
     pair_dir.mkdir(parents=True, exist_ok=True)
     config_path = pair_dir / "config.yaml"
     config_path.write_text(cfg.to_yaml())
-    manifest = {"pair_id": pair_id, "name": cfg.name, "base_model": cfg.base_model,
-                "config_sha256": cfg.sha256(), "data_sha256": data_hashes}
     (pair_dir / "pair.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return config_path
 

@@ -1,0 +1,176 @@
+"""How fast `train data validate` is on a big file.
+
+Writes N synthetic chat rows (default a million) to a temporary JSONL file, then times
+`training.data.validate_files` without a tokenizer (parse and structural checks), with the tiny
+Llama's tokenizer (exact token counts of every example), and optionally with the generic jinja
+path that any non-Llama-3 chat template takes. Prints rows/s and compares with the target.
+
+    .venv/bin/python bench/bench_validate.py                 # 1,000,000 rows
+    .venv/bin/python bench/bench_validate.py --rows 200000 --jinja
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SYSTEMS = [
+    "You write short, useful code comments.",
+    "You are a careful reviewer. Explain why the code exists, not what it does.",
+    "Answer in one or two sentences.",
+]
+VERBS = ["parse", "load", "merge", "clean", "sort", "count", "split", "render", "check", "fetch"]
+NOUNS = [
+    "rows",
+    "items",
+    "users",
+    "scores",
+    "batch",
+    "records",
+    "names",
+    "fields",
+    "events",
+    "keys",
+]
+EXPRS = [
+    "sorted(set({a}))",
+    "[x for x in {a} if x is not None]",
+    "{a}.strip().lower()",
+    "sum({a}) / len({a}) if {a} else 0.0",
+    "{{k: v for k, v in {a}.items() if k in {b}}}",
+    "{a}[:{b}] + '...' if len({a}) > {b} else {a}",
+]
+REASONS = [
+    "Callers pass sparse {a}; None would break the sum below.",
+    "Duplicates come from retried uploads; the diff needs a stable order.",
+    "User input arrives with stray spaces and mixed case; keys must match.",
+    "The dashboard shows the mean of {a} per window.",
+    "Titles overflow the table cell; the ellipsis shows {a} was cut.",
+]
+EDGES = [
+    "an empty list stays empty.",
+    "division by zero.",
+    "unhashable items raise.",
+    "{b} may be None.",
+]
+
+
+def synthetic_rows(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    for i in range(n):
+        a, b = rng.choice(NOUNS), rng.choice(NOUNS)
+        name = f"{rng.choice(VERBS)}_{rng.choice(NOUNS)}_{i % 997}"
+        code = f"def {name}({a}, {b}):\n    return {rng.choice(EXPRS).format(a=a, b=b)}"
+        answer = f"# {rng.choice(REASONS).format(a=a, b=b)}\n# Edge case: {rng.choice(EDGES).format(a=a, b=b)}"
+        yield {
+            "messages": [
+                {"role": "system", "content": rng.choice(SYSTEMS)},
+                {"role": "user", "content": f"Comment this function:\n{code}"},
+                {"role": "assistant", "content": answer},
+            ]
+        }
+
+
+def write_rows(path: Path, n: int) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in synthetic_rows(n))
+
+
+def timed(label: str, n: int, target_s: float, fn):
+    start = time.perf_counter()
+    report = fn()
+    elapsed = time.perf_counter() - start
+    rate = n / elapsed
+    verdict = "meets" if n / rate * (1_000_000 / n) <= target_s else "MISSES"
+    per_million = 1_000_000 / rate
+    print(
+        f"{label:<34} {elapsed:7.2f} s  {rate:>10,.0f} rows/s  "
+        f"-> {per_million:5.1f} s per million rows ({verdict} the {target_s:.0f} s target)"
+    )
+    return report, elapsed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--model", default="tiny-llama", help="tokenizer: tiny-llama or a local path"
+    )
+    parser.add_argument("--max-seq-length", type=int, default=2048)
+    parser.add_argument(
+        "--target-seconds",
+        type=float,
+        default=60.0,
+        help="target for a million rows with the tokenizer",
+    )
+    parser.add_argument(
+        "--jinja",
+        action="store_true",
+        help="also time the generic path (apply_chat_template for every row)",
+    )
+    args = parser.parse_args(argv)
+
+    from training import data
+    from training.models import load_tokenizer, resolve_base_model
+
+    with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
+        path = Path(tmp) / "chat.jsonl"
+        start = time.perf_counter()
+        write_rows(path, args.rows)
+        size = path.stat().st_size
+        print(
+            f"wrote {args.rows:,} chat rows ({size / 1e6:,.0f} MB) in {time.perf_counter() - start:.1f} s"
+            f" on {os.cpu_count()} CPUs"
+        )
+
+        tokenizer = load_tokenizer(resolve_base_model(args.model))
+        n = args.rows
+        report, _ = timed(
+            "without tokenizer", n, args.target_seconds, lambda: data.validate_files([path])
+        )
+        assert report.ok, report.problems[:5]
+        report, _ = timed(
+            "with tokenizer (exact lengths)",
+            n,
+            args.target_seconds,
+            lambda: data.validate_files(
+                [path], tokenizer=tokenizer, max_seq_length=args.max_seq_length
+            ),
+        )
+        assert report.ok, report.problems[:5]
+        stats = report.files[0].tokens
+        print(
+            f"  tokens per row: min {stats.min} p50 {stats.median} p95 {stats.p95} max {stats.max} "
+            f"mean {stats.mean:.1f}; {stats.mean * n / 1e6:,.1f} M tokens counted"
+        )
+        if args.jinja:
+            original = data._TokenCounter._chat_mode
+            data._TokenCounter._chat_mode = lambda self: "jinja"  # as for any non-Llama-3 template
+            try:
+                jinja, _ = timed(
+                    "with tokenizer, jinja per row",
+                    n,
+                    args.target_seconds,
+                    lambda: data.validate_files(
+                        [path], tokenizer=tokenizer, max_seq_length=args.max_seq_length
+                    ),
+                )
+            finally:
+                data._TokenCounter._chat_mode = original
+            assert jinja.files[0].tokens == stats, "the jinja path counts differently"
+            print("  jinja path: same lengths")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
