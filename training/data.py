@@ -30,6 +30,8 @@ import hashlib
 import json
 import os
 import re
+from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,7 +48,7 @@ REPORT_LIMIT = 50
 
 _READ_CHUNK = 1 << 22  # bytes per read while streaming a file
 _BATCH_ROWS = 4096  # rows per tokenizer batch
-_PIECE_CACHE_MAX = 200_000  # distinct pieces whose token counts are remembered across batches
+_PIECE_CACHE_MAX = 100_000  # repeated pieces whose token counts are remembered across batches
 _BOM = b"\xef\xbb\xbf"
 
 # Llama-3's chat markup (see training.models.LLAMA3_CHAT_TEMPLATE).
@@ -292,7 +294,7 @@ class _FileScan:
         self.bad_lines: set[int] = set()
         self.format_lines: dict[str, list[int]] = {}
         self.duplicates = 0
-        self.lengths: list[int] = []
+        self.lengths = array("l")
         self.examples: list[dict] = []
 
     def problem(self, line: int, message: str) -> None:
@@ -557,17 +559,9 @@ class _TokenCounter:
         """How to count chat rows: "pieces" (Llama-3 markup, counted piece by piece), "render" (Llama-3
         markup, whole text counted) or "jinja" (any other template, rendered by apply_chat_template)."""
         tok = self.tokenizer
-        if not getattr(tok, "chat_template", None):
-            return "jinja"  # encode_example will say that there is no template
-        bos = tok.bos_token or ""
-        try:
-            for messages in _PROBES:
-                if tok.apply_chat_template(messages, tokenize=False) != _render_llama3(
-                    messages, bos
-                ):
-                    return "jinja"
-        except Exception:
+        if not _renders_like_llama3(tok):
             return "jinja"
+        bos = tok.bos_token or ""
         # Added tokens are cut out before the rest of the text is normalised and pre-tokenised, so
         # the pieces between markup tokens are encoded independently of each other: as long as each
         # markup string is one plain added token (no stripping of neighbouring spaces).
@@ -597,26 +591,19 @@ class _TokenCounter:
 
     def _first_chat_row(self, number: int, messages: list[dict]) -> None:
         """Per file: the fast rendering matches the template, and the template suits masking."""
-        tok = self.tokenizer
-        if self.chat_mode != "jinja":
-            try:
-                same = tok.apply_chat_template(messages, tokenize=False) == _render_llama3(
-                    messages, tok.bos_token or ""
-                )
-            except Exception:
-                same = False
-            if not same:
-                self.chat_mode = "jinja"
+        if self.chat_mode != "jinja" and not _same_as_template(messages, self.tokenizer):
+            self.chat_mode = "jinja"
         try:
-            _chat_text_and_spans(messages, tok)
+            _chat_text_and_spans(messages, self.tokenizer)
         except ValueError as e:
             self.scan.problem(number, str(e))
 
     # -- batching
 
     def _new_batch(self) -> None:
-        self.pieces: dict[str, int] = {}
-        self.rows: list[tuple[int, int, list[int]]] = []
+        self.pieces: dict[str, int] = {}  # distinct pieces of this batch -> index
+        self.repeated: set[int] = set()  # indices of pieces seen more than once in this batch
+        self.rows: list[tuple[int, int, list[int]]] = []  # (line, tokens so far, pieces to add)
 
     def start(self, scan: _FileScan) -> None:
         self.scan = scan
@@ -669,6 +656,8 @@ class _TokenCounter:
             i = batch.get(piece)
             if i is None:
                 i = batch[piece] = len(batch)
+            else:
+                self.repeated.add(i)
             todo.append(i)
         if todo:
             self.rows.append((number, const, todo))
@@ -692,17 +681,17 @@ class _TokenCounter:
             work = self.executor.submit(self._count, texts)
         else:
             work = self._count(texts)
-        self.inflight.append((work, texts, self.rows))
+        self.inflight.append((work, texts, self.repeated, self.rows))
         self._new_batch()
         while len(self.inflight) > 1:
             self._resolve()
 
     def _resolve(self) -> None:
-        work, texts, rows = self.inflight.popleft()
+        work, texts, repeated, rows = self.inflight.popleft()
         counts = work if isinstance(work, list) else work.result()
         cache = self.cache
-        if len(cache) < _PIECE_CACHE_MAX:
-            cache.update(zip(texts, counts, strict=True))
+        if len(cache) < _PIECE_CACHE_MAX:  # remember pieces that repeat (system prompts)
+            cache.update((texts[i], counts[i]) for i in repeated)
         for number, const, todo in rows:
             n = const
             for i in todo:
@@ -745,9 +734,83 @@ def _special_finder(tokenizer) -> tuple[str, re.Pattern] | None:
 # The training view of a row
 
 
+_GENERATION_PROMPT = f"{_HEADER_START}assistant{_HEADER_END}\n\n"
+_LLAMA3_VERDICTS: dict[tuple, bool] = {}
+
+
+def _template_key(tokenizer) -> tuple:
+    specials = getattr(tokenizer, "special_tokens_map", None) or {}
+    return tokenizer.chat_template, tuple(sorted((k, str(v)) for k, v in specials.items()))
+
+
+def _renders_like_llama3(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders exactly like `_render_llama3` (with and
+    without the generation prompt) on probe conversations. Cached per template and special tokens."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or not isinstance(template, str):
+        return False
+    key = _template_key(tokenizer)
+    verdict = _LLAMA3_VERDICTS.get(key)
+    if verdict is None:
+        bos = tokenizer.bos_token or ""
+        try:
+            verdict = all(
+                tokenizer.apply_chat_template(m, tokenize=False) == _render_llama3(m, bos)
+                for m in _PROBES
+            ) and all(
+                tokenizer.apply_chat_template(m[:i], tokenize=False, add_generation_prompt=True)
+                == _render_llama3(m[:i], bos) + _GENERATION_PROMPT
+                for m in _PROBES
+                for i in range(1, len(m))
+            )
+        except Exception:
+            verdict = False
+        if len(_LLAMA3_VERDICTS) > 64:
+            _LLAMA3_VERDICTS.clear()
+        _LLAMA3_VERDICTS[key] = verdict
+    return verdict
+
+
+def _same_as_template(messages: list[dict], tokenizer) -> bool:
+    """Whether `_render_llama3` renders this conversation as the template does; if not, the
+    template is no longer taken for Llama-3's (here and in `encode_examples`)."""
+    try:
+        same = tokenizer.apply_chat_template(messages, tokenize=False) == _render_llama3(
+            messages, tokenizer.bos_token or ""
+        )
+    except Exception:
+        same = False
+    if not same:
+        _LLAMA3_VERDICTS[_template_key(tokenizer)] = False
+    return same
+
+
 def _chat_text_and_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns (content and the
-    template's end of turn), found by rendering the conversation up to each turn."""
+    template's end of turn). Llama-3's format is laid out directly (same text, same spans); any
+    other template goes through `_chat_text_and_spans_jinja`."""
+    if not _renders_like_llama3(tokenizer):
+        return _chat_text_and_spans_jinja(messages, tokenizer)
+    if messages and messages[0]["role"] == "assistant":
+        raise ValueError("chat template: a conversation cannot start with an assistant turn")
+    parts = [tokenizer.bos_token or ""]
+    pos = len(parts[0])
+    spans = []
+    for m in messages:
+        header = f"{_HEADER_START}{m['role']}{_HEADER_END}\n\n"
+        turn = f"{header}{m['content'].strip()}{_EOT}"
+        if m["role"] == "assistant":
+            spans.append((pos + len(header), pos + len(turn)))
+        parts.append(turn)
+        pos += len(turn)
+    return "".join(parts), spans
+
+
+def _chat_text_and_spans_jinja(
+    messages: list[dict], tokenizer
+) -> tuple[str, list[tuple[int, int]]]:
+    """For any template: assistant turn i spans from the end of messages[:i] rendered with the
+    generation prompt to the end of messages[:i+1] rendered, both prefixes of the whole."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             "the tokenizer has no chat template: load it with training.models.load_tokenizer"
@@ -776,6 +839,73 @@ def _chat_text_and_spans(messages: list[dict], tokenizer) -> tuple[str, list[tup
     return text, spans
 
 
+def _label_spans(input_ids: list[int], offsets, spans: list[tuple[int, int]]) -> list[int]:
+    """Labels: a token's id where its characters lie inside a span, else -100."""
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for a, b in spans:
+        i = bisect_left(offsets, a, key=_start)  # first token starting at or after a
+        j = bisect_left(offsets, b, lo=i, key=_start)  # first token starting at or after b
+        while j > i and offsets[j - 1][1] > b:  # a token running past the span stays masked
+            j -= 1
+        labels[i:j] = input_ids[i:j]
+    return labels
+
+
+def _start(offset: tuple[int, int]) -> int:
+    return offset[0]
+
+
+def encode_examples(rows: list[dict], tokenizer, max_seq_length: int) -> list[dict]:
+    """`encode_example` for many rows at once: the same result, with one tokenizer call per kind
+    of text (much faster on large datasets)."""
+    if max_seq_length is None or max_seq_length < 1:
+        raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
+    formats = [detect_format(row) for row in rows]
+    first_chat = next(
+        (r["messages"] for r, f in zip(rows, formats, strict=True) if f == CHAT), None
+    )
+    if first_chat is not None and _renders_like_llama3(tokenizer):
+        _same_as_template(first_chat, tokenizer)  # one check against jinja per call
+    chats = [
+        _chat_text_and_spans(r["messages"], tokenizer)
+        for r, f in zip(rows, formats, strict=True)
+        if f == CHAT
+    ]
+    plain: list[str] = []
+    for row, fmt in zip(rows, formats, strict=True):
+        if fmt == PROMPT_COMPLETION:
+            plain += [row["prompt"], row["completion"]]
+        elif fmt == TEXT:
+            plain.append(row["text"])
+    if chats:
+        enc = tokenizer(
+            [text for text, _ in chats], add_special_tokens=False, return_offsets_mapping=True
+        )
+        chat_ids, chat_offsets = enc["input_ids"], enc["offset_mapping"]
+    if plain:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos token to end examples with")
+        plain_ids = iter(tokenizer(plain, add_special_tokens=False)["input_ids"])
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id]
+    out = []
+    c = 0
+    for fmt in formats:
+        if fmt == CHAT:
+            input_ids = list(chat_ids[c])
+            labels = _label_spans(input_ids, chat_offsets[c], chats[c][1])
+            c += 1
+        elif fmt == PROMPT_COMPLETION:
+            prompt, completion = list(next(plain_ids)), list(next(plain_ids))
+            input_ids = bos + prompt + completion + eos
+            labels = [IGNORE_INDEX] * (len(bos) + len(prompt)) + completion + eos
+        else:
+            input_ids = bos + list(next(plain_ids)) + eos
+            labels = list(input_ids)
+        out.append({"input_ids": input_ids[:max_seq_length], "labels": labels[:max_seq_length]})
+    return out
+
+
 def encode_example(row: dict, tokenizer, max_seq_length: int) -> dict:
     """``{"input_ids": [...], "labels": [...]}`` for one row, truncated to ``max_seq_length``.
 
@@ -783,39 +913,8 @@ def encode_example(row: dict, tokenizer, max_seq_length: int) -> dict:
       are labelled, in every turn of a multi-turn conversation.
     - prompt/completion: bos + prompt (masked) + completion + eos (both labelled).
     - text: bos + text + eos, all labelled.
-    Masked positions are -100."""
-    if max_seq_length is None or max_seq_length < 1:
-        raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
-    fmt = detect_format(row)
-    if fmt == CHAT:
-        text, spans = _chat_text_and_spans(row["messages"], tokenizer)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        input_ids = list(enc["input_ids"])
-        labels = [IGNORE_INDEX] * len(input_ids)
-        k = 0
-        for t, (start, end) in enumerate(enc["offset_mapping"]):
-            while k < len(spans) and start >= spans[k][1]:
-                k += 1
-            if k == len(spans):
-                break
-            if spans[k][0] <= start and end <= spans[k][1]:
-                labels[t] = input_ids[t]
-    else:
-        if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no eos token to end examples with")
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        eos = [tokenizer.eos_token_id]
-        if fmt == PROMPT_COMPLETION:
-            prompt, completion = tokenizer(
-                [row["prompt"], row["completion"]], add_special_tokens=False
-            )["input_ids"]
-            input_ids = bos + prompt + completion + eos
-            labels = [IGNORE_INDEX] * (len(bos) + len(prompt)) + completion + eos
-        else:
-            body = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
-            input_ids = bos + body + eos
-            labels = list(input_ids)
-    return {"input_ids": input_ids[:max_seq_length], "labels": labels[:max_seq_length]}
+    Masked positions are -100. Use `encode_examples` for many rows."""
+    return encode_examples([row], tokenizer, max_seq_length)[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import pytest
 
 PROJECT = "paired-finetune"
 STACK = "dev"
-ORGANIZATION = "contoso"
 SUBSCRIPTION_ID = "00000000-0000-0000-0000-0000000000aa"
 TENANT_ID = "00000000-0000-0000-0000-0000000000bb"
 DEPLOYER_OBJECT_ID = "00000000-0000-0000-0000-0000000000cc"
@@ -116,9 +115,7 @@ def run(config: dict[str, Any], entry=None, stack: str = STACK) -> Run:
 
     mocks = RecordingMocks()
     pulumi.runtime.settings.ROOT.set(None)  # a fresh root stack for every run
-    pulumi.runtime.set_mocks(
-        mocks, project=PROJECT, stack=stack, preview=False, organization=ORGANIZATION
-    )
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
     pulumi.runtime.set_all_config({k: _as_config_value(v) for k, v in config.items()})
     result = Run(mocks.resources)
 

@@ -40,7 +40,9 @@ def test_environment_pins_match_pyproject():
     assert dict(map(_requirement, packages)) == dict(map(_requirement, wanted))
     assert "python=3.11" in conda["dependencies"]
     # The CUDA build of torch, from PyTorch's CUDA 12.x index.
-    assert any(re.fullmatch(r"--extra-index-url https://download\.pytorch\.org/whl/cu12\d", o) for o in pip)
+    assert any(
+        re.fullmatch(r"--extra-index-url https://download\.pytorch\.org/whl/cu12\d", o) for o in pip
+    )
 
 
 def _readme_section() -> str:
@@ -56,6 +58,12 @@ def test_readme_documents_every_config_key_and_output():
     assert documented == [full_key(alias, "paired-finetune") for alias in config_keys()]
     for output in program.OUTPUT_KEYS:
         assert f"`{output}`" in section
-    for command in ("pulumi login", "pulumi stack init dev", "az login", "pulumi up",
-                    "pulumi destroy", "--policy-pack infra/policy"):
+    for command in (
+        "pulumi login",
+        "pulumi stack init dev",
+        "az login",
+        "pulumi up",
+        "pulumi destroy",
+        "--policy-pack infra/policy",
+    ):
         assert command in section

@@ -62,7 +62,8 @@ def stack_violations(resources: list[Recorded]) -> list[str]:
         for r in resources
     ]
     BY_NAME["budget-exists"].validate(
-        StackValidationArgs(resources=policy_resources), lambda message, urn=None: found.append(message)
+        StackValidationArgs(resources=policy_resources),
+        lambda message, urn=None: found.append(message),
     )
     return found
 
@@ -131,7 +132,12 @@ BAD_RESOURCES = [
         f"{CLUSTER}.scaleSettings.nodeIdleTimeBeforeScaleDown",
         None,
     ),
-    ("aml-cluster-ssh-disabled", "gpu-cluster", f"{CLUSTER}.remoteLoginPortPublicAccess", "Enabled"),
+    (
+        "aml-cluster-ssh-disabled",
+        "gpu-cluster",
+        f"{CLUSTER}.remoteLoginPortPublicAccess",
+        "Enabled",
+    ),
     (
         "aml-cluster-ssh-disabled",
         "cpu-cluster",
@@ -206,7 +212,8 @@ def test_policies_ignore_other_resources_and_non_cluster_computes(default_run):
 def test_pack_main_builds_the_policy_pack(monkeypatch):
     built = {}
     monkeypatch.setattr(pulumi_policy, "PolicyPack", lambda **kwargs: built.update(kwargs))
-    monkeypatch.syspath_prepend(str(POLICY_DIR))  # Pulumi runs the pack with its directory on sys.path
+    # Pulumi runs the pack with its directory on sys.path.
+    monkeypatch.syspath_prepend(str(POLICY_DIR))
     try:
         runpy.run_path(str(POLICY_DIR), run_name="__main__")
     finally:

@@ -219,11 +219,23 @@ def test_role_assignments_are_scoped_to_the_container_and_registry(default_run):
     registry_id = default_run.one(REGISTRY).id
     roles = {r.name: r.inputs for r in default_run.of_type(ROLE)}
     expected = {
-        "gpu-cluster-datasets": ("principal-gpu-cluster", STORAGE_BLOB_DATA_CONTRIBUTOR, container_id),
-        "cpu-cluster-datasets": ("principal-cpu-cluster", STORAGE_BLOB_DATA_CONTRIBUTOR, container_id),
+        "gpu-cluster-datasets": (
+            "principal-gpu-cluster",
+            STORAGE_BLOB_DATA_CONTRIBUTOR,
+            container_id,
+        ),
+        "cpu-cluster-datasets": (
+            "principal-cpu-cluster",
+            STORAGE_BLOB_DATA_CONTRIBUTOR,
+            container_id,
+        ),
         "gpu-cluster-acr-pull": ("principal-gpu-cluster", ACR_PULL, registry_id),
         "cpu-cluster-acr-pull": ("principal-cpu-cluster", ACR_PULL, registry_id),
-        "workspace-datasets-reader": ("principal-workspace", STORAGE_BLOB_DATA_READER, container_id),
+        "workspace-datasets-reader": (
+            "principal-workspace",
+            STORAGE_BLOB_DATA_READER,
+            container_id,
+        ),
     }
     assert set(roles) == set(expected)
     for name, (principal, role_id, scope) in expected.items():
@@ -310,8 +322,10 @@ def test_training_environment(default_run):
 
 def test_environment_version_changes_with_its_inputs():
     image = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:1"
-    assert environment.environment_version(image, "a") == environment.environment_version(image, "a")
-    assert environment.environment_version(image, "a") != environment.environment_version(image, "b")
+    version = environment.environment_version
+    assert version(image, "a") == version(image, "a")
+    assert version(image, "a") != version(image, "b")
+    assert version(image, "a") != version(image + "0", "a")
     pinned = run_program(environmentVersion="7", environmentName="train-env")
     assert pinned.outputs["training_environment"] == "train-env:7"
 
@@ -341,12 +355,13 @@ def test_budget(default_run):
 
 
 def test_budget_from_config():
-    budget = run_program(
+    configured = run_program(
         budgetAmount=75.5,
         budgetThresholds=[90, 110],
         budgetContactEmails=["a@contoso.com", "b@contoso.com"],
         budgetStartDate="2026-02-01",
-    ).one(BUDGET).inputs
+    )
+    budget = configured.one(BUDGET).inputs
     assert budget["amount"] == 75.5
     assert budget["timePeriod"]["startDate"] == "2026-02-01T00:00:00Z"
     assert sorted(n["threshold"] for n in budget["notifications"].values()) == [90, 110]
@@ -358,7 +373,7 @@ def test_budget_from_config():
 
 def test_stack_outputs_follow_the_contract(default_run):
     outputs = default_run.outputs
-    assert set(outputs) == set(program.OUTPUT_KEYS) == {
+    assert set(program.OUTPUT_KEYS) == {
         "subscription_id",
         "resource_group",
         "location",
@@ -369,6 +384,7 @@ def test_stack_outputs_follow_the_contract(default_run):
         "data_assets",
         "training_environment",
     }
+    assert set(outputs) == set(program.OUTPUT_KEYS)
     assert outputs["subscription_id"] == SUBSCRIPTION_ID
     assert outputs["resource_group"] == "rg-paired-finetune-dev"
     assert outputs["location"] == "eastus"

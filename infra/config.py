@@ -1,0 +1,397 @@
+"""Typed, validated stack configuration.
+
+Every key of the stack config (`pulumi config set KEY VALUE`) is a field of `StackConfig`, named by
+its camelCase alias. `load_config` reads and validates all of them before any resource is
+declared: a bad value stops the program with one message that names the key (a `pulumi.RunError`,
+which Pulumi prints without a stack trace), instead of a provider error halfway through `up`.
+"""
+
+import datetime as dt
+import difflib
+import json
+import re
+import typing
+from typing import Any, Literal
+
+import pulumi
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+# 1x A100 80 GB. The guide's Standard_NC6s_v3 (V100) was retired on 2025-09-30.
+DEFAULT_GPU_VM_SIZE = "Standard_NC24ads_A100_v4"
+DEFAULT_CPU_VM_SIZE = "Standard_D4s_v3"
+# Azure ML's GPU base image (OpenMPI, CUDA 12.6, Ubuntu 24.04, conda), pinned to a dated tag so an
+# environment version always means the same image.
+DEFAULT_ENVIRONMENT_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:20250407.v1"
+
+# The key that holds the location lives in the provider's namespace, not the project's.
+LOCATION_KEY = "azure-native:location"
+# Fields that come from the Pulumi runtime, not from stack config keys.
+RUNTIME_FIELDS = ("project", "stack")
+
+# Azure's naming rules, matched against the whole value.
+_LOCATION = re.compile(r"[a-z][a-z0-9]+")
+_RESOURCE_GROUP = re.compile(r"[-\w.()]{0,89}[-\w()]")
+_WORKSPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,32}")
+_SUFFIX = re.compile(r"[a-z0-9]{3,8}")
+_CONTAINER = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
+_CLUSTER_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,14}[a-zA-Z0-9]")
+_VM_SIZE = re.compile(r"Standard_[A-Za-z0-9_]+")
+_DATASTORE = re.compile(r"[a-z0-9_]{1,255}")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")
+_ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+_IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[^\s:@]+[:@]\S+")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+Priority = Literal["Dedicated", "LowPriority"]
+PrincipalType = Literal["User", "Group", "ServicePrincipal"]
+
+
+class ConfigError(pulumi.RunError):
+    """A bad stack configuration: one message naming every offending key, no stack trace."""
+
+
+def _check(pattern: re.Pattern[str], value: str, rule: str) -> str:
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{value!r} is not valid: {rule}")
+    return value
+
+
+class StackConfig(BaseModel):
+    """The stack configuration. Field aliases are the config keys (`paired-finetune:<alias>`)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, extra="forbid", frozen=True)
+
+    # From the Pulumi runtime (not config keys).
+    project: str
+    stack: str
+
+    location: str = Field(description="Azure region for every resource, e.g. `eastus` (required).")
+    resource_group_name: str = Field(
+        "", description="Resource group to create. Default `rg-<project>-<stack>`."
+    )
+    workspace_name: str = Field(
+        "", description="Azure ML workspace name (3-33 chars). Default `mlw-<project>-<stack>`."
+    )
+    name_suffix: str | None = Field(
+        None,
+        description="Suffix (3-8 lowercase letters/digits) of the globally unique names (storage, "
+        "key vault, registry). Default: a hash of subscription/project/stack.",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra tags for every resource, merged over `project`, `stack`, `managed-by`.",
+    )
+    workspace_public_network_access: Literal["Enabled", "Disabled"] = Field(
+        "Enabled", description="Public network access to the workspace: `Enabled` or `Disabled`."
+    )
+    storage_sku: Literal[
+        "Standard_LRS", "Standard_ZRS", "Standard_GRS", "Standard_RAGRS", "Standard_GZRS"
+    ] = Field("Standard_LRS", description="Storage account redundancy SKU.")
+    dataset_container: str = Field(
+        "training-data", description="Blob container that holds the datasets."
+    )
+    key_vault_retention_days: int = Field(
+        7, ge=7, le=90, description="Key vault soft-delete retention, 7-90 days."
+    )
+    log_retention_days: int = Field(
+        30, ge=30, le=730, description="Log Analytics retention, 30-730 days."
+    )
+    container_registry: bool = Field(
+        True,
+        description="Declare a container registry (admin user disabled) for the workspace. Without "
+        "one, Azure ML creates its own on the first image build, with the admin user enabled.",
+    )
+    container_registry_sku: Literal["Basic", "Standard", "Premium"] = Field(
+        "Basic", description="Container registry SKU."
+    )
+    gpu_cluster_name: str = Field("gpu-cluster", description="GPU cluster name (2-16 chars).")
+    gpu_vm_size: str = Field(DEFAULT_GPU_VM_SIZE, description="GPU cluster VM size.")
+    gpu_min_nodes: int = Field(0, ge=0, description="GPU cluster minimum nodes (0 scales to zero).")
+    gpu_max_nodes: int = Field(2, ge=1, le=100, description="GPU cluster maximum nodes.")
+    gpu_priority: Priority = Field("Dedicated", description="`Dedicated` or `LowPriority` (spot).")
+    cpu_cluster_name: str = Field("cpu-cluster", description="CPU cluster name (2-16 chars).")
+    cpu_vm_size: str = Field(DEFAULT_CPU_VM_SIZE, description="CPU cluster VM size.")
+    cpu_min_nodes: int = Field(0, ge=0, description="CPU cluster minimum nodes (0 scales to zero).")
+    cpu_max_nodes: int = Field(4, ge=1, le=100, description="CPU cluster maximum nodes.")
+    cpu_priority: Priority = Field("Dedicated", description="`Dedicated` or `LowPriority` (spot).")
+    idle_seconds_before_scale_down: int = Field(
+        900, ge=60, le=86400, description="Idle seconds before a cluster node is released."
+    )
+    datastore_name: str = Field(
+        "training_data", description="Azure ML datastore on the dataset container."
+    )
+    data_asset_version: str = Field("1", description="Version of the registered data assets.")
+    control_data_path: str = Field(
+        "datasets/control/train.jsonl", description="Blob path of `control-train` in the container."
+    )
+    experiment_data_path: str = Field(
+        "datasets/experiment/train.jsonl",
+        description="Blob path of `experiment-train` in the container.",
+    )
+    eval_data_path: str | None = Field(
+        None, description="Blob path of the shared `eval` asset; unset: no eval asset."
+    )
+    environment_name: str = Field(
+        "paired-finetune-train", description="Azure ML environment for the training jobs."
+    )
+    environment_image: str = Field(
+        DEFAULT_ENVIRONMENT_IMAGE, description="GPU base image of the training environment."
+    )
+    environment_version: str | None = Field(
+        None,
+        description="Environment version. Default: a hash of the image and `environment/conda.yml`, "
+        "so a changed file registers a new version.",
+    )
+    budget_amount: float = Field(200.0, gt=0, description="Monthly budget (USD) on the group.")
+    budget_thresholds: list[float] = Field(
+        default_factory=lambda: [50.0, 80.0, 100.0],
+        min_length=1,
+        max_length=5,
+        description="Alert thresholds, percent of the budget (1-5 values, each 0-1000).",
+    )
+    budget_contact_emails: list[str] = Field(
+        min_length=1, description="E-mail addresses for budget alerts (required)."
+    )
+    budget_start_date: dt.date | None = Field(
+        None,
+        description="First day of the budget (`YYYY-MM-01`). Default: the first of the current "
+        "month when the budget is created.",
+    )
+    data_contributors: dict[str, PrincipalType] = Field(
+        default_factory=dict,
+        description="Who may upload and read the datasets (the storage account takes no keys): "
+        "Entra object id -> `User`, `Group` or `ServicePrincipal`.",
+    )
+
+    # Defaults derived from project and stack; they go through the same checks as set values.
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "project" in data and "stack" in data:
+            data = dict(data)
+            project, stack = data["project"], data["stack"]
+            data["resourceGroupName"] = data.get("resourceGroupName") or f"rg-{project}-{stack}"
+            data["workspaceName"] = data.get("workspaceName") or f"mlw-{project}-{stack}"
+        return data
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        return _check(_LOCATION, v, "use the short region name, e.g. eastus")
+
+    @field_validator("resource_group_name")
+    @classmethod
+    def _resource_group(cls, v: str) -> str:
+        return _check(_RESOURCE_GROUP, v, "1-90 letters, digits, - _ . ( ), not ending in .")
+
+    @field_validator("workspace_name")
+    @classmethod
+    def _workspace(cls, v: str) -> str:
+        return _check(
+            _WORKSPACE, v, "3-33 letters, digits, - and _, starting with a letter or digit"
+        )
+
+    @field_validator("name_suffix")
+    @classmethod
+    def _suffix(cls, v: str | None) -> str | None:
+        return v if v is None else _check(_SUFFIX, v, "3-8 lowercase letters or digits")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not key or len(key) > 512 or re.search(r"[<>%&\\?/]", key):
+                raise ValueError(f"tag name {key!r} is not valid: 1-512 chars, none of <>%&\\?/")
+            if len(value) > 256:
+                raise ValueError(f"tag {key!r}: value longer than 256 characters")
+        return v
+
+    @field_validator("dataset_container")
+    @classmethod
+    def _container(cls, v: str) -> str:
+        return _check(_CONTAINER, v, "3-63 lowercase letters, digits and single hyphens")
+
+    @field_validator("gpu_cluster_name", "cpu_cluster_name")
+    @classmethod
+    def _cluster_name(cls, v: str) -> str:
+        return _check(_CLUSTER_NAME, v, "2-16 letters, digits, -; starting with a letter")
+
+    @field_validator("cpu_cluster_name")
+    @classmethod
+    def _distinct_clusters(cls, v: str, info: ValidationInfo) -> str:
+        if v == info.data.get("gpu_cluster_name"):
+            raise ValueError(f"{v!r} is already the name of the GPU cluster (gpuClusterName)")
+        return v
+
+    @field_validator("gpu_vm_size", "cpu_vm_size")
+    @classmethod
+    def _vm_size(cls, v: str) -> str:
+        return _check(_VM_SIZE, v, "an Azure VM size like Standard_D4s_v3")
+
+    @field_validator("gpu_max_nodes", "cpu_max_nodes")
+    @classmethod
+    def _max_at_least_min(cls, v: int, info: ValidationInfo) -> int:
+        arm = info.field_name.split("_")[0]  # "gpu" or "cpu"
+        low = info.data.get(f"{arm}_min_nodes")
+        if low is not None and v < low:
+            raise ValueError(f"must be at least {arm}MinNodes ({low}), got {v}")
+        return v
+
+    @field_validator("datastore_name")
+    @classmethod
+    def _datastore(cls, v: str) -> str:
+        return _check(_DATASTORE, v, "lowercase letters, digits and _ only")
+
+    @field_validator("data_asset_version", "environment_version")
+    @classmethod
+    def _version(cls, v: str | None) -> str | None:
+        return v if v is None else _check(_VERSION, v, "letters, digits, . _ - (at most 50)")
+
+    @field_validator("control_data_path", "experiment_data_path", "eval_data_path")
+    @classmethod
+    def _blob_path(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v or v.startswith("/") or ".." in v.split("/") or "://" in v or re.search(r"\s", v):
+            raise ValueError(
+                f"{v!r} is not valid: a path inside the dataset container, like "
+                "datasets/control/train.jsonl (no leading /, no .., no spaces, not a URI)"
+            )
+        return v
+
+    @field_validator("environment_name")
+    @classmethod
+    def _asset_name(cls, v: str) -> str:
+        return _check(_ASSET_NAME, v, "letters, digits, . _ -, starting with a letter or digit")
+
+    @field_validator("environment_image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        return _check(_IMAGE, v, "an image reference like registry/repository:tag")
+
+    @field_validator("budget_thresholds")
+    @classmethod
+    def _thresholds(cls, v: list[float]) -> list[float]:
+        for t in v:
+            if not 0 < t <= 1000:
+                raise ValueError(f"{t:g} is out of range: each threshold is a percent in (0, 1000]")
+        if len(set(v)) != len(v):
+            raise ValueError("thresholds must be distinct")
+        return v
+
+    @field_validator("budget_contact_emails")
+    @classmethod
+    def _emails(cls, v: list[str]) -> list[str]:
+        for email in v:
+            _check(_EMAIL, email, "an e-mail address like ml-team@contoso.com")
+        return v
+
+    @field_validator("budget_start_date")
+    @classmethod
+    def _start_date(cls, v: dt.date | None) -> dt.date | None:
+        if v is not None and (v.day != 1 or v < dt.date(2017, 6, 1)):
+            raise ValueError(f"{v} is not valid: the first day of a month, like 2026-01-01")
+        return v
+
+    @field_validator("data_contributors")
+    @classmethod
+    def _principals(cls, v: dict[str, str]) -> dict[str, str]:
+        for principal in v:
+            _check(_GUID, principal, "keys are Entra object ids (GUIDs)")
+        return v
+
+    # Derived values.
+    @property
+    def resource_tags(self) -> dict[str, str]:
+        return {"project": self.project, "stack": self.stack, "managed-by": "pulumi", **self.tags}
+
+    @property
+    def idle_time_before_scale_down(self) -> str:
+        return f"PT{self.idle_seconds_before_scale_down}S"  # ISO 8601 duration
+
+
+def config_keys() -> list[str]:
+    """The config keys (aliases) in declaration order, without the runtime fields."""
+    return [
+        field.alias or name
+        for name, field in StackConfig.model_fields.items()
+        if name not in RUNTIME_FIELDS
+    ]
+
+
+def full_key(alias: str, project: str) -> str:
+    return LOCATION_KEY if alias == "location" else f"{project}:{alias}"
+
+
+def _parse(alias: str, raw: str) -> Any:
+    """Lists and maps arrive as JSON text; a list also takes comma-separated values. Anything
+    else goes to pydantic as the string it is, and pydantic reports what is wrong with it."""
+    field = next(f for f in StackConfig.model_fields.values() if f.alias == alias)
+    kind = typing.get_origin(field.annotation)
+    if kind not in (list, dict):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return [item.strip() for item in raw.split(",") if item.strip()] if kind is list else raw
+
+
+def _describe(error: dict[str, Any], project: str) -> str:
+    loc = error["loc"]
+    key = full_key(str(loc[0]), project) if loc else project
+    key += "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = f"required; set it with `pulumi config set {key} VALUE`"
+    elif error["type"] != "value_error" and "input" in error:
+        message += f" (got {error['input']!r})"
+    return f"  {key}: {message}"
+
+
+def validate(raw: dict[str, Any], project: str, stack: str) -> StackConfig:
+    """Validate raw config values keyed by alias; raise ConfigError naming every bad key."""
+    try:
+        return StackConfig.model_validate({**raw, "project": project, "stack": stack})
+    except ValidationError as exc:
+        lines = [_describe(e, project) for e in exc.errors(include_url=False)]
+        raise ConfigError(
+            f"invalid stack configuration (stack {stack}):\n" + "\n".join(lines)
+        ) from None
+
+
+def load_config() -> StackConfig:
+    """Read the stack config through the Pulumi runtime and validate it."""
+    project, stack = pulumi.get_project(), pulumi.get_stack()
+    keys = config_keys()
+
+    # A misspelled key would otherwise be silently ignored and its default used.
+    present = {**pulumi.runtime.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
+    unknown = []
+    for key in sorted(present):
+        namespace, _, alias = key.partition(":")
+        if namespace == project and alias not in keys:
+            close = difflib.get_close_matches(alias, keys, n=1)
+            hint = f" (did you mean {project}:{close[0]}?)" if close else ""
+            unknown.append(f"  {key}: unknown key{hint}")
+    if unknown:
+        raise ConfigError(f"invalid stack configuration (stack {stack}):\n" + "\n".join(unknown))
+
+    raw: dict[str, Any] = {}
+    for alias in keys:
+        key = full_key(alias, project)
+        namespace, _, name = key.partition(":")
+        value = pulumi.Config(namespace).get(name)
+        if value is None or value == "":
+            continue
+        raw[alias] = _parse(alias, value)
+    return validate(raw, project, stack)
