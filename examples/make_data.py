@@ -56,13 +56,21 @@ ARGS = ["items", "values", "text", "rows", "name", "total", "limit", "record", "
 PREFIXES = ["", "get_", "compute_", "to_", "make_", "calc_"]
 
 
-def examples(rng: random.Random, n: int):
-    for _ in range(n):
+def examples(rng: random.Random, n: int, exclude: set | None = None):
+    """n distinct functions (none of those in `exclude`, which collects what was drawn)."""
+    seen = exclude if exclude is not None else set()
+    drawn = 0
+    while drawn < n:
         i = rng.randrange(len(FUNCTIONS))
         code, what, why, edge = FUNCTIONS[i]
         a, b = rng.sample(ARGS, 2)
         fill = dict(f=rng.choice(PREFIXES) + NAMES[i], a=a, b=b)
-        yield code.format(**fill), what.format(**fill), why.format(**fill), edge.format(**fill)
+        source = code.format(**fill)
+        if source in seen:
+            continue  # duplicates teach nothing new and skew the loss
+        seen.add(source)
+        drawn += 1
+        yield source, what.format(**fill), why.format(**fill), edge.format(**fill)
 
 
 def chat(code: str, comment: str) -> dict:
@@ -81,11 +89,12 @@ def write_jsonl(path: Path, rows) -> None:
 
 
 def main() -> None:
-    train = list(examples(random.Random(1), 320))
+    drawn: set[str] = set()
+    train = list(examples(random.Random(1), 320, drawn))
     write_jsonl(DATA / "control.jsonl", (chat(c, f"# {what}") for c, what, _, _ in train))
     write_jsonl(DATA / "experiment.jsonl",
                 (chat(c, f"# {why}\n# Edge case: {edge}.") for c, _, why, edge in train))
-    held_out = list(examples(random.Random(2), 64))
+    held_out = list(examples(random.Random(2), 64, drawn))  # disjoint from training
     write_jsonl(DATA / "eval.jsonl",
                 (chat(c, f"# {why}\n# Edge case: {edge}.") for c, _, why, edge in held_out))
 

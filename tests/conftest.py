@@ -66,32 +66,3 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
     yield
 
-
-# ----------------------------------------------------------------------------- training fixtures
-@pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory) -> str:
-    """The built-in tiny Llama, built once per session into a private cache that the
-    subprocesses started by tests inherit through PAIRED_FINETUNE_CACHE."""
-    cache = tmp_path_factory.mktemp("model-cache")
-    os.environ["PAIRED_FINETUNE_CACHE"] = str(cache)
-    from training.models import ensure_tiny_llama
-
-    return str(ensure_tiny_llama())
-
-
-@pytest.fixture(scope="session")
-def tiny_tokenizer(tiny_model_path):
-    from training.models import load_tokenizer
-
-    return load_tokenizer(tiny_model_path)
-
-
-@pytest.fixture
-def tracking_env(tmp_path, tiny_model_path) -> dict:
-    """Environment for a training subprocess: a private MLflow store, fast system metrics."""
-    return {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
-        "OMP_NUM_THREADS": "1",
-    }

@@ -24,8 +24,12 @@ EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 def _console():
     from rich.console import Console
 
-    # soft_wrap: a long "path:line: problem" stays one line (greppable, clickable) when piped
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    # soft_wrap: a long "path:line: problem" stays one line (greppable, clickable) when piped;
+    # piped output gets room for a table rather than rich's 80-column default.
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=True, highlight=False, soft_wrap=True, width=120)
+    return console
 
 
 def bad_input(message: str) -> None:

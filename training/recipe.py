@@ -281,9 +281,9 @@ def training_arguments(cfg: ExperimentConfig, out: Path, precision: str):
 def encode_rows(rows: list[dict], tokenizer, max_seq_length: int):
     from datasets import Dataset
 
-    from training.data import encode_example
+    from training.data import encode_examples
 
-    return Dataset.from_list([encode_example(r, tokenizer, max_seq_length) for r in rows])
+    return Dataset.from_list(encode_examples(rows, tokenizer, max_seq_length))
 
 
 def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,

@@ -1,5 +1,7 @@
 """Fixtures shared by the training tests: the built-in tiny Llama, built once per session."""
 
+import os
+
 import pytest
 
 
@@ -24,3 +26,14 @@ def tiny_tokenizer(tiny_model_path):
     from training.models import load_tokenizer
 
     return load_tokenizer(tiny_model_path)
+
+
+@pytest.fixture
+def tracking_env(tmp_path, tiny_model_path) -> dict:
+    """Environment for a training subprocess: a private MLflow store, fast system metrics."""
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
+        "OMP_NUM_THREADS": "1",
+    }

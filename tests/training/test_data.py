@@ -13,8 +13,11 @@ import pytest
 from training.data import (
     DataError,
     ValidationReport,
+    _chat_text_and_spans,
+    _chat_text_and_spans_jinja,
     detect_format,
     encode_example,
+    encode_examples,
     file_sha256,
     load_examples,
     print_report,
@@ -442,6 +445,27 @@ def test_a_template_that_rewrites_earlier_turns_is_reported(tmp_path, tiny_model
     check_messages(report.problems, path, [(1, "chat template problem")])
 
 
+def test_llama3_layout_gives_the_same_text_and_spans_as_rendering_each_turn(tiny_tokenizer):
+    """The direct Llama-3 layout is only a shortcut for the template-rendering method."""
+    for row in VARIED:
+        assert _chat_text_and_spans(row["messages"], tiny_tokenizer) == _chat_text_and_spans_jinja(
+            row["messages"], tiny_tokenizer
+        )
+
+
+def test_encode_examples_equals_encode_example_row_by_row(tiny_tokenizer):
+    rows = [
+        *VARIED,
+        {"prompt": "Q: 2+2?", "completion": " 4"},
+        {"text": "plain"},
+        {"prompt": "p", "completion": "c", "id": 7},
+    ]
+    assert encode_examples(rows, tiny_tokenizer, 64) == [
+        encode_example(r, tiny_tokenizer, 64) for r in rows
+    ]
+    assert encode_examples([], tiny_tokenizer, 64) == []
+
+
 # --------------------------------------------------------------------------------------------------
 # Packing: padding-free batches give exactly the loss of padded ones
 
@@ -537,7 +561,17 @@ def test_print_report_lists_problems_with_a_cap_then_summary_and_histogram(
     assert f"{bad}:52: not valid JSON" not in out  # only the first 50
     assert "... and 10 more" in out
     assert "good [v2].jsonl" in out  # brackets are not taken as markup
-    assert "chat" in out and "│    9 │" in out.replace("┃", "│")
+    t = report.files[1].tokens
+    [row] = [line for line in out.splitlines() if "good [v2].jsonl" in line and " chat " in line]
+    assert row.split()[-7:] == [
+        "9",
+        "chat",
+        "0",
+        "0",
+        f"{t.min}/{t.median}/{t.p95}/{t.max}",
+        f"{t.mean:.1f}",
+        report.files[1].sha256[:8],
+    ]
     assert f"token lengths of {good}:" in out
     assert "█" in out
     assert "fix the data before training" in out
