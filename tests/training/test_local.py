@@ -1,6 +1,7 @@
 """`train run`: the whole pair on this machine, as a user runs it (the CLI in a subprocess)."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -36,11 +37,17 @@ def test_pair_trains_both_arms_tracks_them_and_is_not_retrained(tiny_model_path,
                                                                  tracking_env):
     cfg = write_experiment(tmp_path, max_steps=12, eval_every=6, save_every=6)
     out = tmp_path / "runs"
-    proc = train_run(cfg, out, tracking_env)
-
+    # One arm first (--arm), then the pair: the finished arm is not trained again.
+    train_run(cfg, out, tracking_env, "--arm", "control")
     pairs = list(out.iterdir())
     assert len(pairs) == 1
     pair_dir = pairs[0]
+    assert (pair_dir / "control" / "metrics.json").exists()
+    assert not (pair_dir / "experiment").exists()
+    control_done = (pair_dir / "control" / "metrics.json").stat().st_mtime_ns
+
+    proc = train_run(cfg, out, tracking_env)
+    assert (pair_dir / "control" / "metrics.json").stat().st_mtime_ns == control_done
     pair_id = pair_dir.name
     manifest = json.loads((pair_dir / "pair.json").read_text())
     assert pair_id == pair_id_for(load_config(cfg), manifest["data_sha256"])
@@ -51,7 +58,10 @@ def test_pair_trains_both_arms_tracks_them_and_is_not_retrained(tiny_model_path,
         assert metrics["global_step"] == 12
         assert metrics["tokens_per_second"] > 0
         assert (pair_dir / arm / "model" / "model.safetensors").exists()
-        assert f"{arm}" in proc.stderr and "finished" in proc.stderr
+        # retention: keep_checkpoints=2 of the checkpoints at steps 6 and 12
+        assert len(list((pair_dir / arm / "checkpoints").glob("checkpoint-*"))) <= 2
+    assert re.search(r"experiment\W+finished", proc.stderr)
+    assert re.search(r"control\W+skipped", proc.stderr)
 
     # Two MLflow runs, one per arm, tagged with the pair, with params, metrics and artifacts.
     runs = runs_of(tracking_env, pair_id)
@@ -156,3 +166,17 @@ def test_a_pair_id_cannot_be_reused_for_another_config(tmp_path, tracking_env, t
     assert proc.returncode == 2
     assert "different config or data" in proc.stderr
     assert not (pair_dir / "control").exists()
+
+
+def test_one_arm_failing_keeps_the_other_and_exits_1(tmp_path, tracking_env, tiny_model_path):
+    cfg = write_experiment(tmp_path, max_steps=6, eval_every=3, save_every=3)
+    out = tmp_path / "runs"
+    # The experiment arm cannot write its checkpoints: a file stands where its folder should be.
+    (out / "p1" / "experiment").mkdir(parents=True)
+    (out / "p1" / "experiment" / "checkpoints").write_text("not a folder")
+    proc = train_run(cfg, out, tracking_env, "--pair-id", "p1", check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert json.loads((out / "p1" / "control" / "metrics.json").read_text())["global_step"] == 6
+    assert not (out / "p1" / "experiment" / "metrics.json").exists()
+    assert re.search(r"experiment\W+failed", proc.stderr)
+    assert f"experiment: failed, see {out / 'p1' / 'experiment' / 'train.log'}" in proc.stderr
