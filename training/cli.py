@@ -133,6 +133,9 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     if cfg.eval:
         files["eval"] = cfg.eval
 
+    missing = [f"{name}: {path}" for name, path in files.items() if not path.is_file()]
+    if missing:  # before fetching a tokenizer that may be gigabytes away
+        bad_input("data file not found:\n  " + "\n  ".join(missing))
     with console.status(f"preparing {cfg.base_model} and validating data"):
         tokenizer = _tokenizer(cfg.base_model)
         report = data_mod.validate_files(list(files.values()), tokenizer=tokenizer,

@@ -180,3 +180,13 @@ def test_one_arm_failing_keeps_the_other_and_exits_1(tmp_path, tracking_env, tin
     assert not (out / "p1" / "experiment" / "metrics.json").exists()
     assert re.search(r"experiment\W+failed", proc.stderr)
     assert f"experiment: failed, see {out / 'p1' / 'experiment' / 'train.log'}" in proc.stderr
+
+
+def test_missing_data_is_reported_before_the_model_is_fetched(tmp_path, tracking_env):
+    cfg = write_experiment(tmp_path, control=tmp_path / "nope.jsonl")
+    text = cfg.read_text().replace("base_model: tiny-llama", "base_model: org/not-on-this-machine")
+    cfg.write_text(text)
+    proc = train_run(cfg, tmp_path / "runs", tracking_env, check=False)
+    assert proc.returncode == 2
+    assert f"control: {tmp_path / 'nope.jsonl'}" in proc.stderr
+    assert "tokenizer" not in proc.stderr
