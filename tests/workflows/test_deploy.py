@@ -80,6 +80,7 @@ def test_triggers(deploy):
         paths = on[event]["paths"]
         assert "infra/**" in paths  # the program and the policy pack (infra/policy)
         assert "Pulumi*.yaml" in paths
+        assert "environment/**" in paths  # infra registers environment/conda.yml
     assert on["push"]["branches"] == ["main"]
     inputs = on["workflow_dispatch"]["inputs"]
     assert inputs["command"]["options"] == ["preview", "up", "destroy"]
