@@ -57,7 +57,8 @@ class PairProgress:
 
     def summary(self, states: dict, pair_dir: Path) -> None:
         table = Table(title=f"pair {pair_dir.name}", title_justify="left")
-        for col in ("arm", "status", "steps", "train loss", "eval loss", "ppl", "tokens/s"):
+        for col in ("arm", "status", "steps", "train loss", "eval loss", "ppl", "tokens/s",
+                    "wall"):
             table.add_column(col, justify="left" if col in ("arm", "status") else "right")
         for s in states.values():
             m = s.metrics or {}
@@ -65,7 +66,8 @@ class PairProgress:
                           _fmt(m.get("train_loss", s.last.get("train_loss"))),
                           _fmt(m.get("eval_loss", s.last.get("eval_loss"))),
                           _fmt(m.get("perplexity"), ".2f"),
-                          _fmt(m.get("tokens_per_second", s.last.get("tokens_per_second")), ",.0f"))
+                          _fmt(m.get("tokens_per_second", s.last.get("tokens_per_second")), ",.0f"),
+                          "-" if s.seconds is None else f"{s.seconds:.0f} s")
         self.console.print(table)
         for s in states.values():
             if s.status in ("failed", "interrupted"):

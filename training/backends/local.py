@@ -37,7 +37,8 @@ class ArmState:
     max_steps: int | None = None
     last: dict = field(default_factory=dict)  # latest train_loss, eval_loss, tokens_per_second
     metrics: dict | None = None
-    seconds: float = 0.0
+    started: float | None = None  # time.monotonic() at launch
+    seconds: float | None = None  # wall time of this launch, once it exited
 
 
 def pair_id_for(cfg: ExperimentConfig, data_hashes: dict[str, str]) -> str:
@@ -118,7 +119,7 @@ class LocalPair:
                                     env=_arm_env(threads, self.tracking_uri),
                                     start_new_session=True)
             self.procs[state.arm] = proc
-            state.status, state.seconds = "running", time.monotonic()
+            state.status, state.started = "running", time.monotonic()
             reader = threading.Thread(target=self._follow, args=(state, proc), daemon=True)
             reader.start()
             readers.append(reader)
@@ -139,7 +140,7 @@ class LocalPair:
                         continue
                     self._apply(state, event)
         state.returncode = proc.wait()
-        state.seconds = time.monotonic() - state.seconds
+        state.seconds = time.monotonic() - state.started
         metrics_file = state.folder / "metrics.json"
         if state.returncode == 0 and metrics_file.exists():
             state.status, state.metrics = "finished", json.loads(metrics_file.read_text())
