@@ -124,7 +124,6 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     """
     from training import data as data_mod
     from training.backends.local import LocalPair, PairMismatch, pair_id_for, prepare_pair
-    from training.models import resolve_base_model
     from training.tracking import tracking_uri as resolve_uri
 
     console = _console()
@@ -137,6 +136,7 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     if missing:  # before fetching a tokenizer that may be gigabytes away
         bad_input("data file not found:\n  " + "\n  ".join(missing))
     with console.status(f"preparing {cfg.base_model} and validating data"):
+        # builds tiny-llama here, once, before the two arms would race for it
         tokenizer = _tokenizer(cfg.base_model)
         report = data_mod.validate_files(list(files.values()), tokenizer=tokenizer,
                                          max_seq_length=cfg.training.max_seq_length)
@@ -156,7 +156,6 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
         resolved = prepare_pair(cfg, pair_dir, pair_id, hashes)
     except PairMismatch as e:
         bad_input(str(e))
-    resolve_base_model(cfg.base_model)  # build tiny-llama once, before the arms race for it
     uri = resolve_uri(tracking_uri)
     _ensure_experiment(uri, cfg.name)
     console.print(f"pair [bold]{pair_id}[/] -> {pair_dir}   (MLflow: {uri})")

@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from training import tracking
 from training.config import ARMS, ConfigError, ExperimentConfig, load_config
 from training.data import DataError, file_sha256, load_examples
 from training.models import load_tokenizer, resolve_base_model
@@ -120,12 +121,10 @@ class Preemption:
 
 
 # ----------------------------------------------------------------------------- callbacks
-def make_callbacks(preemption: Preemption, tracking: bool):
+def make_callbacks(preemption: Preemption, tracked: bool):
     import torch
     import torch.distributed as dist
     from transformers import TrainerCallback
-
-    from training import tracking as mlflow_tracking
 
     class StopOnSignal(TrainerCallback):
         """Turns a signal into `save now, then stop` at the next step boundary, on every rank."""
@@ -190,9 +189,9 @@ def make_callbacks(preemption: Preemption, tracking: bool):
             else:
                 return
             log.info(describe(state.global_step, state.max_steps, metrics))
-            if tracking:
-                mlflow_tracking.log_metrics({k: v for k, v in metrics.items() if v is not None},
-                                            step=state.global_step)
+            if tracked:
+                tracking.log_metrics({k: v for k, v in metrics.items() if v is not None},
+                                     step=state.global_step)
 
     return [StopOnSignal(), MarkComplete(), Report()]
 
@@ -332,10 +331,8 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
     else:
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100,
                                           pad_to_multiple_of=8 if cuda else None)
-    from training.tracking import code_version, flatten, tracking_uri
-
     tracked = is_main and not os.environ.get("PAIRED_FINETUNE_NO_MLFLOW")
-    callbacks = make_callbacks(preemption, tracking=tracked)
+    callbacks = make_callbacks(preemption, tracked=tracked)
     report = callbacks[-1]
     if t.early_stopping:
         callbacks.append(EarlyStoppingCallback(t.early_stopping.patience,
@@ -347,9 +344,10 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
 
     resume = latest_complete_checkpoint(out / "checkpoints")
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    params = {**flatten(cfg.model_dump(mode="json", exclude={"arms", "eval"})), **data_params,
-              "arm": arm, "pair_id": pair_id, "config_sha256": cfg.sha256(),
-              "code_version": code_version(), "precision": precision, "world_size": world_size(),
+    params = {**tracking.flatten(cfg.model_dump(mode="json", exclude={"arms", "eval"})),
+              **data_params, "arm": arm, "pair_id": pair_id, "config_sha256": cfg.sha256(),
+              "code_version": tracking.code_version(), "precision": precision,
+              "world_size": world_size(),
               "trainable_params": n_trainable, "base_model_path": model_path}
     tags = {"pair_id": pair_id, "arm": arm, "base_model": cfg.base_model, "method": cfg.method,
             "code_version": params["code_version"]}
@@ -378,34 +376,24 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
             "stopped_early": trainer.state.global_step < trainer.state.max_steps,
             "precision": precision,
         }
+        trainer.save_model(str(out / "model.tmp"))  # on every rank: sharded models gather here
         if not is_main:
             return 0
-        trainer.save_model(str(out / "model.tmp"))
         tokenizer.save_pretrained(str(out / "model.tmp"))
         shutil.rmtree(out / "model", ignore_errors=True)
         os.replace(out / "model.tmp", out / "model")
         if tracked:
-            from training import tracking
-
             tracking.log_metrics({f"final_{k}": v for k, v in metrics.items()},
                                  step=trainer.state.global_step)
         write_json_atomic(out / "metrics.json", metrics)  # last: its presence means "finished"
         if tracked:
-            import mlflow
-
-            mlflow.log_artifact(str(out / "config.yaml"))
-            mlflow.log_artifact(str(out / "metrics.json"))
+            tracking.log_artifacts(out / "config.yaml", out / "metrics.json")
         emit("done", **metrics)
         return 0
 
     if not tracked:
         return run()
-    import mlflow
-
-    from training.tracking import arm_run
-
-    mlflow.set_tracking_uri(tracking_uri())
-    with arm_run(out, cfg.name, f"{pair_id}-{arm}", tags, params):
+    with tracking.arm_run(out, cfg.name, f"{pair_id}-{arm}", tags, params):
         return run()
 
 

@@ -54,8 +54,11 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 @contextmanager
 def arm_run(arm_dir: Path, experiment: str, run_name: str, tags: dict, params: dict):
-    """Open (or reopen) the arm's MLflow run with system metrics; yields the mlflow module."""
+    """Open (or reopen) the arm's MLflow run, with system metrics, in the store tracking_uri()
+    names."""
     import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
 
     id_file = arm_dir / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.exists() else None
@@ -66,7 +69,7 @@ def arm_run(arm_dir: Path, experiment: str, run_name: str, tags: dict, params: d
             id_file.write_text(run.info.run_id)
             mlflow.set_tags(tags)
             mlflow.log_params(params)
-        yield mlflow
+        yield run
 
 
 def log_metrics(metrics: dict, step: int) -> None:
@@ -76,3 +79,10 @@ def log_metrics(metrics: dict, step: int) -> None:
              if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
     if clean:
         mlflow.log_metrics(clean, step=step)
+
+
+def log_artifacts(*paths: Path) -> None:
+    import mlflow
+
+    for path in paths:
+        mlflow.log_artifact(str(path))
