@@ -27,6 +27,8 @@ OUTPUT_KEYS = (
     "datastore",
     "data_assets",
     "training_environment",
+    "gpu_vm_size",
+    "cpu_vm_size",
 )
 
 
@@ -55,6 +57,9 @@ def declare(cfg: StackConfig) -> dict[str, Any]:
         "datastore": datastore.name,
         "data_assets": data_assets,
         "training_environment": training_environment,
+        # what `train estimate` prices and the memory plan sizes (the clusters' VM sizes)
+        "gpu_vm_size": cfg.gpu_vm_size,
+        "cpu_vm_size": cfg.cpu_vm_size,
     }
 
 

@@ -383,8 +383,12 @@ def test_stack_outputs_follow_the_contract(default_run):
         "datastore",
         "data_assets",
         "training_environment",
+        "gpu_vm_size",
+        "cpu_vm_size",
     }
     assert set(outputs) == set(program.OUTPUT_KEYS)
+    assert outputs["gpu_vm_size"] == "Standard_NC24ads_A100_v4"
+    assert outputs["cpu_vm_size"] == "Standard_D4s_v3"
     assert outputs["subscription_id"] == SUBSCRIPTION_ID
     assert outputs["resource_group"] == "rg-paired-finetune-dev"
     assert outputs["location"] == "eastus"

@@ -1,0 +1,167 @@
+"""The Pulumi stack outputs: where the estate is, read into a typed object.
+
+`pulumi stack output --json --show-secrets --stack S` (run in the folder that holds `Pulumi.yaml`),
+or the same JSON saved earlier (the deploy workflow's `stack-outputs-<stack>` artifact). Every
+problem is a `StackError` whose message says what to do; the CLI turns it into exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PULUMI_TIMEOUT_S = 120
+# Azure resource names the outputs carry: letters, digits and the few separators Azure allows.
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.()-]{0,89}$"
+
+
+class StackError(Exception):
+    """The stack outputs could not be read or are not what the CLI needs."""
+
+
+class DataAsset(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, v):
+        # `pulumi config set dataAssetVersion 2` may come back as a number
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @property
+    def id(self) -> str:
+        return f"azureml:{self.name}:{self.version}"
+
+
+class StackOutputs(BaseModel):
+    """Exactly what `infra/program.py` exports (unknown extra keys are ignored: newer stacks)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    subscription_id: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")
+    resource_group: str = Field(pattern=_NAME)
+    location: str = Field(pattern=r"^[a-z0-9]+$")
+    workspace_name: str = Field(pattern=_NAME)
+    gpu_cluster: str = Field(pattern=_NAME)
+    cpu_cluster: str = Field(pattern=_NAME)
+    datastore: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    data_assets: dict[str, DataAsset]
+    training_environment: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$")
+    gpu_vm_size: str | None = None  # optional: outputs saved before they were exported lack them
+    cpu_vm_size: str | None = None
+
+    @field_validator("data_assets")
+    @classmethod
+    def _arms_present(cls, assets):
+        missing = [a for a in ("control", "experiment") if a not in assets]
+        if missing:
+            raise ValueError(f"no data asset for {', '.join(missing)} (expected keys control, "
+                             "experiment and optionally eval)")
+        unknown = sorted(set(assets) - {"control", "experiment", "eval"})
+        if unknown:
+            raise ValueError(f"unexpected data asset key(s) {', '.join(unknown)}")
+        return assets
+
+    @property
+    def workspace_id(self) -> str:
+        return (f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+                f"/providers/Microsoft.MachineLearningServices/workspaces/{self.workspace_name}")
+
+    def cluster(self, compute: str) -> str:
+        """`gpu` and `cpu` name the stack's clusters; any other name must be one of them."""
+        clusters = {"gpu": self.gpu_cluster, "cpu": self.cpu_cluster}
+        if compute in clusters:
+            return clusters[compute]
+        if compute in clusters.values():
+            return compute
+        raise StackError(f"azure.compute: {compute!r} is not a cluster of this stack (expected "
+                         f"gpu, cpu, {self.gpu_cluster} or {self.cpu_cluster})")
+
+
+def parse_outputs(data, source: str) -> StackOutputs:
+    if not isinstance(data, dict):
+        raise StackError(f"{source}: expected a JSON object of stack outputs "
+                         "(`pulumi stack output --json`)")
+    secret = sorted(k for k, v in data.items() if v == "[secret]")
+    if secret:
+        raise StackError(f"{source}: {', '.join(secret)} shown as [secret]: save the outputs "
+                         "with `pulumi stack output --json --show-secrets`")
+    try:
+        return StackOutputs.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{source}: not the stack outputs this CLI expects"]
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                msg = "missing (deploy the stack with this repository's infra/: `pulumi up`)"
+            lines.append(f"  {field}: {msg}")
+        raise StackError("\n".join(lines)) from None
+
+
+def read_outputs_file(path: str | Path) -> StackOutputs:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise StackError(f"{path}: cannot read the stack outputs file ({reason})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StackError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); expected the output "
+                         "of `pulumi stack output --json --show-secrets`") from None
+    return parse_outputs(data, str(path))
+
+
+def read_stack(stack: str, pulumi_dir: str | Path = ".") -> StackOutputs:
+    """Ask the Pulumi CLI for the stack's outputs."""
+    pulumi_dir = Path(pulumi_dir)
+    if not (pulumi_dir / "Pulumi.yaml").is_file():
+        raise StackError(f"{pulumi_dir.resolve()}: no Pulumi.yaml here; run from the repository "
+                         "root or pass --pulumi-dir")
+    exe = shutil.which("pulumi")
+    if exe is None:
+        raise StackError("the pulumi CLI is not installed (https://www.pulumi.com/docs/install/); "
+                         "or pass --outputs-file with the outputs saved by the deploy workflow")
+    cmd = [exe, "stack", "output", "--json", "--show-secrets", "--stack", stack,
+           "--non-interactive"]
+    try:
+        done = subprocess.run(cmd, cwd=pulumi_dir, capture_output=True, text=True,
+                              timeout=PULUMI_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise StackError(f"`pulumi stack output --stack {stack}` did not answer within "
+                         f"{PULUMI_TIMEOUT_S} s (logged in? `pulumi whoami`)") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        reason = detail[-1] if detail else f"exit {done.returncode}"
+        hint = ("`pulumi stack ls` lists the stacks; `pulumi login` if you are not logged in"
+                if "no stack" in reason.lower() or "not found" in reason.lower()
+                else "check `pulumi whoami` and `pulumi stack ls`")
+        raise StackError(f"stack {stack!r}: {reason}\n  {hint}")
+    try:
+        data = json.loads(done.stdout or "null")
+    except json.JSONDecodeError:
+        raise StackError(f"stack {stack!r}: pulumi printed something that is not JSON") from None
+    if data == {}:
+        raise StackError(f"stack {stack!r} has no outputs: deploy it first (`pulumi up --stack "
+                         f"{stack}`)")
+    return parse_outputs(data, f"stack {stack}")
+
+
+def load_outputs(stack: str | None, outputs_file: str | Path | None,
+                 pulumi_dir: str | Path = ".") -> StackOutputs:
+    """--stack or --outputs-file, exactly one."""
+    if bool(stack) == bool(outputs_file):
+        raise StackError("pass exactly one of --stack NAME or --outputs-file FILE")
+    if outputs_file:
+        return read_outputs_file(outputs_file)
+    return read_stack(stack, pulumi_dir)
