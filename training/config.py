@@ -11,10 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
 
 ARMS = ("control", "experiment")
 
@@ -86,9 +93,52 @@ class SuccessCriteria(Strict):
     max_train_eval_gap: float | None = Field(None, ge=0, description="eval_loss - train_loss")
 
 
+BACKENDS = ("azureml", "openai", "azure-openai")
+HOSTED_BACKENDS = ("openai", "azure-openai")
+
+
+def _auto_or(kind: type, low: float, high: float, low_open: bool = False):
+    """A validator for `auto` or a number in a range, with one clear message (a plain union would
+    report a failure per branch)."""
+    what = "an integer" if kind is int else "a number"
+    bounds = f"{'above' if low_open else 'from'} {low:g} to {high:g}"
+
+    def check(value):
+        if value == "auto":
+            return value
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type:
+            raise ValueError(f"must be auto or {what} {bounds}, got {value!r}")
+        if not (low < value if low_open else low <= value) or value > high:
+            raise ValueError(f"must be auto or {what} {bounds}, got {value!r}")
+        return value
+
+    return PlainValidator(check, json_schema_input_type=str | kind)
+
+
+class OpenAISettings(Strict):
+    """Fine-tuning on a managed service (backend openai or azure-openai): the job's hyperparameters,
+    the same for both arms; `training.seed` is the job's seed. `auto` lets the service choose."""
+
+    method: Literal["supervised"] = "supervised"
+    n_epochs: Annotated[int | str, _auto_or(int, 1, 50)] = "auto"
+    batch_size: Annotated[int | str, _auto_or(int, 1, 256)] = "auto"
+    learning_rate_multiplier: Annotated[float | str, _auto_or(float, 0, 10, low_open=True)] = "auto"
+    example_token_limit: int | None = Field(
+        None, gt=0, description="tokens per example for a model the built-in table lacks")
+    azure_endpoint: str | None = Field(
+        None, description="azure-openai: https://NAME.openai.azure.com [default: "
+                          "$AZURE_OPENAI_ENDPOINT]")
+    api_version: str | None = Field(
+        None, description="azure-openai API version [default: $OPENAI_API_VERSION, else a "
+                          "built-in one]")
+
+
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     base_model: str = Field(min_length=1, description="hub id, local path, or tiny-llama")
+    backend: Literal["azureml", "openai", "azure-openai"] = Field(
+        "azureml", description="where `train submit` sends the pair; --backend overrides it")
     method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraSettings = LoraSettings()
     training: Training
@@ -96,6 +146,7 @@ class ExperimentConfig(Strict):
     eval: Path | None = Field(None, description="shared evaluation JSONL for both arms")
     success: SuccessCriteria = SuccessCriteria()
     budget_usd: float | None = Field(None, gt=0)
+    openai: OpenAISettings = OpenAISettings()
 
     def train_file(self, arm: str) -> Path:
         return getattr(self.arms, arm).train

@@ -1,0 +1,309 @@
+"""The hosted backend against a stand-in service on 127.0.0.1, through the real `openai` client.
+
+Asserted on the requests the service received: what one paired submission sends, in order; the
+two jobs identical but for the training file, suffix and metadata; nothing sent on bad data;
+nothing new on re-submission; the first job cancelled when the second cannot be created; 429
+retry-after honoured; and the MLflow runs `train compare` reads, with no key anywhere.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.training import openai_server
+from tests.training.pairs import DATA
+from training.backends import openai as backend
+from training.config import load_config
+
+KEY = "sk-test-DO-NOT-LEAK-4f1c9e"
+
+
+def count_words(text: str) -> int:
+    return len(text.split()) + 1
+
+
+@pytest.fixture
+def service(monkeypatch):
+    fake = openai_server.FakeOpenAI()
+    server = openai_server.start(fake)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+def client_for(fake, max_retries=0):
+    return backend.make_client("openai", base_url=fake.url + "/v1", max_retries=max_retries,
+                               timeout=10)
+
+
+def write_config(folder: Path, control=None, experiment=None, eval_file=DATA / "eval.jsonl",
+                 **openai_settings) -> Path:
+    cfg = {
+        "name": "hosted-pair",
+        "base_model": "gpt-4o-mini-2024-07-18",
+        "backend": "openai",
+        "training": {"epochs": 1, "seed": 1234},
+        "arms": {"control": {"train": str(control or DATA / "control.jsonl")},
+                 "experiment": {"train": str(experiment or DATA / "experiment.jsonl")}},
+        "eval": str(eval_file) if eval_file else None,
+        "openai": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5,
+                   **openai_settings},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "experiment.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def prepared(tmp_path, **kw):
+    return backend.prepare(load_config(write_config(tmp_path, **kw)), count=count_words)
+
+
+def quiet(*_):
+    pass
+
+
+def test_one_paired_submission_sends_uploads_then_two_identical_jobs(service, tmp_path):
+    prep = prepared(tmp_path)
+    result = backend.submit_pair(client_for(service), prep, poll=0.01, sleep=time.sleep, say=quiet)
+
+    assert result.created and result.pair_id == prep.pair_id
+    sequence = [(r.method, r.path) for r in service.requests]
+    files = [p for m, p in sequence if p.startswith("/files/")]
+    assert sequence[:2] == [("GET", "/fine_tuning/jobs"), ("GET", "/files")]
+    assert [m for m, p in sequence if p == "/files"] == ["GET", "POST", "GET", "POST", "GET",
+                                                         "POST"]
+    assert len(files) == 3  # each upload checked once until processed
+    assert sequence[-2:] == [("POST", "/fine_tuning/jobs"), ("POST", "/fine_tuning/jobs")]
+
+    uploads = service.sent("POST", "/files")
+    assert [u.body["purpose"] for u in uploads] == ["fine-tune"] * 3
+    assert uploads[0].body["bytes"] == (DATA / "control.jsonl").read_bytes()
+    assert uploads[1].body["bytes"] == (DATA / "experiment.jsonl").read_bytes()
+    assert uploads[2].body["bytes"] == (DATA / "eval.jsonl").read_bytes()
+
+    control, experiment = (r.body for r in service.sent("POST", "/fine_tuning/jobs"))
+    differ = {k for k in control.keys() | experiment.keys() if control.get(k) != experiment.get(k)}
+    assert differ == {"training_file", "suffix", "metadata"}
+    assert control["model"] == "gpt-4o-mini-2024-07-18" and control["seed"] == 1234
+    assert control["validation_file"] == experiment["validation_file"] is not None
+    assert control["method"] == {"type": "supervised", "supervised": {"hyperparameters": {
+        "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5}}}
+    assert control["metadata"]["pair_id"] == experiment["metadata"]["pair_id"] == prep.pair_id
+    assert (control["metadata"]["arm"], experiment["metadata"]["arm"]) == ("control", "experiment")
+    assert control["metadata"]["data_rows"] == "320"
+    assert control["suffix"].endswith("-control") and len(control["suffix"]) <= 40
+    # every request authenticated with the key; bodies never carry it
+    assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in service.requests)
+    assert not any(KEY.encode() in r.raw for r in service.requests)
+
+
+def test_resubmission_finds_the_pair_and_sends_nothing_new(service, tmp_path):
+    prep = prepared(tmp_path)
+    client = client_for(service)
+    first = backend.submit_pair(client, prep, poll=0.01, say=quiet)
+    before = len(service.requests)
+
+    again = backend.submit_pair(client, prepared(tmp_path), poll=0.01, say=quiet)
+
+    assert not again.created and again.pair_id == first.pair_id
+    assert {a: j["id"] for a, j in again.jobs.items()} == {a: j["id"] for a, j in first.jobs.items()}
+    new = service.requests[before:]
+    assert [r.method for r in new] == ["GET"]  # one listing of the pair's jobs
+    assert new[0].query["metadata[pair_id]"] == [prep.pair_id]
+
+    forced = backend.submit_pair(client, prep, force=True, poll=0.01, say=quiet)
+    assert forced.created and forced.pair_id.startswith(prep.pair_id + "-")
+    assert len(service.sent("POST", "/fine_tuning/jobs")) == 4
+
+
+def test_bad_data_is_reported_with_lines_and_nothing_is_sent(service, tmp_path):
+    good = DATA / "control.jsonl"
+    rows = [json.loads(x) for x in good.read_text().splitlines()[:12]]
+    rows[2]["messages"][1]["role"] = "human"
+    rows[4]["messages"][2]["weight"] = 2
+    rows[5] = {"prompt": "a", "completion": "b"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(good.read_text().splitlines(keepends=True)[:5]))
+
+    with pytest.raises(backend.HostedError) as err:
+        prepared(tmp_path, control=bad, experiment=small)
+    message = str(err.value)
+    assert err.value.exit_code == 2
+    assert f"{bad}:3: message 2: role 'human' is not one of" in message
+    assert f"{bad}:5: message 3: weight must be 0 or 1, got 2" in message
+    assert f"{bad}:6: no 'messages'" in message
+    assert f"{small}: 5 examples; the service needs at least 10" in message
+    assert service.requests == []
+
+    # an example over the model's per-example limit, counted exactly
+    with pytest.raises(backend.HostedError, match=r"control.jsonl:\d+: .* over the model's limit "
+                                                  r"of 20 per example"):
+        backend.prepare(load_config(write_config(tmp_path, example_token_limit=20)),
+                        count=count_words)
+    with pytest.raises(backend.HostedError, match=r"not a known fine-tunable model.*GPT-4 fine"):
+        cfg = load_config(write_config(tmp_path))
+        backend.prepare(cfg.model_copy(update={"base_model": "gpt-4-0613"}), count=count_words)
+    assert service.requests == []
+
+
+def test_a_rejected_file_creates_no_job(service, tmp_path):
+    service.reject_files.add("-experiment-")
+    with pytest.raises(backend.HostedError) as err:
+        backend.submit_pair(client_for(service), prepared(tmp_path), poll=0.01, say=quiet)
+    assert err.value.exit_code == 2
+    assert "experiment.jsonl: the service rejected the file (Invalid file format" in str(err.value)
+    assert service.sent("POST", "/fine_tuning") == []
+
+
+def test_second_job_refused_cancels_the_first_and_a_retry_reuses_the_uploads(service, tmp_path):
+    service.fail_create_arms.add("experiment")
+    said = []
+    prep = prepared(tmp_path)
+    client = client_for(service)
+    with pytest.raises(backend.HostedError) as err:
+        backend.submit_pair(client, prep, poll=0.01, say=said.append)
+    control_job = service.sent("POST", "/fine_tuning/jobs")[0]
+    (job,) = service.jobs.values()
+    assert err.value.exit_code == 1
+    assert "experiment: the service refused the job (HTTP 400: Quota exceeded" in str(err.value)
+    assert f"the control job {job['id']} was cancelled" in str(err.value)
+    assert control_job.body["metadata"]["arm"] == "control"
+    assert [r.path for r in service.sent("POST")][-1] == f"/fine_tuning/jobs/{job['id']}/cancel"
+    assert job["status"] == "cancelled"
+
+    service.fail_create_arms.clear()
+    uploads = len(service.sent("POST", "/files"))
+    again = backend.submit_pair(client, prep, poll=0.01, say=said.append)
+    assert again.created and again.pair_id == prep.pair_id
+    assert len(service.sent("POST", "/files")) == uploads  # processed uploads reused
+    assert any("reusing upload" in s for s in said)
+
+
+def test_wait_honours_retry_after_prints_events_and_logs_mlflow_runs(service, tmp_path, capsys):
+    import mlflow
+
+    prep = prepared(tmp_path)
+    client = client_for(service)
+    submitted = backend.submit_pair(client, prep, poll=0.01, say=print)
+    service.throttle["GET /fine_tuning/jobs/"] = 2
+    service.retry_after = "0.37"
+    sleeps, events = [], []
+    jobs = backend.wait_pair(client, submitted.pair_id, poll=0.01, max_poll=0.02,
+                             sleep=sleeps.append, on_event=lambda a, e: events.append((a, e)))
+
+    assert sleeps[:2] == [0.37, 0.37]  # the server's retry-after, not the backoff
+    assert {a: j["status"] for a, j in jobs.items()} == {"control": "succeeded",
+                                                         "experiment": "succeeded"}
+    control_events = [e["message"] for a, e in events if a == "control"]
+    assert control_events[0].startswith("Created fine-tuning job")
+    assert control_events[-1] == "The job has successfully completed"
+    assert len(control_events) == len(set(control_events))  # each event once
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = backend.log_pair(client, submitted.pair_id, jobs, uri)
+    assert backend.log_pair(client, submitted.pair_id, jobs, uri) == runs  # not logged twice
+    ml = mlflow.MlflowClient(uri)
+    exp = ml.get_experiment_by_name("hosted-pair")
+    found = ml.search_runs([exp.experiment_id], f"tags.pair_id = '{submitted.pair_id}'")
+    assert sorted(r.data.tags["arm"] for r in found) == ["control", "experiment"]
+    run = ml.get_run(runs["experiment"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["fine_tuned_model"].startswith("ft:gpt-4o-mini-2024-07-18:")
+    assert run.data.tags["per_example_losses"] == "false"
+    assert run.data.params["openai.n_epochs"] == "2" and run.data.params["seed"] == "1234"
+    assert run.data.params["data_sha256"] == prep.report.files["experiment"].sha256
+    history = ml.get_metric_history(runs["experiment"], "train_loss")
+    assert [(m.step, round(m.value, 4)) for m in history] == [(1, 1.9), (2, 1.4), (3, 1.1)]
+    assert run.data.metrics["final_eval_loss"] == pytest.approx(1.2)
+    assert ml.get_run(runs["control"]).data.metrics["final_eval_loss"] == pytest.approx(1.3)
+    assert run.data.metrics["final_tokens_seen"] == 12345
+
+    # the key is nowhere: output, MLflow store, files written
+    out = capsys.readouterr()
+    assert KEY not in out.out + out.err
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    for r in found:
+        assert KEY not in json.dumps([r.data.params, r.data.tags])
+
+
+def test_client_retries_a_429_after_its_retry_after(service, tmp_path):
+    submitted = backend.submit_pair(client_for(service), prepared(tmp_path), poll=0.01, say=quiet)
+    service.throttle["GET /fine_tuning/jobs/"] = 1
+    service.retry_after = "0.3"
+    start = len(service.requests)
+    jobs = backend.pair_jobs(client_for(service, max_retries=2), submitted.pair_id)
+    backend.wait_pair(client_for(service, max_retries=2), submitted.pair_id, poll=0.01,
+                      sleep=lambda s: None)
+    sent = [r for r in service.requests[start:] if r.path.startswith("/fine_tuning/jobs/")]
+    assert sent[0].path == sent[1].path  # the throttled request, sent again by the client
+    assert sent[1].at - sent[0].at >= 0.3  # after the server's retry-after
+    assert set(jobs) == {"control", "experiment"}
+
+
+def test_a_failed_job_is_logged_as_a_failed_run(service, tmp_path):
+    import mlflow
+
+    service.fail_jobs_arms.add("experiment")
+    client = client_for(service)
+    submitted = backend.submit_pair(client, prepared(tmp_path), poll=0.01, say=quiet)
+    jobs = backend.wait_pair(client, submitted.pair_id, poll=0.01, sleep=lambda s: None)
+    assert jobs["experiment"]["status"] == "failed"
+    assert jobs["experiment"]["error"]["message"] == "The job failed due to an internal error."
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = backend.log_pair(client, submitted.pair_id, jobs, uri)
+    run = mlflow.MlflowClient(uri).get_run(runs["experiment"])
+    assert run.info.status == "FAILED" and run.data.tags["job_status"] == "failed"
+    assert "internal error" in run.data.tags["error"]
+
+
+def test_cancel_pair(service, tmp_path):
+    client = client_for(service)
+    submitted = backend.submit_pair(client, prepared(tmp_path), poll=0.01, say=quiet)
+    assert backend.cancel_pair(client, submitted.pair_id) == {"control": "cancelled",
+                                                              "experiment": "cancelled"}
+    with pytest.raises(backend.HostedError, match="no fine-tuning jobs found"):
+        backend.pair_jobs(client, submitted.pair_id)  # cancelled jobs are no pair any more
+
+
+def test_base64_result_files(service, tmp_path):
+    service.base64_results = True
+    client = client_for(service)
+    submitted = backend.submit_pair(client, prepared(tmp_path), poll=0.01, say=quiet)
+    jobs = backend.wait_pair(client, submitted.pair_id, poll=0.01, sleep=lambda s: None)
+    steps = backend.job_steps(client, jobs["control"])
+    assert [s for s, _ in steps] == [1, 2, 3]
+    assert steps[2][1]["eval_loss"] == pytest.approx(1.3)
+
+
+def test_azure_openai_endpoint_and_api_key(service, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("OPENAI_API_VERSION", raising=False)
+    cfg = load_config(write_config(tmp_path, azure_endpoint=service.url))
+    client = backend.make_client("azure-openai", cfg, max_retries=0)
+    submitted = backend.submit_pair(client, backend.prepare(cfg, count=count_words), poll=0.01,
+                                    say=quiet)
+    assert submitted.created
+    assert all(r.query["api-version"] == [backend.DEFAULT_AZURE_API_VERSION]
+               for r in service.requests)
+    assert all(r.headers.get("api-key") == KEY for r in service.requests)
+
+
+def test_missing_credentials_are_bad_input(monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(backend.HostedError, match="OPENAI_API_KEY is not set") as err:
+        backend.make_client("openai")
+    assert err.value.exit_code == 2
+    monkeypatch.delenv("AZURE_OPENAI_ENDPOINT", raising=False)
+    with pytest.raises(backend.HostedError, match="AZURE_OPENAI_ENDPOINT"):
+        backend.make_client("azure-openai", load_config(write_config(tmp_path)))

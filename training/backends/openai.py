@@ -1,0 +1,375 @@
+"""The hosted backend: a pair of fine-tuning jobs on OpenAI or Azure OpenAI.
+
+`prepare` validates both arms' data against the service's chat format and limits (nothing is sent
+before); `submit_pair` uploads the two training files and the shared eval file, then creates the two
+jobs with the same model, hyperparameters and seed. It is atomic (if the second job cannot be
+created the first is cancelled) and idempotent (the same pair id finds its jobs by their metadata
+and creates and uploads nothing). `wait_pair` polls with backoff, prints new job events and honours
+429 `retry-after`; `log_pair` writes each finished job's per-step metrics into MLflow as a run
+tagged `pair_id`/`arm`, like the other backends' runs, so `train compare` reads them unchanged.
+
+No key is ever printed, logged or written: keys stay in the environment and the client.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training import hosted
+from training.config import ARMS, ExperimentConfig
+
+DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
+TERMINAL = ("succeeded", "failed", "cancelled")
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+class HostedError(Exception):
+    """A failure to report to the user; `exit_code` 2 for bad input, 1 for the service's refusal."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ------------------------------------------------------------------------------------------ client
+def make_client(backend: str, cfg: ExperimentConfig | None = None, *, base_url: str | None = None,
+                max_retries: int = 3, timeout: float = 120.0):
+    """The official client. openai: OPENAI_API_KEY (and OPENAI_BASE_URL, as the client reads it).
+    azure-openai: endpoint and API version from the experiment file or AZURE_OPENAI_ENDPOINT /
+    OPENAI_API_VERSION; AZURE_OPENAI_API_KEY, else Entra ID (DefaultAzureCredential)."""
+    import openai
+
+    if backend == "openai":
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise HostedError("OPENAI_API_KEY is not set", EXIT_BAD_INPUT)
+        return openai.OpenAI(base_url=base_url, max_retries=max_retries, timeout=timeout)
+    settings = cfg.openai if cfg else None
+    endpoint = (settings and settings.azure_endpoint) or os.environ.get("AZURE_OPENAI_ENDPOINT")
+    if not endpoint:
+        raise HostedError("azure-openai: set openai.azure_endpoint in the experiment file or "
+                          "AZURE_OPENAI_ENDPOINT", EXIT_BAD_INPUT)
+    version = ((settings and settings.api_version) or os.environ.get("OPENAI_API_VERSION")
+               or DEFAULT_AZURE_API_VERSION)
+    kwargs = dict(azure_endpoint=endpoint, api_version=version, max_retries=max_retries,
+                  timeout=timeout)
+    if os.environ.get("AZURE_OPENAI_API_KEY"):
+        return openai.AzureOpenAI(**kwargs)
+    from azure.identity import DefaultAzureCredential, get_bearer_token_provider
+
+    provider = get_bearer_token_provider(DefaultAzureCredential(),
+                                         "https://cognitiveservices.azure.com/.default")
+    return openai.AzureOpenAI(azure_ad_token_provider=provider, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------- prepare
+@dataclass
+class Prepared:
+    """A validated pair, ready to submit: nothing has been sent yet."""
+
+    cfg: ExperimentConfig
+    pair_id: str
+    files: dict[str, Path]  # control, experiment[, eval]
+    report: hosted.HostedReport
+    warnings: list[str] = field(default_factory=list)
+
+    def metadata(self, arm: str) -> dict[str, str]:
+        from training.tracking import code_version
+
+        f = self.report.files
+        meta = {"experiment": self.cfg.name, "config_sha256": self.cfg.sha256(),
+                "data_sha256": f[arm].sha256, "data_rows": str(f[arm].rows),
+                "code_version": code_version()}
+        if "eval" in f:
+            meta["eval_sha256"], meta["eval_rows"] = f["eval"].sha256, str(f["eval"].rows)
+        return meta
+
+
+def prepare(cfg: ExperimentConfig, count: Callable[[str], int] | None = None,
+            pair_id: str | None = None) -> Prepared:
+    """Validate the pair's data for the service. `count` counts tokens (default: tiktoken for the
+    model, else an estimate). Raises HostedError(exit 2) listing every problem."""
+    from training.backends.local import pair_id_for
+
+    try:
+        limit = hosted.example_token_limit(cfg.base_model, cfg.openai.example_token_limit)
+    except hosted.HostedInputError as e:
+        raise HostedError(str(e), EXIT_BAD_INPUT) from None
+    files = {arm: cfg.train_file(arm) for arm in ARMS}
+    if cfg.eval:
+        files["eval"] = cfg.eval
+    missing = [f"{name}: {path}" for name, path in files.items() if not Path(path).is_file()]
+    if missing:
+        raise HostedError("data file not found:\n  " + "\n  ".join(missing), EXIT_BAD_INPUT)
+    report = hosted.validate_pair_files(files, limit,
+                                        count or hosted.tiktoken_encoder(cfg.base_model))
+    if not report.ok:
+        raise HostedError("the data is not valid for the service: nothing was uploaded\n  "
+                          + "\n  ".join(report.problems[:50]), EXIT_BAD_INPUT)
+    warnings = list(report.warnings)
+    if not cfg.eval:
+        warnings.append("no shared eval set (`eval:`): the jobs get no validation file, so the "
+                        "pair is compared on training loss only")
+    o = cfg.openai
+    sizes = {report.files[a].rows for a in ARMS}
+    autos = [k for k in ("n_epochs", "batch_size", "learning_rate_multiplier")
+             if getattr(o, k) == "auto"]
+    if autos and len(sizes) > 1:
+        warnings.append(f"{', '.join(autos)}: auto is resolved by the service from each file's "
+                        "size, so arms of different sizes may train with different values; set "
+                        "them in the openai: section for a strictly identical pair")
+    hashes = {name: f.sha256 for name, f in report.files.items()}
+    return Prepared(cfg, pair_id or pair_id_for(cfg, hashes), files, report, warnings)
+
+
+# ------------------------------------------------------------------------------------------ jobs
+def _dict(obj) -> dict:
+    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
+
+
+def find_pair_jobs(client, pair_id: str) -> dict[str, dict]:
+    """The pair's jobs by arm (newest first wins; cancelled ones are ignored)."""
+    found: dict[str, dict] = {}
+    for job in client.fine_tuning.jobs.list(metadata={"pair_id": pair_id}, limit=100):
+        job = _dict(job)
+        arm = hosted.arm_of(job, pair_id)
+        if arm and arm not in found and job["status"] != "cancelled":
+            found[arm] = job
+        if len(found) == len(ARMS):
+            break
+    return found
+
+
+def _upload(client, name: str, path: Path, sha256: str, pair_id: str, poll: float,
+            timeout: float, sleep, say) -> str:
+    """Upload one file for fine-tuning (or reuse a processed upload of the same bytes) and wait until
+    the service has processed it. A rejected file raises HostedError(exit 2)."""
+    filename = f"{pair_id}-{name}-{sha256[:16]}.jsonl"
+    for existing in client.files.list(purpose="fine-tune"):
+        if existing.filename == filename and existing.status == "processed":
+            say(f"{name}: reusing upload {existing.id} ({filename})")
+            return existing.id
+    with open(path, "rb") as f:
+        uploaded = client.files.create(file=(filename, f), purpose="fine-tune")
+    say(f"{name}: uploaded {path} as {uploaded.id}")
+    deadline = time.monotonic() + timeout
+    while uploaded.status not in ("processed", "error"):
+        if time.monotonic() > deadline:
+            raise HostedError(f"{name}: {uploaded.id} still {uploaded.status} after {timeout:.0f} s")
+        sleep(poll)
+        uploaded = client.files.retrieve(uploaded.id)
+    if uploaded.status == "error":
+        details = uploaded.status_details or "no details"
+        raise HostedError(f"{path}: the service rejected the file ({details}); no job was "
+                          "created", EXIT_BAD_INPUT)
+    return uploaded.id
+
+
+@dataclass
+class Submitted:
+    pair_id: str
+    jobs: dict[str, dict]
+    created: bool  # False: the pair already existed and nothing was sent
+
+
+def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.0,
+                file_timeout: float = 1800.0, sleep=time.sleep, say=print) -> Submitted:
+    """Upload the files and create both jobs; or report the pair's existing jobs."""
+    import openai
+
+    pair_id = prep.pair_id
+    if force:
+        pair_id = f"{pair_id}-{uuid.uuid4().hex[:6]}"
+    else:
+        existing = find_pair_jobs(client, pair_id)
+        if len(existing) == len(ARMS):
+            return Submitted(pair_id, existing, created=False)
+        if existing:
+            (arm, job), = existing.items()
+            raise HostedError(f"pair {pair_id} has only its {arm} job ({job['id']}, "
+                              f"{job['status']}): cancel it (train cancel {pair_id}) and submit "
+                              "again, or submit with --force for a new pair")
+    ids = {name: _upload(client, name, path, prep.report.files[name].sha256, pair_id, poll,
+                         file_timeout, sleep, say)
+           for name, path in prep.files.items()}
+    cfg = prep.cfg
+    hyper = {k: getattr(cfg.openai, k) for k in ("n_epochs", "batch_size",
+                                                 "learning_rate_multiplier")}
+    jobs: dict[str, dict] = {}
+    for arm in ARMS:
+        request = hosted.job_request(model=cfg.base_model, seed=cfg.training.seed,
+                                     hyperparameters=hyper, pair_id=pair_id, arm=arm,
+                                     training_file=ids[arm], validation_file=ids.get("eval"),
+                                     metadata=prep.metadata(arm))
+        try:
+            jobs[arm] = _dict(client.fine_tuning.jobs.create(**request))
+        except openai.APIError as e:
+            rolled = _roll_back(client, jobs, say)
+            raise HostedError(f"{arm}: the service refused the job ({_describe(e)}); "
+                              f"{rolled}") from None
+        say(f"{arm}: job {jobs[arm]['id']} created ({jobs[arm]['status']})")
+    return Submitted(pair_id, jobs, created=True)
+
+
+def _roll_back(client, jobs: dict[str, dict], say) -> str:
+    import openai
+
+    if not jobs:
+        return "no job was created"
+    done = []
+    for arm, job in jobs.items():
+        try:
+            client.fine_tuning.jobs.cancel(job["id"])
+            done.append(f"the {arm} job {job['id']} was cancelled")
+        except openai.APIError as e:
+            done.append(f"cancelling the {arm} job {job['id']} FAILED ({_describe(e)}): cancel "
+                        "it by hand")
+    say("; ".join(done))
+    return "; ".join(done)
+
+
+def _describe(e) -> str:
+    status = getattr(e, "status_code", None)
+    body = getattr(e, "body", None)  # the service's error object, when it sent one
+    message = (body.get("message") if isinstance(body, dict) else None) or str(e)
+    return f"HTTP {status}: {message}" if status else message
+
+
+def pair_jobs(client, pair_id: str) -> dict[str, dict]:
+    jobs = find_pair_jobs(client, pair_id)
+    if not jobs:
+        raise HostedError(f"no fine-tuning jobs found for pair {pair_id}", EXIT_BAD_INPUT)
+    return jobs
+
+
+def cancel_pair(client, pair_id: str) -> dict[str, str]:
+    """Cancel the pair's jobs that are still running: {arm: status after}."""
+    out = {}
+    for arm, job in pair_jobs(client, pair_id).items():
+        if job["status"] in TERMINAL:
+            out[arm] = job["status"]
+        else:
+            out[arm] = client.fine_tuning.jobs.cancel(job["id"]).status
+    return out
+
+
+def _retry_after(e, default: float) -> float:
+    """The server's `retry-after` (seconds) on a 429, else the default."""
+    headers = getattr(getattr(e, "response", None), "headers", None) or {}
+    for key, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            return max(0.0, float(headers[key]) / scale)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return default
+
+
+def wait_pair(client, pair_id: str, *, poll: float = 10.0, max_poll: float = 120.0,
+              factor: float = 1.5, timeout: float | None = None, sleep=time.sleep,
+              on_event: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+    """Poll the pair until both jobs end. The interval grows by `factor` while nothing happens
+    (up to max_poll) and is reset by a new event; a 429 waits its `retry-after`. New job events
+    are passed to on_event(arm, event), oldest first."""
+    import openai
+
+    seen: dict[str, set] = {arm: set() for arm in ARMS}
+    jobs = pair_jobs(client, pair_id)
+    interval, start, first = poll, time.monotonic(), True
+    while True:
+        try:
+            fresh = False
+            for arm, job in jobs.items():
+                if job["status"] in TERMINAL and not first:
+                    continue
+                jobs[arm] = _dict(client.fine_tuning.jobs.retrieve(job["id"]))
+                events = client.fine_tuning.jobs.list_events(job["id"], limit=50).data
+                for event in reversed(events):  # the service lists newest first
+                    if event.id not in seen[arm]:
+                        seen[arm].add(event.id)
+                        fresh = True
+                        if on_event:
+                            on_event(arm, _dict(event))
+        except openai.RateLimitError as e:
+            sleep(_retry_after(e, interval))
+            continue
+        first = False
+        if all(job["status"] in TERMINAL for job in jobs.values()):
+            return jobs
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise HostedError(f"pair {pair_id} still running after {timeout:.0f} s")
+        interval = poll if fresh else min(max_poll, interval * factor)
+        sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------- results
+def job_steps(client, job: dict) -> list[tuple[int, dict[str, float]]]:
+    """Per-step metrics of a finished job: its result file(s), plus each checkpoint's full
+    validation loss where the result file lacks it."""
+    steps: dict[int, dict[str, float]] = {}
+    for file_id in job.get("result_files") or []:
+        for step, metrics in hosted.parse_results(client.files.content(file_id).read()):
+            steps.setdefault(step, {}).update(metrics)
+    if not any("eval_loss" in m for m in steps.values()):
+        for cp in client.fine_tuning.jobs.checkpoints.list(job["id"]):
+            m = cp.metrics
+            extra = {"eval_loss": m.full_valid_loss, "eval_token_accuracy":
+                     m.full_valid_mean_token_accuracy}
+            steps.setdefault(cp.step_number, {}).update(
+                {k: v for k, v in extra.items() if v is not None})
+    return sorted(steps.items())
+
+
+def log_pair(client, pair_id: str, jobs: dict[str, dict], tracking_uri: str) -> dict[str, str]:
+    """One MLflow run per finished arm (succeeded or failed), tagged pair_id/arm like the other
+    backends' runs; a job already logged is not logged again. Returns {arm: run id}."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from training.tracking import flatten
+
+    mlflow.set_tracking_uri(tracking_uri)
+    ml = mlflow.MlflowClient(tracking_uri)
+    runs = {}
+    for arm, job in jobs.items():
+        if job["status"] not in ("succeeded", "failed"):
+            continue
+        meta = job.get("metadata") or {}
+        name = meta.get("experiment") or "paired-finetune"
+        experiment = ml.get_experiment_by_name(name)
+        exp_id = experiment.experiment_id if experiment else ml.create_experiment(name)
+        done = ml.search_runs([exp_id], f"tags.openai_job_id = '{job['id']}'")
+        if done:
+            runs[arm] = done[0].info.run_id
+            continue
+        hyper = job.get("hyperparameters") or {}
+        params = {"backend": "openai", "base_model": job["model"], "seed": job.get("seed"),
+                  "pair_id": pair_id, "arm": arm, "training_file": job.get("training_file"),
+                  "validation_file": job.get("validation_file"),
+                  **flatten(hyper, "openai."),
+                  **{k: v for k, v in meta.items() if k not in ("pair_id", "arm", "experiment")}}
+        tags = {"pair_id": pair_id, "arm": arm, "backend": "openai", "base_model": job["model"],
+                "openai_job_id": job["id"], "fine_tuned_model": job.get("fine_tuned_model") or "",
+                "per_example_losses": "false", "job_status": job["status"]}
+        if job.get("error") and job["error"].get("message"):
+            tags["error"] = job["error"]["message"][:5000]
+        steps = job_steps(client, job) if job["status"] == "succeeded" else []
+        final = hosted.final_metrics(steps)
+        if job.get("trained_tokens"):
+            final["final_tokens_seen"] = float(job["trained_tokens"])
+        last = int(final.get("final_global_step", 0))
+        run = ml.create_run(exp_id, run_name=f"{pair_id}-{arm}", tags=tags)
+        rid = run.info.run_id
+        ml.log_batch(rid, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()
+                                  if v is not None])
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for step, m in steps for k, v in m.items()]
+        metrics += [Metric(k, v, now, last) for k, v in final.items()]
+        for i in range(0, len(metrics), 1000):
+            ml.log_batch(rid, metrics=metrics[i:i + 1000])
+        ml.set_terminated(rid, "FINISHED" if job["status"] == "succeeded" else "FAILED")
+        runs[arm] = rid
+    return runs
