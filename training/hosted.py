@@ -3,7 +3,8 @@
 - the service's limits per model (tokens per example) and the dated training price table;
 - the chat-format validation of a JSONL file against those limits, reported as ``path:line: what``
   (what `train submit --backend openai` checks before anything is uploaded);
-- token counts as the service bills them, the `auto` epoch rule, and `estimate_hosted_cost`;
+- token counts as the service bills them (the price table and `estimate_hosted_cost` are in
+  `training.hosted_cost`);
 - the two job requests of a pair (identical but for the training file, suffix and metadata), and
   how a listed job is recognised as an arm of a pair;
 - the per-step metrics in a job's result file.
@@ -20,7 +21,7 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,22 +45,6 @@ EXAMPLE_TOKEN_LIMITS = {
     "gpt-3.5-turbo": 16_385,
     "gpt-35-turbo-0125": 16_385,
     "gpt-35-turbo-1106": 16_385,
-}
-
-# Training price, USD per million billed tokens (tokens in the file x epochs), OpenAI's list prices
-# as of PRICES_AS_OF. Azure OpenAI prices differ by region and deployment type: pass your own
-# table (`load_price_table`) for it, or when these change.
-PRICES_AS_OF = "2025-06-01"
-TRAINING_USD_PER_MILLION = {
-    "gpt-4.1-2025-04-14": 25.00,
-    "gpt-4.1-mini-2025-04-14": 5.00,
-    "gpt-4.1-nano-2025-04-14": 1.50,
-    "gpt-4o-2024-08-06": 25.00,
-    "gpt-4o-mini-2024-07-18": 3.00,
-    "gpt-4o-mini": 3.00,
-    "gpt-3.5-turbo-0125": 8.00,
-    "gpt-3.5-turbo-1106": 8.00,
-    "gpt-3.5-turbo": 8.00,
 }
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -289,75 +274,6 @@ def validate_pair_files(files: dict[str, Path], limit: int,
         report.warnings.append("token counts are estimates (about 4 bytes a token): install "
                                "tiktoken, with its encoding cached, to count them exactly")
     return report
-
-
-# --------------------------------------------------------------------------------------------------
-# Cost
-
-
-def auto_epochs(n_examples: int) -> int:
-    """The epochs `n_epochs: auto` resolves to, by the rule OpenAI documents in its cookbook: 3,
-    raised so that small sets see at least 100 examples (at most 25 epochs) and lowered so that
-    large sets see at most 25,000 (at least 1)."""
-    if n_examples <= 0:
-        return 0
-    if n_examples * 3 < 100:
-        return min(25, math.ceil(100 / n_examples))
-    if n_examples * 3 > 25_000:
-        return max(1, 25_000 // n_examples)
-    return 3
-
-
-def load_price_table(path: str | Path) -> dict[str, float]:
-    """A user's price table: a JSON or YAML mapping of model id to USD per million training
-    tokens (an `as_of` key is allowed and ignored)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise HostedInputError(f"{path}: cannot read the price table ({e})") from None
-    if not isinstance(data, dict):
-        raise HostedInputError(f"{path}: expected a mapping of model id to USD per million tokens")
-    table = {}
-    for model, price in data.items():
-        if model == "as_of":
-            continue
-        if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
-            raise HostedInputError(f"{path}: {model}: price must be a number >= 0, got {price!r}")
-        table[str(model)] = float(price)
-    return table
-
-
-@dataclass(frozen=True)
-class HostedCost:
-    model: str
-    n_examples: int
-    n_epochs: int
-    tokens_per_epoch: int  # each example counted up to the model's limit
-    billed_tokens: int  # tokens_per_epoch x n_epochs
-    usd_per_million: float
-    usd: float
-    prices_as_of: str
-
-
-def estimate_hosted_cost(model: str, example_tokens: Sequence[int], n_epochs: int | str = "auto",
-                         prices: dict[str, float] | None = None,
-                         token_limit: int | None = None) -> HostedCost:
-    """Training cost of one arm: billed tokens (tokens in the file x epochs) x price per million.
-    `auto` epochs resolve as `auto_epochs` does. `prices` overrides the built-in table (then
-    `prices_as_of` reads "user"). For `train estimate`; the pair costs the sum over both arms."""
-    table = TRAINING_USD_PER_MILLION if prices is None else prices
-    price = table.get(model, table.get(base_of(model)))
-    if price is None:
-        raise HostedInputError(f"no training price for {model!r}: add it to a price table "
-                               f"(known: {', '.join(sorted(table))})")
-    limit = example_token_limit(model, token_limit)
-    per_epoch = sum(min(int(t), limit) for t in example_tokens)
-    epochs = auto_epochs(len(example_tokens)) if n_epochs == "auto" else int(n_epochs)
-    billed = per_epoch * epochs
-    return HostedCost(model, len(example_tokens), epochs, per_epoch, billed, price,
-                      round(billed / 1e6 * price, 4), PRICES_AS_OF if prices is None else "user")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -88,27 +88,6 @@ def test_validate_pair_files_counts_and_limits(tmp_path):
     assert report.ok and any("about" in w and "estimated" in w for w in report.warnings)
 
 
-def test_auto_epochs_and_cost():
-    assert [hosted.auto_epochs(n) for n in (10, 40, 1000, 20_000)] == [10, 3, 3, 1]
-    cost = hosted.estimate_hosted_cost("gpt-4o-mini-2024-07-18", [1000] * 1000)
-    assert (cost.n_epochs, cost.billed_tokens, cost.usd) == (3, 3_000_000, 9.0)
-    assert cost.prices_as_of == hosted.PRICES_AS_OF
-    cost = hosted.estimate_hosted_cost("gpt-4o-mini-2024-07-18", [100_000, 10], n_epochs=2,
-                                       prices={"gpt-4o-mini-2024-07-18": 1.0})
-    assert (cost.tokens_per_epoch, cost.usd, cost.prices_as_of) == (65_546, 0.1311, "user")
-    with pytest.raises(hosted.HostedInputError, match="no training price for 'gpt-35-turbo-0125'"):
-        hosted.estimate_hosted_cost("gpt-35-turbo-0125", [10])
-
-
-def test_price_table_file(tmp_path):
-    path = tmp_path / "prices.yaml"
-    path.write_text("as_of: 2026-11-01\ngpt-4o-mini-2024-07-18: 2.5\n")
-    assert hosted.load_price_table(path) == {"gpt-4o-mini-2024-07-18": 2.5}
-    path.write_text("gpt-4o-mini-2024-07-18: cheap\n")
-    with pytest.raises(hosted.HostedInputError, match="price must be a number"):
-        hosted.load_price_table(path)
-
-
 def test_job_requests_differ_only_in_file_suffix_and_metadata():
     common = dict(model="gpt-4o-mini-2024-07-18", seed=3, validation_file="file-e",
                   hyperparameters={"n_epochs": "auto", "batch_size": 8,
