@@ -218,8 +218,13 @@ def test_wait_honours_retry_after_prints_events_and_logs_mlflow_runs(service, tm
     assert run.info.status == "FINISHED"
     assert run.data.tags["fine_tuned_model"].startswith("ft:gpt-4o-mini-2024-07-18:")
     assert run.data.tags["per_example_losses"] == "false"
-    assert run.data.params["openai.n_epochs"] == "2" and run.data.params["seed"] == "1234"
-    assert run.data.params["data_sha256"] == prep.report.files["experiment"].sha256
+    assert run.data.params["openai.n_epochs"] == "2" and run.data.params["training.seed"] == "1234"
+    assert run.data.params["data.train_sha256"] == prep.report.files["experiment"].sha256
+    assert run.data.params["data.eval_sha256"] == prep.report.files["eval"].sha256
+    # the arms' params differ only where the recipe's runs differ (data, arm, file id)
+    control = ml.get_run(runs["control"]).data.params
+    assert {k for k in control if control[k] != run.data.params[k]} == {
+        "arm", "train_file", "data.train_sha256"}
     history = ml.get_metric_history(runs["experiment"], "train_loss")
     assert [(m.step, round(m.value, 4)) for m in history] == [(1, 1.9), (2, 1.4), (3, 1.1)]
     assert run.data.metrics["final_eval_loss"] == pytest.approx(1.2)

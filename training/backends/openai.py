@@ -25,6 +25,9 @@ from training.config import ARMS, ExperimentConfig
 
 DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
 TERMINAL = ("succeeded", "failed", "cancelled")
+# job metadata -> the MLflow param names of the recipe's runs
+METADATA_PARAMS = {"data_sha256": "data.train_sha256", "data_rows": "data.train_rows",
+                   "eval_sha256": "data.eval_sha256", "eval_rows": "data.eval_rows"}
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
 
@@ -346,11 +349,12 @@ def log_pair(client, pair_id: str, jobs: dict[str, dict], tracking_uri: str) -> 
             runs[arm] = done[0].info.run_id
             continue
         hyper = job.get("hyperparameters") or {}
-        params = {"backend": "openai", "base_model": job["model"], "seed": job.get("seed"),
-                  "pair_id": pair_id, "arm": arm, "training_file": job.get("training_file"),
-                  "validation_file": job.get("validation_file"),
-                  **flatten(hyper, "openai."),
-                  **{k: v for k, v in meta.items() if k not in ("pair_id", "arm", "experiment")}}
+        # named as the recipe names them, so `train compare` checks the same fairness rules
+        params = {"backend": "openai", "base_model": job["model"], "training.seed": job.get("seed"),
+                  "pair_id": pair_id, "arm": arm, "train_file": job.get("training_file"),
+                  "validation_file": job.get("validation_file"), **flatten(hyper, "openai."),
+                  **{METADATA_PARAMS.get(k, k): v for k, v in meta.items()
+                     if k not in ("pair_id", "arm", "experiment")}}
         tags = {"pair_id": pair_id, "arm": arm, "backend": "openai", "base_model": job["model"],
                 "openai_job_id": job["id"], "fine_tuned_model": job.get("fine_tuned_model") or "",
                 "per_example_losses": "false", "job_status": job["status"]}

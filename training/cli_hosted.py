@@ -1,0 +1,246 @@
+"""`train submit/status/logs/cancel` with `--backend openai | azure-openai`: the pair as two
+fine-tuning jobs on a managed service (`training.backends.openai`).
+
+The Azure ML commands carry the `hosted_backend(...)` decorator: it adds `--backend` (and what the
+hosted backend needs) and, when the backend is hosted, runs the command here instead, before any
+Pulumi stack is read. The openai client is imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from training.config import BACKENDS, HOSTED_BACKENDS
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+def _cli():
+    from training import cli
+
+    return cli
+
+
+def hosted_backend(command: str):
+    """Decorate the Azure ML command `command` (submit | status | logs | cancel)."""
+
+    def decorate(f):
+        @wraps(f)
+        def wrapper(*args, backend=None, tracking_uri=None, hosted_config=None, wait_status=False,
+                    status_poll=30.0, **kwargs):
+            config_path = hosted_config or kwargs.get("config_path")
+            if backend is None and (command == "submit" or hosted_config):
+                backend = _cli()._load(config_path).backend
+            if backend in HOSTED_BACKENDS:
+                run = {"submit": _submit, "status": _status, "logs": _logs, "cancel": _cancel}
+                extra = ({"wait_": wait_status, "poll_seconds": status_poll}
+                         if command == "status" else {})
+                return run[command](backend=backend, config_path=config_path,
+                                    tracking_uri=tracking_uri, **extra, **kwargs)
+            if command == "status" and wait_status:
+                _cli().bad_input("status --wait follows a hosted pair (--backend openai | "
+                                 "azure-openai); on Azure ML use `train submit --wait`")
+            return f(*args, **kwargs)
+
+        wrapper = click.option(
+            "--backend", type=click.Choice(BACKENDS), default=None,
+            help="Where the pair runs [default: the experiment file's `backend`, else azureml]."
+        )(wrapper)
+        if command in ("submit", "status"):
+            wrapper = click.option(
+                "--tracking-uri", default=None,
+                help="Hosted backends: the MLflow store the finished jobs' metrics go to "
+                     "[default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]."
+            )(wrapper)
+        if command != "submit":
+            wrapper = click.option(
+                "--config", "hosted_config", type=click.Path(path_type=Path), default=None,
+                help="Hosted backends: the experiment file (its backend and Azure OpenAI "
+                     "endpoint)."
+            )(wrapper)
+        if command == "status":
+            wrapper = click.option(
+                "--wait", "wait_status", is_flag=True,
+                help="Hosted backends: poll until both jobs end, printing their events; exit 0 "
+                     "only if both succeeded."
+            )(wrapper)
+            wrapper = click.option("--poll-seconds", "status_poll", type=click.FloatRange(min=0),
+                                   default=30.0, hidden=True)(wrapper)
+        return wrapper
+
+    return decorate
+
+
+@contextmanager
+def _errors():
+    """Service errors: one line, never a traceback; bad credentials and input exit 2."""
+    import openai
+
+    from training.backends.openai import HostedError, _describe
+
+    try:
+        yield
+    except HostedError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+        click.echo(f"error: the service refused the credentials ({_describe(e)})", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except openai.APIError as e:
+        click.echo(f"error: request failed ({_describe(e)})", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+def _client(backend, config_path):
+    from training.backends.openai import make_client
+
+    cfg = _cli()._load(config_path) if config_path else None
+    return make_client(backend, cfg)
+
+
+def _safe_uri(uri: str) -> str:
+    """The tracking URI without user:password, for printing."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port
+                                                                 else "")))
+    return uri
+
+
+def _print_jobs(jobs: dict, console) -> None:
+    from rich.table import Table
+
+    from training import hosted
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("arm", "job", "status", "trained tokens", "model"):
+        table.add_column(col)
+    for arm, job in jobs.items():
+        tokens = f"{job['trained_tokens']:,}" if job.get("trained_tokens") else ""
+        table.add_row(arm, job["id"], job["status"], tokens, job.get("fine_tuned_model") or "")
+    console.print(table)
+    for arm, job in jobs.items():
+        if job.get("error") and job["error"].get("message"):
+            console.print(f"{arm}: {job['error']['message']}", markup=False)
+    diff = hosted.differing_hyperparameters(jobs.values())
+    if diff:
+        console.print("warning: the service resolved the arms' hyperparameters differently: "
+                      + ", ".join(f"{k} {v[0]} vs {v[1]}" for k, v in diff.items()),
+                      style="yellow", markup=False)
+
+
+def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_dir, wait_,
+            poll_seconds, **_stack):
+    import json
+
+    from training.backends import openai as ob
+    from training.hosted import job_request
+
+    cli = _cli()
+    console = cli._console()
+    cfg = cli._load(config_path).model_copy(update={"backend": backend})
+    if dry_run != (out_dir is not None):
+        cli.bad_input("--dry-run and --out go together: --dry-run --out DIR")
+    if pair_id and force:
+        cli.bad_input("--pair-id and --force exclude each other (--force makes a new pair id)")
+    with _errors():
+        with console.status("validating the data against the service's format and limits"):
+            prep = ob.prepare(cfg, pair_id=pair_id)
+        for w in prep.warnings[:20]:
+            console.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
+        if dry_run:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            hyper = {k: getattr(cfg.openai, k)
+                     for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+            for arm in ("control", "experiment"):
+                request = job_request(
+                    model=cfg.base_model, seed=cfg.training.seed, hyperparameters=hyper,
+                    pair_id=prep.pair_id, arm=arm, training_file=f"<upload of {prep.files[arm]}>",
+                    validation_file=cfg.eval and f"<upload of {cfg.eval}>",
+                    metadata=prep.metadata(arm))
+                path = out_dir / f"{prep.pair_id}-{arm}.json"
+                path.write_text(json.dumps(request, indent=2) + "\n", encoding="utf-8")
+                console.print(f"wrote {path}")
+            console.print(f"pair {prep.pair_id}: nothing was sent")
+            return
+        client = _client(backend, config_path)
+        result = ob.submit_pair(client, prep, force=force, poll=min(poll_seconds, 5.0),
+                                say=lambda m: console.print(m, markup=False, highlight=False))
+        console.print(f"pair [bold]{result.pair_id}[/] on {backend}: "
+                      + ("created both jobs" if result.created
+                         else "already submitted, nothing created or uploaded"))
+        _print_jobs(result.jobs, console)
+        console.print(f"follow it: train status {result.pair_id} --backend {backend} --wait | "
+                      f"train cancel {result.pair_id} --backend {backend}", markup=False)
+        if wait_:
+            _follow(client, result.pair_id, tracking_uri, poll_seconds, console)
+
+
+def _follow(client, pair_id, tracking_uri, poll_seconds, console, wait_=True):
+    from training.backends import openai as ob
+    from training.tracking import tracking_uri as resolve_uri
+
+    def event(arm, e):
+        console.print(f"{arm}: {e.get('message')}", markup=False, highlight=False)
+
+    if wait_:
+        jobs = ob.wait_pair(client, pair_id, poll=poll_seconds,
+                            max_poll=max(poll_seconds, 1.0) * 8, on_event=event)
+    else:
+        jobs = ob.pair_jobs(client, pair_id)
+    _print_jobs(jobs, console)
+    if any(j["status"] in ("succeeded", "failed") for j in jobs.values()):
+        uri = resolve_uri(tracking_uri)
+        runs = ob.log_pair(client, pair_id, jobs, uri)
+        for arm, run_id in runs.items():
+            console.print(f"{arm}: MLflow run {run_id}", markup=False)
+        if runs:
+            console.print(f"in {_safe_uri(uri)}: train compare {pair_id} (the service reports "
+                          "aggregate losses only, no per-example losses)", markup=False)
+    if wait_ and any(j["status"] != "succeeded" for j in jobs.values()):
+        sys.exit(EXIT_FAILED)
+
+
+def _status(*, backend, config_path, tracking_uri, pair_id, wait_, poll_seconds, **_stack):
+    cli = _cli()
+    if not pair_id:
+        cli.bad_input(f"give the pair id: train status PAIR --backend {backend}")
+    with _errors():
+        client = _client(backend, config_path)
+        _follow(client, pair_id, tracking_uri, poll_seconds, cli._console(), wait_=wait_)
+
+
+def _logs(*, backend, config_path, tracking_uri, pair_id, arm, replicate, **_stack):
+    from training.backends import openai as ob
+
+    cli = _cli()
+    if replicate:
+        cli.bad_input("hosted pairs have no seed replicates")
+    console = cli._console()
+    with _errors():
+        client = _client(backend, config_path)
+        jobs = ob.pair_jobs(client, pair_id)
+        if arm not in jobs:
+            cli.bad_input(f"pair {pair_id} has no {arm} job")
+        job = jobs[arm]
+        events = list(client.fine_tuning.jobs.list_events(job["id"], limit=100))
+        for e in reversed(events):  # the service lists newest first
+            console.print(f"{e.created_at} {e.level:<5} {e.message}", markup=False,
+                          highlight=False)
+        console.print(f"{arm}: {job['id']} {job['status']}", markup=False)
+
+
+def _cancel(*, backend, config_path, tracking_uri, pair_id, **_stack):
+    from training.backends import openai as ob
+
+    console = _cli()._console()
+    with _errors():
+        client = _client(backend, config_path)
+        for arm, status in ob.cancel_pair(client, pair_id).items():
+            console.print(f"{arm}: {status}", markup=False)
