@@ -30,7 +30,7 @@ from training.stack import StackError, StackOutputs
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
 PAIR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,200}$")
 _REFERENCE = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
-CONFIG_FILE = "experiment.yaml"  # the resolved experiment file, at the root of the code snapshot
+CONFIG_FILE = "pair.yaml"  # the resolved experiment file, at the root of the code snapshot
 
 
 class JobSpecError(Exception):
@@ -166,7 +166,7 @@ def build_command(job: ArmJob, code_dir: str):
         name=job.name,
         display_name=f"{job.pair_id} {job.arm}",
         experiment_name=job.experiment_name,
-        description=f"Arm {job.arm} of the paired fine-tuning experiment {job.pair_id}",
+        description=f"One arm of the paired fine-tuning experiment {job.pair_id} (tag: arm)",
         tags=dict(job.tags),
         code=code_dir,
         command=job.command,

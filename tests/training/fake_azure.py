@@ -92,9 +92,12 @@ class _Response(RestHttpClientTransportResponse):
 
 
 def _response(request, status: int, body=None, headers: dict | None = None):
-    payload = b"" if body is None else json.dumps(body).encode()
+    if isinstance(body, str):  # a blob's text
+        payload, content_type = body.encode(), "text/plain"
+    else:
+        payload, content_type = b"" if body is None else json.dumps(body).encode(), "application/json"
     lines = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Status')}",
-             "Content-Type: application/json", f"Content-Length: {len(payload)}"]
+             f"Content-Type: {content_type}", f"Content-Length: {len(payload)}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
     internal = http.client.HTTPResponse(_Socket(raw), method=request.method)
@@ -116,6 +119,10 @@ class FakeAzureML(HttpTransport):
     requests: list = field(default_factory=list)
     routes: list = field(default_factory=list)
     code_hashes: list = field(default_factory=list)
+    # run history, for `jobs.stream`: job name -> the statuses its details report, in turn, and
+    # the text of its rank-0 log
+    run_statuses: dict = field(default_factory=dict)
+    logs: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.routes = [
@@ -126,6 +133,9 @@ class FakeAzureML(HttpTransport):
             ("GET", r"/codes/(?P<name>[^/]+)/versions$", self._code_by_hash),
             ("GET", r"/codes/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", self._code_version),
             ("GET", r"/workspaces/(?P<name>[^/]+)$", self._workspace),
+            ("GET", r"/discovery$", self._discovery),
+            ("GET", r"/runs/(?P<name>[^/]+)/details$", self._run_details),
+            ("GET", r"/logs/(?P<name>[^/]+)/std_log.txt$", self._log_blob),
         ]
 
     # -- what tests use
@@ -240,3 +250,20 @@ class FakeAzureML(HttpTransport):
                                      f"{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
                                      f"Microsoft.MachineLearningServices/workspaces/{WORKSPACE}",
                 "discoveryUrl": "https://eastus.api.azureml.ms/discovery"}})
+
+    def _discovery(self, request, match):
+        services = ("api", "catalog", "experimentation", "gallery", "history", "hyperdrive",
+                    "labeling", "modelmanagement", "pipelines", "studio")
+        return _response(request, 200, {k: "https://eastus.api.azureml.ms" for k in services})
+
+    def _run_details(self, request, match):
+        name = match["name"]
+        statuses = self.run_statuses.get(name) or [self.jobs[name]["properties"]["status"]]
+        status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        return _response(request, 200, {
+            "runId": name, "status": status,
+            "logFiles": {"user_logs/std_log.txt":
+                         f"https://account.blob.core.windows.net/logs/{name}/std_log.txt?sig=x"}})
+
+    def _log_blob(self, request, match):
+        return _response(request, 200, self.logs.get(match["name"], ""))

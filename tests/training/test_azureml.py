@@ -1,0 +1,288 @@
+"""`train submit/status/logs/cancel` through the real MLClient against a fake Azure ML transport.
+
+Assertions are on the requests the SDK really sent: what one submission creates, that a broken
+pair is rolled back, that nothing is sent for bad input or for a pair that already exists.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tests.training.fake_azure import OUTPUTS, FakeAzureML, FakeCredential
+from training.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "experiments" / "paired-comments.yaml"
+
+
+@pytest.fixture
+def fake():
+    return FakeAzureML()
+
+
+@pytest.fixture
+def outputs_file(tmp_path):
+    path = tmp_path / "stack-outputs.json"
+    path.write_text(json.dumps(OUTPUTS))
+    return str(path)
+
+
+@pytest.fixture
+def train(fake, outputs_file):
+    """Run `train ...` with the fake workspace; returns the click result."""
+
+    def invoke(*args, config=CONFIG):
+        argv = list(args)
+        if argv[0] == "submit" and "--config" not in argv:
+            argv += ["--config", str(config)]
+        if "--stack" not in argv and "--outputs-file" not in argv:
+            argv += ["--outputs-file", outputs_file]
+        return CliRunner().invoke(main, argv, obj={"azure_transport": fake,
+                                                   "azure_credential": FakeCredential()})
+
+    return invoke
+
+
+def put_bodies(fake):
+    return {r.path.rsplit("/", 1)[1]: r.body["properties"] for r in fake.sent("PUT", "/jobs/")}
+
+
+def write_config(tmp_path, **changes):
+    data = yaml.safe_load(CONFIG.read_text())
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    data["arms"] = {"control": {"train": str(tmp_path / "c.jsonl")},
+                    "experiment": {"train": str(tmp_path / "e.jsonl")}}
+    data["eval"] = str(tmp_path / "eval.jsonl")
+    path = tmp_path / "pair.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_one_submission_sends_a_fair_pair(train, fake):
+    result = train("submit")
+    assert result.exit_code == 0, result.output
+    bodies = put_bodies(fake)
+    assert len(bodies) == 2
+    (c_name, control), (e_name, experiment) = sorted(bodies.items())
+    pair_id = c_name.removesuffix("-control")
+    assert e_name == f"{pair_id}-experiment"
+    assert pair_id in result.output and "ml.azure.com/runs/" + c_name in result.output
+
+    # identical except the training data, names, display names and the arm
+    assert control["inputs"]["train"]["uri"].endswith("/data/control-train/versions/1")
+    assert experiment["inputs"]["train"]["uri"].endswith("/data/experiment-train/versions/1")
+    assert control["inputs"]["eval"] == experiment["inputs"]["eval"]
+    assert control["outputs"]["arm_dir"] == {
+        "uri": f"azureml://datastores/training_data/paths/pairs/{pair_id}/control/",
+        "mode": "ReadWriteMount", "jobOutputType": "uri_folder"}
+    assert control["tags"]["arm"] == "control" and experiment["tags"]["arm"] == "experiment"
+    assert control["command"].replace("--arm control", "--arm X") == \
+        experiment["command"].replace("--arm experiment", "--arm X")
+    for key in ("inputs", "outputs", "tags", "displayName", "command", "codeId"):
+        control.pop(key), experiment.pop(key)
+    assert control == experiment
+    assert control["distribution"] == {"processCountPerInstance": 1, "distributionType": "PyTorch"}
+    assert control["resources"]["instanceCount"] == 1
+    assert control["resources"]["shmSize"] == "16g"
+    assert control["computeId"].endswith("/computes/gpu-cluster")
+    assert control["environmentId"].endswith("/environments/paired-finetune-train/versions/abc123")
+    assert control["experimentName"] == "paired-comments"
+    # one code snapshot for both: the same content hash was looked up, and nothing uploaded
+    assert len(set(fake.code_hashes)) == 1 and len(fake.code_hashes) == 2
+    assert not fake.sent("POST", "startPendingUpload")
+
+
+def test_tags_timeout_and_multi_node(train, fake, tmp_path):
+    cfg = write_config(tmp_path, **{"azure.max_run_minutes": 120, "azure.instance_count": 2,
+                                    "azure.processes_per_node": 8, "azure.compute": "cpu"})
+    assert train("submit", config=cfg).exit_code == 0
+    body = next(iter(put_bodies(fake).values()))
+    assert body["limits"] == {"timeout": "PT2H", "jobLimitsType": "Command"}
+    assert body["distribution"]["processCountPerInstance"] == 8
+    assert body["resources"]["instanceCount"] == 2
+    assert body["computeId"].endswith("/computes/cpu-cluster")
+    assert "torchrun" not in body["command"]
+    assert set(body["tags"]) >= {"pair_id", "arm", "config_sha256", "code_version"}
+
+
+def test_submitting_again_creates_nothing(train, fake):
+    first = train("submit")
+    assert first.exit_code == 0
+    puts = len(fake.sent("PUT"))
+    again = train("submit")
+    assert again.exit_code == 0, again.output
+    assert len(fake.sent("PUT")) == puts
+    assert "nothing created" in again.output
+
+
+def test_a_missing_arm_from_a_broken_attempt_is_created(train, fake):
+    assert train("submit").exit_code == 0
+    experiment = next(n for n in fake.jobs if n.endswith("-experiment"))
+    del fake.jobs[experiment]  # as if the process died between the two requests
+    fake.requests.clear()
+    result = train("submit")
+    assert result.exit_code == 0, result.output
+    assert [r.path.rsplit("/", 1)[1] for r in fake.sent("PUT")] == [experiment]
+
+
+def test_second_job_failing_cancels_the_first(train, fake):
+    fake.fail("PUT", r"/jobs/[^/]+-experiment$", 500)
+    result = train("submit")
+    assert result.exit_code == 1
+    control = next(n for n in fake.jobs if n.endswith("-control"))
+    assert fake.jobs[control]["properties"]["status"] == "Canceled"
+    assert fake.sent("POST", f"/jobs/{control}/cancel")
+    assert "never half a pair" in result.output and "Traceback" not in result.output
+    # the same pair cannot be completed under the same names: say so, send nothing
+    fake.requests.clear()
+    again = train("submit")
+    assert again.exit_code == 1 and "--force" in again.output
+    assert not fake.sent("PUT")
+
+
+def test_force_makes_a_new_pair(train, fake):
+    assert train("submit").exit_code == 0
+    names = set(fake.jobs)
+    assert train("submit", "--force").exit_code == 0
+    new = set(fake.jobs) - names
+    assert len(new) == 2
+    bodies = put_bodies(fake)
+    new_pair = bodies[sorted(new)[0]]["tags"]["pair_id"]
+    assert new_pair not in {bodies[n]["tags"]["pair_id"] for n in names}
+    assert f"/paths/pairs/{new_pair}/" in bodies[sorted(new)[0]]["outputs"]["arm_dir"]["uri"]
+
+
+@pytest.mark.parametrize("changes, args, message", [
+    ({"azure.compute": "nope-cluster"}, [], "azure.compute"),
+    ({"azure.instance_count": 0}, [], "azure.instance_count"),
+    ({"azure.processes_per_node": 0}, [], "azure.processes_per_node"),
+    ({"azure.shm_size": "huge"}, [], "azure.shm_size"),
+    ({"training.learning_rate": -1}, [], "training.learning_rate"),
+    ({"azure.bogus": 1}, [], "azure.bogus"),
+    ({}, ["--pair-id", "../escape"], "--pair-id"),
+    ({}, ["--pair-id", "x", "--force"], "exclude each other"),
+    ({}, ["--dry-run"], "--dry-run --out"),
+])
+def test_bad_input_is_exit_2_with_no_request(train, fake, tmp_path, changes, args, message):
+    result = train("submit", *args, config=write_config(tmp_path, **changes))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert fake.requests == []
+
+
+def test_missing_environment_and_assets_are_exit_2(fake, tmp_path):
+    for key, value, message in (("training_environment", None, "no environment"),
+                                ("data_assets", {"control": {"name": "c", "version": "1"}},
+                                 "experiment")):
+        path = tmp_path / "out.json"
+        path.write_text(json.dumps({**OUTPUTS, key: value}))
+        result = CliRunner().invoke(main, ["submit", "--config", str(CONFIG), "--outputs-file",
+                                           str(path)], obj={"azure_transport": fake,
+                                                            "azure_credential": FakeCredential()})
+        assert result.exit_code == 2 and message in result.output
+    assert fake.requests == []
+
+
+def test_dry_run_writes_loadable_jobs_and_sends_nothing(train, fake, tmp_path):
+    from azure.ai.ml import load_job
+
+    out = tmp_path / "jobs"
+    result = train("submit", "--dry-run", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert fake.requests == []
+    files = sorted(out.glob("*.yml"))
+    assert [f.name.rsplit("-", 1)[1] for f in files] == ["control.yml", "experiment.yml"]
+    jobs = [load_job(f) for f in files]
+    assert jobs[0].inputs["train"].path.endswith("control-train:1")
+    assert (out / "code" / "pair.yaml").is_file()
+    shipped = yaml.safe_load((out / "code" / "pair.yaml").read_text())
+    assert shipped["arms"]["control"]["train"] == "azureml:control-train:1"
+
+
+def test_code_snapshot_is_the_package_and_the_config(tmp_path):
+    from training.backends.azureml import snapshot_files, stage_code
+
+    code = stage_code(tmp_path / "code", "name: x\n")
+    (code / "training" / "__pycache__").mkdir(exist_ok=True)
+    (code / "training" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"0")
+    for junk in ("runs/p/model.bin", ".venv/bin/python", "mlruns/0/meta.yaml", "tests/t.py",
+                 ".git/HEAD", "mlflow.db"):
+        (code / junk).parent.mkdir(parents=True, exist_ok=True)
+        (code / junk).write_text("x")
+    files = snapshot_files(code)
+    assert "pair.yaml" in files and "training/recipe.py" in files
+    assert "training/assets/tiny_corpus.txt" in files
+    assert all(f in ("pair.yaml", ".amlignore") or f.startswith("training/") for f in files)
+    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+
+
+def test_wait_follows_both_jobs(train, fake, monkeypatch):
+    polls = {"n": 0}
+    real_get = fake._get_job
+
+    def advancing(request, match):  # Queued -> Running -> Completed, one step per poll
+        polls["n"] += 1
+        job = fake.jobs.get(match["name"])
+        if job is not None:
+            order = ["Queued", "Running", "Completed"]
+            current = job["properties"]["status"]
+            if current in order[:-1] and polls["n"] > 2:
+                job["properties"]["status"] = order[order.index(current) + 1]
+        return real_get(request, match)
+
+    fake.routes.insert(0, ("GET", r"/jobs/(?P<name>[^/]+)$", advancing))
+    result = train("submit", "--wait", "--poll-seconds", "0")
+    assert result.exit_code == 0, result.output
+    assert "Running" in result.output and "both arms completed" in result.output
+
+
+def test_wait_exits_1_when_an_arm_fails(train, fake):
+    assert train("submit").exit_code == 0
+    for name in fake.jobs:
+        fake.set_status(name, "Failed" if name.endswith("-experiment") else "Completed")
+    result = train("submit", "--wait", "--poll-seconds", "0")
+    assert result.exit_code == 1 and "Failed" in result.output
+
+
+def test_status_lists_pairs_and_shows_one(train, fake):
+    assert train("submit").exit_code == 0
+    pair_id = next(iter(fake.jobs)).rsplit("-", 1)[0]
+    listing = train("status")
+    assert listing.exit_code == 0 and pair_id in listing.output
+    one = train("status", pair_id)
+    assert one.exit_code == 0 and "Queued" in one.output and "control" in one.output
+    unknown = train("status", "no-such-pair")
+    assert unknown.exit_code == 2 and pair_id in unknown.output
+
+
+def test_cancel_cancels_both_arms(train, fake):
+    assert train("submit").exit_code == 0
+    pair_id = next(iter(fake.jobs)).rsplit("-", 1)[0]
+    result = train("cancel", pair_id)
+    assert result.exit_code == 0, result.output
+    assert {j["properties"]["status"] for j in fake.jobs.values()} == {"Canceled"}
+    assert len(fake.sent("POST")) == 2
+    again = train("cancel", pair_id)
+    assert "already Canceled" in again.output and len(fake.sent("POST")) == 2
+    assert train("cancel", "nope").exit_code == 2
+
+
+def test_logs_stream_the_arm_until_it_ends(train, fake, capfd):
+    assert train("submit").exit_code == 0
+    pair_id = next(iter(fake.jobs)).rsplit("-", 1)[0]
+    name = f"{pair_id}-experiment"
+    fake.set_status(name, "Running")
+    fake.run_statuses[name] = ["Running", "Completed"]
+    fake.logs[name] = "step 10/100  loss 1.2345\n"
+    result = train("logs", pair_id, "--arm", "experiment")
+    assert result.exit_code == 0, result.output
+    assert fake.sent("GET", f"/runs/{name}/details")
+    assert train("logs", "nope").exit_code == 2

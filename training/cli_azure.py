@@ -1,0 +1,316 @@
+"""`train submit`, `status`, `logs`, `cancel`: the pair on Azure ML.
+
+The commands are registered on the `train` group by `training.cli`. Every check runs before the
+first request; bad input is exit 2, a failed request exit 1. azure-ai-ml is imported inside the
+commands (it takes seconds), so `train --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from training.config import ARMS
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+DEFAULT_CONFIG = Path("experiments/paired-comments.yaml")
+
+
+def _cli():
+    from training import cli  # the group's helpers; imported late: cli imports this module
+
+    return cli
+
+
+def stack_options(f):
+    """--stack / --outputs-file / --pulumi-dir, read into `outputs` (exit 2 on any problem)."""
+
+    @click.option("--stack", default=None, metavar="NAME",
+                  help="Pulumi stack whose outputs name the workspace (runs `pulumi stack output`).")
+    @click.option("--outputs-file", type=click.Path(path_type=Path), default=None,
+                  help="The stack outputs saved as JSON (the deploy workflow's "
+                       "stack-outputs-<stack> artifact), instead of --stack.")
+    @click.option("--pulumi-dir", type=click.Path(path_type=Path), default=Path("."),
+                  show_default=True, help="The folder that holds Pulumi.yaml.")
+    @wraps(f)
+    def wrapper(*args, stack, outputs_file, pulumi_dir, **kwargs):
+        from training.stack import StackError, load_outputs
+
+        try:
+            outputs = load_outputs(stack, outputs_file, pulumi_dir)
+        except StackError as e:
+            _cli().bad_input(str(e))
+        return f(*args, outputs=outputs, **kwargs)
+
+    return wrapper
+
+
+def _client(outputs):
+    """The MLClient; tests hand a fake transport and credential through click's context object."""
+    from training.backends.azureml import connect
+
+    obj = click.get_current_context().obj or {}
+    return connect(outputs, credential=obj.get("azure_credential"),
+                   transport=obj.get("azure_transport"))
+
+
+def _azure_errors(f):
+    """A request that fails after the checks: one line, exit 1 (a login problem: exit 2)."""
+
+    @wraps(f)
+    def wrapper(*args, **kwargs):
+        from azure.core.exceptions import AzureError, ClientAuthenticationError
+
+        try:
+            return f(*args, **kwargs)
+        except ClientAuthenticationError as e:
+            click.echo(f"error: cannot authenticate to Azure ({str(e).splitlines()[0][:200]})\n"
+                       "  log in with `az login` (or run where a managed identity is available)",
+                       err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except AzureError as e:
+            from training.backends.azureml import _reason
+
+            click.echo(f"error: Azure ML request failed: {_reason(e)}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper
+
+
+def job_config(cfg, outputs):
+    """The experiment file the jobs read: the same bytes for every job of the pair. Data paths
+    name the data assets (the jobs get the files as inputs); `eval` only when the stack has one."""
+    from training.config import Arm, Arms
+
+    assets = outputs.data_assets
+    arms = Arms(**{a: Arm(train=Path(assets[a].id)) for a in ARMS})
+    shared_eval = Path(assets["eval"].id) if "eval" in assets else None
+    return cfg.model_copy(update={"arms": arms, "eval": shared_eval})
+
+
+# ----------------------------------------------------------------------------- submit
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG,
+              show_default=True, help="The experiment file (YAML).")
+@stack_options
+@click.option("--pair-id", default=None,
+              help="Name the pair [default: derived from the config and the data asset "
+                   "versions, so submitting again finds the pair instead of training it twice].")
+@click.option("--force", is_flag=True,
+              help="Submit a new pair even if this one exists (a new pair id, fresh arm folders).")
+@click.option("--dry-run", is_flag=True,
+              help="Build the jobs and write them as YAML to --out; send nothing.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="With --dry-run: the folder for the job YAMLs and the code snapshot.")
+@click.option("--wait", "wait_", is_flag=True,
+              help="Follow the jobs until they end; exit 0 only if every job completed.")
+@click.option("--poll-seconds", type=click.FloatRange(min=0), default=30.0, hidden=True)
+def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, poll_seconds):
+    """Submit the pair as Azure ML jobs on the stack's GPU cluster, in parallel.
+
+    \b
+    train submit --stack dev --config experiments/paired-comments.yaml
+    train submit --outputs-file stack-outputs.json --dry-run --out jobs/
+
+    Both jobs run the same code snapshot, environment, compute, resources, seed and config; only
+    the training data input, names and the `arm` tag differ. Prints the pair id and the studio
+    links. Submitting the same pair again reports its jobs and creates nothing.
+    """
+    from training import jobs as jobs_mod
+    from training.tracking import code_version
+
+    cli = _cli()
+    console = cli._console()
+    cfg = cli._load(config_path)
+    if dry_run != (out_dir is not None):
+        cli.bad_input("--dry-run and --out go together: --dry-run --out DIR")
+    if pair_id and force:
+        cli.bad_input("--pair-id and --force exclude each other (--force makes a new pair id)")
+    if cfg.eval is not None and "eval" not in outputs.data_assets:
+        console.print("[yellow]warning:[/] the experiment file names a shared eval set but the "
+                      "stack has no `eval` data asset (set evalDataPath, `pulumi up`): each arm "
+                      "is evaluated on its own holdout, which is not comparable between arms")
+    try:
+        pair_id = jobs_mod.check_pair_id(pair_id) if pair_id else jobs_mod.azure_pair_id(
+            cfg, outputs)
+        if force:
+            pair_id = f"{pair_id}-{time.strftime('%Y%m%d%H%M%S')}"
+        planned = jobs_mod.plan_pair(cfg, outputs, pair_id, code_version())
+    except jobs_mod.JobSpecError as e:
+        cli.bad_input(str(e))
+    config_yaml = job_config(cfg, outputs).to_yaml()
+
+    if dry_run:
+        _dry_run(planned, config_yaml, out_dir, console)
+        return
+    _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds)
+
+
+def _dry_run(planned, config_yaml, out_dir: Path, console) -> None:
+    from training.backends.azureml import stage_code
+    from training.jobs import job_yaml
+
+    if out_dir.exists() and not out_dir.is_dir():
+        _cli().bad_input(f"--out {out_dir}: exists and is not a folder")
+    code = stage_code(out_dir / "code", config_yaml)
+    for job in planned:
+        path = out_dir / f"{job.name}.yml"
+        path.write_text(job_yaml(job, "./code"), encoding="utf-8")
+        console.print(f"wrote {path}")
+    console.print(f"code snapshot: {code}  (nothing was sent; submit one with "
+                  f"`az ml job create -f {out_dir}/{planned[0].name}.yml`)")
+
+
+@_azure_errors
+def _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds) -> None:
+    from training.backends.azureml import AzurePair, SubmitError, stage_code, view
+
+    pair = AzurePair(_client(outputs))
+    with tempfile.TemporaryDirectory(prefix="paired-finetune-code-") as tmp:
+        code = stage_code(Path(tmp), config_yaml)
+        try:
+            result = pair.submit(planned, code)
+        except SubmitError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_FAILED)
+    created = [name for name, (_, new) in result.items() if new]
+    console.print(f"pair [bold]{pair_id}[/] in workspace {outputs.workspace_name}: "
+                  + (f"created {len(created)} job(s)" if created
+                     else "already submitted, nothing created"))
+    views = [view(job) for job, _ in result.values()]
+    _print_jobs(views, console)
+    console.print(f"follow it (with the same --stack or --outputs-file): train status {pair_id}"
+                  f" | train logs {pair_id} --arm control | train cancel {pair_id}")
+    if wait_:
+        _wait(pair, [v.name for v in views], console, poll_seconds)
+
+
+def _print_jobs(views, console) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("arm", "job", "status"):
+        table.add_column(col)
+    for v in views:
+        table.add_row(_arm_label(v), v.name, v.status)
+    console.print(table)
+    for v in views:  # whole, on their own lines: copied or clicked, never truncated
+        if v.studio_url:
+            console.print(f"{_arm_label(v)}: {v.studio_url}", overflow="ignore", crop=False)
+
+
+def _arm_label(v) -> str:
+    return v.arm if v.replicate is None else f"{v.arm} r{v.replicate}"
+
+
+def _wait(pair, names: list[str], console, poll_seconds: float) -> None:
+    from rich.live import Live
+    from rich.text import Text
+
+    last: dict = {}
+
+    def render(statuses):
+        return Text("\n".join(f"{name:<48} {status}" for name, status in statuses.items()))
+
+    if console.is_terminal:
+        with Live(render({n: "?" for n in names}), console=console, refresh_per_second=2) as live:
+            final = pair.wait(names, lambda s: live.update(render(s)), poll_seconds)
+    else:
+        def changed(statuses):
+            for name, status in statuses.items():
+                if last.get(name) != status:
+                    console.print(f"{time.strftime('%H:%M:%S')} {name}: {status}")
+                    last[name] = status
+
+        final = pair.wait(names, changed, poll_seconds)
+    bad = {n: s for n, s in final.items() if s != "Completed"}
+    if bad:
+        console.print("not completed: " + ", ".join(f"{n} ({s})" for n, s in bad.items())
+                      + "; `train logs PAIR --arm ARM` shows why")
+        sys.exit(EXIT_FAILED)
+    console.print("both arms completed")
+
+
+# ----------------------------------------------------------------------------- follow
+def _pair_jobs(pair, pair_id: str):
+    jobs = pair.find(pair_id)
+    if not jobs:
+        known = list(pair.recent_pairs())[:10]
+        hint = ("recent pairs: " + ", ".join(known)) if known else "no pairs in this workspace"
+        _cli().bad_input(f"no pair {pair_id!r} in this workspace ({hint})")
+    return jobs
+
+
+@click.command()
+@click.argument("pair_id", required=False)
+@stack_options
+@_azure_errors
+def status(pair_id, outputs):
+    """The jobs of PAIR (status, studio links); without PAIR, the recent pairs in the workspace."""
+    from training.backends.azureml import AzurePair, view
+
+    console = _cli()._console()
+    pair = AzurePair(_client(outputs))
+    if pair_id is None:
+        pairs = pair.recent_pairs()
+        if not pairs:
+            console.print(f"no pairs in workspace {outputs.workspace_name}")
+            return
+        for pid, views in pairs.items():
+            arms = "  ".join(f"{v.arm}{'' if v.replicate is None else ' r' + v.replicate}: "
+                             f"{v.status}" for v in sorted(views, key=lambda v: v.name))
+            console.print(f"{pid:<40} {(views[0].created or '')[:19]:<20} {arms}")
+        return
+    _print_jobs([view(j) for j in _pair_jobs(pair, pair_id)], console)
+
+
+@click.command()
+@click.argument("pair_id")
+@click.option("--arm", type=click.Choice(ARMS), default="control", show_default=True)
+@click.option("--replicate", type=click.IntRange(min=0), default=None,
+              help="With seed replicates: which one [default: the first].")
+@stack_options
+@_azure_errors
+def logs(pair_id, arm, replicate, outputs):
+    """Stream the rank-0 log of one arm of PAIR until its job ends."""
+    from azure.ai.ml.exceptions import JobException
+
+    from training.backends.azureml import AzurePair
+
+    pair = AzurePair(_client(outputs))
+    jobs = [j for j in _pair_jobs(pair, pair_id) if (j.tags or {}).get("arm") == arm]
+    if replicate is not None:
+        jobs = [j for j in jobs if (j.tags or {}).get("replicate") == str(replicate)]
+    if not jobs:
+        _cli().bad_input(f"pair {pair_id} has no {arm} job"
+                         + ("" if replicate is None else f" for replicate {replicate}"))
+    try:
+        pair.stream(jobs[0].name)
+    except JobException as e:
+        click.echo(f"error: {jobs[0].name} did not complete: {str(e).splitlines()[0]}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@click.command()
+@click.argument("pair_id")
+@stack_options
+@_azure_errors
+def cancel(pair_id, outputs):
+    """Cancel every job of PAIR that has not ended (both arms, every replicate)."""
+    from training.backends.azureml import AzurePair
+
+    console = _cli()._console()
+    pair = AzurePair(_client(outputs))
+    results = pair.cancel(_pair_jobs(pair, pair_id))
+    for name, what in results:
+        console.print(f"{name}: {what}")
+    if any(what.startswith("could not") for _, what in results):
+        sys.exit(EXIT_FAILED)
+
+
+COMMANDS = [submit, status, logs, cancel]
