@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from training.cli_hosted import hosted_backend
 from training.config import ARMS
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
@@ -95,6 +96,7 @@ def job_config(cfg, outputs):
 
 # ----------------------------------------------------------------------------- submit
 @click.command()
+@hosted_backend("submit")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG,
               show_default=True, help="The experiment file (YAML).")
 @stack_options
@@ -126,7 +128,7 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, poll_s
 
     cli = _cli()
     console = cli._console()
-    cfg = cli._load(config_path)
+    cfg = _pinned(cli._load(config_path), console)
     if dry_run != (out_dir is not None):
         cli.bad_input("--dry-run and --out go together: --dry-run --out DIR")
     if pair_id and force:
@@ -149,6 +151,22 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, poll_s
         _dry_run(planned, config_yaml, out_dir, console)
         return
     _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds)
+
+
+def _pinned(cfg, console):
+    """The config with its base model pinned to one revision, resolved here once: both jobs load
+    exactly that, however far apart they start."""
+    from training.base_model import BaseModelError, kind_of, pin
+
+    if kind_of(cfg.base_model) == "local":
+        _cli().bad_input(f"base_model {cfg.base_model}: a folder on this machine cannot be read by "
+                         "an Azure ML job; use a hub id (e.g. meta-llama/Meta-Llama-3-8B)")
+    try:
+        cfg, pinned = pin(cfg, on_note=lambda text: console.print(f"[yellow]note:[/] {text}"))
+    except BaseModelError as e:
+        _cli().bad_input(str(e))
+    console.print(f"base model {cfg.base_model} pinned to {pinned.revision} ({pinned.source})")
+    return cfg
 
 
 def _dry_run(planned, config_yaml, out_dir: Path, console) -> None:
@@ -247,6 +265,7 @@ def _pair_jobs(pair, pair_id: str):
 
 
 @click.command()
+@hosted_backend("status")
 @click.argument("pair_id", required=False)
 @stack_options
 @_azure_errors
@@ -270,6 +289,7 @@ def status(pair_id, outputs):
 
 
 @click.command()
+@hosted_backend("logs")
 @click.argument("pair_id")
 @click.option("--arm", type=click.Choice(ARMS), default="control", show_default=True)
 @click.option("--replicate", type=click.IntRange(min=0), default=None,
@@ -297,6 +317,7 @@ def logs(pair_id, arm, replicate, outputs):
 
 
 @click.command()
+@hosted_backend("cancel")
 @click.argument("pair_id")
 @stack_options
 @_azure_errors

@@ -75,14 +75,13 @@ def data_asset_ids(outputs: StackOutputs) -> dict[str, str]:
     return {key: asset.id for key, asset in outputs.data_assets.items()}
 
 
-def azure_pair_id(cfg: ExperimentConfig, outputs: StackOutputs, base_revision: str = "") -> str:
-    """Same resolved config and same data asset versions -> same pair id, so submitting again
-    finds the pair instead of training it twice. Job names derive from it: letters, digits, '-'."""
+def azure_pair_id(cfg: ExperimentConfig, outputs: StackOutputs) -> str:
+    """Same resolved config (the pinned base model revision included) and same data asset
+    versions -> same pair id, so submitting again finds the pair instead of training it twice.
+    Job names derive from it: letters, digits, '-'."""
     h = hashlib.sha256(cfg.sha256().encode())
     for key, asset_id in sorted(data_asset_ids(outputs).items()):
         h.update(f"{key}={asset_id}".encode())
-    if base_revision:
-        h.update(f"base={base_revision}".encode())
     return f"{re.sub(r'[^A-Za-z0-9-]', '-', cfg.name)}-{h.hexdigest()[:10]}"
 
 
@@ -124,7 +123,10 @@ def plan_pair(cfg: ExperimentConfig, outputs: StackOutputs, pair_id: str, code_v
         seed = cfg.training.seed + k
         for arm in ARMS:
             tags = {"pair_id": sub_id, "arm": arm, "config_sha256": cfg.sha256(),
-                    "code_version": code_version, "seed": str(seed), **(extra_tags or {})}
+                    "code_version": code_version, "seed": str(seed),
+                    "base_model": cfg.base_model,
+                    "base_model_revision": str(cfg.base_model_revision or ""),
+                    **(extra_tags or {})}
             if cfg.training.replicates > 1:
                 tags |= {"parent_pair_id": pair_id, "replicate": str(k)}
             jobs.append(ArmJob(

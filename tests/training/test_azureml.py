@@ -18,6 +18,24 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "paired-comments.yaml"
 
 
+PINNED = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(autouse=True)
+def hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache holding a snapshot of the example's base model (tests are offline):
+    submit pins the base model to this commit."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hf-cache" / "models--meta-llama--Meta-Llama-3-8B"
+    (repo / "snapshots" / PINNED).mkdir(parents=True)
+    (repo / "snapshots" / PINNED / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(PINNED)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return PINNED
+
+
 @pytest.fixture
 def fake():
     return FakeAzureML()
@@ -205,6 +223,18 @@ def test_dry_run_writes_loadable_jobs_and_sends_nothing(train, fake, tmp_path):
     assert (out / "code" / "pair.yaml").is_file()
     shipped = yaml.safe_load((out / "code" / "pair.yaml").read_text())
     assert shipped["arms"]["control"]["train"] == "azureml:control-train:1"
+    assert shipped["base_model_revision"] == PINNED  # both jobs load exactly this commit
+    assert jobs[1].tags["base_model_revision"] == PINNED
+
+
+def test_base_model_that_cannot_be_pinned_is_exit_2(train, fake, tmp_path):
+    cfg = write_config(tmp_path, base_model="meta-llama/Meta-Llama-3-70B")  # not cached
+    result = train("submit", config=cfg)
+    assert result.exit_code == 2 and "Meta-Llama-3-70B" in result.output
+    local = write_config(tmp_path, base_model=str(tmp_path))
+    result = train("submit", config=local)
+    assert result.exit_code == 2 and "cannot be read by an Azure ML job" in result.output
+    assert fake.requests == []
 
 
 def test_code_snapshot_is_the_package_and_the_config(tmp_path):

@@ -42,7 +42,8 @@ def test_the_two_jobs_differ_only_in_data_names_and_arm():
     assert a["tags"].pop("arm") == "control" and b["tags"].pop("arm") == "experiment"
     assert a == b
     assert a["tags"] == {"pair_id": "p-1", "config_sha256": config().sha256(),
-                         "code_version": "abc123", "seed": "42"}
+                         "code_version": "abc123", "seed": "42",
+                         "base_model": "meta-llama/Meta-Llama-3-8B", "base_model_revision": ""}
     assert a["environment"] == "azureml:paired-finetune-train:abc123"
     assert a["compute"] == "gpu-cluster"
     assert control.command.replace("control", "ARM") == experiment.command.replace(
