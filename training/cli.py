@@ -107,7 +107,8 @@ def _tokenizer(base_model: str):
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="The experiment file (YAML).")
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("runs"),
-              show_default=True, help="Each pair goes to OUTPUT_DIR/PAIR_ID/ARM/.")
+              show_default=True,
+              help="Each pair goes to OUTPUT_DIR/PAIR_ID/ARM/ (replicates: OUTPUT_DIR/PAIR_ID/rK/ARM/).")
 @click.option("--arm", "arm", type=click.Choice(ARMS), default=None,
               help="Run one arm only [default: both, in parallel].")
 @click.option("--pair-id", default=None,
@@ -163,21 +164,36 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     arms = [arm] if arm else list(ARMS)
     from training.progress import PairProgress
 
-    with PairProgress(console, arms) as progress:
-        pair = LocalPair(resolved, pair_dir, pair_id, arms, uri, on_event=progress.update)
-        previous = {s: signal.signal(s, pair.stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            states = pair.run()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-    progress.summary(states, pair_dir)
+    # Seed replicates: replicate k of both arms trains with seed + k, as pair PAIR_ID-rK in
+    # PAIR_DIR/rK/; one replicate keeps the plain layout.
+    n = cfg.training.replicates
+    replicates = [(pair_id, pair_dir, 0)] if n == 1 else [
+        (f"{pair_id}-r{k}", pair_dir / f"r{k}", k) for k in range(n)]
+    failed = False
+    for rep_id, rep_dir, k in replicates:
+        if n > 1:
+            console.print(f"replicate {k + 1}/{n}: [bold]{rep_id}[/] "
+                          f"(seed {cfg.training.seed + k})")
+        with PairProgress(console, arms) as progress:
+            pair = LocalPair(resolved, rep_dir, rep_id, arms, uri, on_event=progress.update,
+                             replicate=k, parent_pair_id=pair_id)
+            previous = {s: signal.signal(s, pair.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                states = pair.run()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+        progress.summary(states, rep_dir)
 
-    if pair.stopping:
-        console.print(f"interrupted: run the same command again to resume {pair_id}")
-        sys.exit(130)
-    if any(s.status == "failed" for s in states.values()):
+        if pair.stopping:
+            console.print(f"interrupted: run the same command again to resume {pair_id}")
+            sys.exit(130)
+        failed = failed or any(s.status == "failed" for s in states.values())
+    if failed:
         sys.exit(EXIT_FAILED)
+    if arm is None and not os.environ.get("PAIRED_FINETUNE_NO_MLFLOW"):
+        _compare(uri, pair_id, "table", console=console)
+        console.print(f"again, with the figure: train compare {pair_id} --plot compare.png")
 
 
 def _ensure_experiment(uri: str, name: str) -> None:
@@ -189,6 +205,122 @@ def _ensure_experiment(uri: str, name: str) -> None:
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(name) is None:
         mlflow.create_experiment(name)
+
+
+# ----------------------------------------------------------------------------- compare
+@main.command()
+@click.argument("pair", required=False)
+@click.option("--tracking-uri", default=None,
+              help="MLflow store [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+@click.option("--stack", default=None, help="Read the runs from this Pulumi stack's workspace.")
+@click.option("--outputs-file", type=click.Path(path_type=Path), default=None,
+              help="The stack outputs saved as JSON (instead of --stack).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+              default="table", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the loss curves and per-example differences to this PNG.")
+def compare(pair, tracking_uri, stack, outputs_file, fmt, plot_path):
+    """The verdict on PAIR: fairness, health of each arm, paired statistics, success criteria.
+
+    PAIR is a pair id (or the parent id of seed replicates) as `train run` or `train submit`
+    printed it; without it, the recent pairs are listed. Exit 0 when the pair is fair, finished
+    and meets every success criterion; 1 when not; 2 for bad input (no such pair or arm).
+    """
+    if sum(x is not None for x in (tracking_uri, stack, outputs_file)) > 1:
+        bad_input("pass at most one of --tracking-uri, --stack, --outputs-file")
+    if plot_path is not None and plot_path.suffix.lower() != ".png":
+        bad_input(f"--plot {plot_path}: the figure is written as PNG (name it *.png)")
+    uri = _compare_uri(tracking_uri, stack, outputs_file)
+    if pair is None:
+        _list_pairs(uri, fmt)
+        return
+    sys.exit(_compare(uri, pair, fmt, plot_path))
+
+
+def _compare_uri(tracking_uri, stack, outputs_file) -> str:
+    from training.tracking import tracking_uri as resolve_uri
+
+    if stack is None and outputs_file is None:
+        uri = resolve_uri(tracking_uri)
+        db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+        if db is not None and not Path(db).is_file():
+            bad_input(f"no MLflow store at {db}: train a pair first (`train run`) or pass "
+                      "--tracking-uri")
+        return uri
+    from training.stack import StackError, load_outputs
+
+    try:
+        outputs = load_outputs(stack, outputs_file)
+    except StackError as e:
+        bad_input(str(e))
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    client = MLClient(DefaultAzureCredential(), outputs.subscription_id, outputs.resource_group,
+                      outputs.workspace_name)
+    return client.workspaces.get(outputs.workspace_name).mlflow_tracking_uri
+
+
+def _list_pairs(uri: str, fmt: str) -> None:
+    import json
+
+    from training.compare import client_for, list_pairs
+
+    pairs = list_pairs(client_for(uri))
+    if fmt == "json":
+        click.echo(json.dumps(pairs, indent=2))
+        return
+    if not pairs:
+        click.echo(f"no pairs in {uri}")
+        return
+    click.echo(f"recent pairs in {uri} (train compare PAIR for the verdict):")
+    for p in pairs:
+        arms = "  ".join(f"{a}: {'/'.join(s.lower() for s in st) or '-'}"
+                         for a, st in p["arms"].items())
+        click.echo(f"  {p['pair_id']:<40} {p['name']:<28} {p['started']}  {arms}")
+
+
+def _compare(uri: str, pair: str, fmt: str, plot_path: Path | None = None, console=None) -> int:
+    """Print the verdict of a pair; returns its exit code (2 for bad input, printed)."""
+    import json
+
+    from training import compare_render
+    from training.compare import CompareError, compare, example_diffs
+
+    try:
+        report, runs = compare(uri, pair)
+    except CompareError as e:
+        click.echo(f"error: {e}", err=True)
+        return EXIT_BAD_INPUT
+    if plot_path is not None:
+        from training.compare_plot import plot
+
+        plot(report, runs, example_diffs(runs), plot_path)
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2))
+    elif fmt == "markdown":
+        click.echo(compare_render.markdown(report))
+    else:
+        compare_render.print_table(report, console or _stdout_console())
+    if plot_path is not None:
+        click.echo(f"plot: {plot_path}", err=True)
+    return report["verdict"]["exit_code"]
+
+
+def _stdout_console():
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, soft_wrap=True, width=120)
+    return console
+
+
+# ----------------------------------------------------------------------------- Azure ML
+from training.cli_azure import COMMANDS as _AZURE_COMMANDS  # noqa: E402 (needs the helpers above)
+
+for _command in _AZURE_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -111,8 +111,11 @@ def job_config(cfg, outputs):
               help="With --dry-run: the folder for the job YAMLs and the code snapshot.")
 @click.option("--wait", "wait_", is_flag=True,
               help="Follow the jobs until they end; exit 0 only if every job completed.")
+@click.option("--allow-over-budget", is_flag=True,
+              help="Submit even if the estimate or the worst case exceeds budget_usd.")
 @click.option("--poll-seconds", type=click.FloatRange(min=0), default=30.0, hidden=True)
-def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, poll_seconds):
+def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, allow_over_budget,
+           poll_seconds):
     """Submit the pair as Azure ML jobs on the stack's GPU cluster, in parallel.
 
     \b
@@ -150,6 +153,9 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, poll_s
     if dry_run:
         _dry_run(planned, config_yaml, out_dir, console)
         return
+    from training.cli_estimate import budget_guard
+
+    budget_guard(cfg, outputs, allow_over_budget, console)
     _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds)
 
 

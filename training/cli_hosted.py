@@ -34,7 +34,7 @@ def hosted_backend(command: str):
         @wraps(f)
         def wrapper(*args, backend=None, tracking_uri=None, hosted_config=None, wait_status=False,
                     status_poll=30.0, **kwargs):
-            config_path = hosted_config or kwargs.get("config_path")
+            config_path = hosted_config or kwargs.pop("config_path", None)
             if backend is None and (command == "submit" or hosted_config):
                 backend = _cli()._load(config_path).backend
             if backend in HOSTED_BACKENDS:
@@ -46,6 +46,8 @@ def hosted_backend(command: str):
             if command == "status" and wait_status:
                 _cli().bad_input("status --wait follows a hosted pair (--backend openai | "
                                  "azure-openai); on Azure ML use `train submit --wait`")
+            if command == "submit":
+                kwargs["config_path"] = config_path
             return f(*args, **kwargs)
 
         wrapper = click.option(

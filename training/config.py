@@ -57,6 +57,7 @@ class Training(Strict):
     gradient_accumulation_steps: int = Field(1, gt=0)
     max_seq_length: int = Field(2048, gt=0)
     seed: int = 42
+    replicates: int = Field(1, gt=0, description="train the pair N times, seeds seed, seed+1, ...")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
     packing: bool = Field(True, description="padding-free batches (no pad tokens computed)")
@@ -147,6 +148,13 @@ class ExperimentConfig(Strict):
     success: SuccessCriteria = SuccessCriteria()
     budget_usd: float | None = Field(None, gt=0)
     openai: OpenAISettings = OpenAISettings()
+
+    def for_replicate(self, k: int) -> ExperimentConfig:
+        """Seed replicate k of the pair: the same experiment trained with training.seed + k."""
+        if k == 0:
+            return self
+        seed = self.training.seed + k
+        return self.model_copy(update={"training": self.training.model_copy(update={"seed": seed})})
 
     def train_file(self, arm: str) -> Path:
         return getattr(self.arms, arm).train

@@ -12,6 +12,7 @@ Output folder layout:
     checkpoints/checkpoint-N/   Trainer checkpoints; COMPLETE marks one that was fully written
     model/                      the final model or LoRA adapter, loadable with from_pretrained / peft
     metrics.json                train_loss, eval_loss, perplexity, tokens_per_second, global_step, ...
+    eval_examples.jsonl         each eval example's loss at the end (training/eval_examples.py)
     config.yaml                 the resolved experiment file this arm trained with
     mlflow_run_id               the arm's MLflow run, continued on resume
 """
@@ -30,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from training import tracking
+from training import eval_examples, tracking
 from training.config import ARMS, ConfigError, ExperimentConfig, load_config
 from training.data import DataError, file_sha256, load_examples
 from training.models import load_tokenizer, resolve_base_model
@@ -286,7 +287,8 @@ def encode_rows(rows: list[dict], tokenizer, max_seq_length: int):
 
 
 def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
-              train_file: Path, eval_file: Path | None, preemption: Preemption) -> int:
+              train_file: Path, eval_file: Path | None, preemption: Preemption,
+              replicate: int = 0, parent_pair_id: str | None = None) -> int:
     import torch
     from transformers import (
         DataCollatorForSeq2Seq,
@@ -350,7 +352,8 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
               "world_size": world_size(),
               "trainable_params": n_trainable, "base_model_path": model_path}
     tags = {"pair_id": pair_id, "arm": arm, "base_model": cfg.base_model, "method": cfg.method,
-            "code_version": params["code_version"]}
+            "code_version": params["code_version"], "replicate": str(replicate),
+            "parent_pair_id": parent_pair_id or pair_id}
 
     def run() -> int:
         if resume:
@@ -364,6 +367,9 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
             final = evals[-1]  # the last step was just evaluated: don't pay for it twice
         else:
             final = trainer.evaluate()
+        # every rank: a sharded model needs all of them in its forward
+        example_losses = eval_examples.example_losses(
+            trainer.model, eval_ds.to_list(), t.per_device_batch_size, trainer.args.device)
         history = [h for h in trainer.state.log_history if "loss" in h]
         metrics = {
             "train_loss": history[-1]["loss"] if history else None,
@@ -385,9 +391,12 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
         if tracked:
             tracking.log_metrics({f"final_{k}": v for k, v in metrics.items()},
                                  step=trainer.state.global_step)
+        eval_examples.write(out / eval_examples.FILENAME,
+                            eval_examples.records(eval_rows, example_losses))
         write_json_atomic(out / "metrics.json", metrics)  # last: its presence means "finished"
         if tracked:
-            tracking.log_artifacts(out / "config.yaml", out / "metrics.json")
+            tracking.log_artifacts(out / "config.yaml", out / "metrics.json",
+                                   out / eval_examples.FILENAME)
         emit("done", **metrics)
         return 0
 
@@ -404,6 +413,9 @@ def parse_args(argv=None):
     p.add_argument("--arm", required=True, choices=ARMS)
     p.add_argument("--output-dir", required=True, help="this arm's folder")
     p.add_argument("--pair-id", required=True)
+    p.add_argument("--replicate", type=int, default=0,
+                   help="seed replicate k of the pair: trains with training.seed + k")
+    p.add_argument("--parent-pair-id", help="the id the pair's replicates share [default: --pair-id]")
     p.add_argument("--train-file", help="override arms.<arm>.train (Azure ML job input)")
     p.add_argument("--eval-file", help="override eval (Azure ML job input)")
     return p.parse_args(argv)
@@ -421,10 +433,11 @@ def main(argv=None) -> int:
         emit("done", **json.loads((out / "metrics.json").read_text()))
         return 0
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config).for_replicate(args.replicate)
         train_file = Path(args.train_file) if args.train_file else cfg.train_file(args.arm)
         eval_file = Path(args.eval_file) if args.eval_file else cfg.eval
-        return train_arm(cfg, args.arm, out, args.pair_id, train_file, eval_file, preemption)
+        return train_arm(cfg, args.arm, out, args.pair_id, train_file, eval_file, preemption,
+                         args.replicate, args.parent_pair_id)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

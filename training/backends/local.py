@@ -79,8 +79,10 @@ class LocalPair:
     """Runs the arms, follows them, and forwards a stop request."""
 
     def __init__(self, config_path: Path, pair_dir: Path, pair_id: str, arms: list[str],
-                 tracking_uri: str, on_event=None):
+                 tracking_uri: str, on_event=None, replicate: int = 0,
+                 parent_pair_id: str | None = None):
         self.config_path, self.pair_dir, self.pair_id = config_path, pair_dir, pair_id
+        self.replicate, self.parent_pair_id = replicate, parent_pair_id or pair_id
         self.states = {a: ArmState(a, pair_dir / a) for a in arms}
         self.tracking_uri = tracking_uri
         self.on_event = on_event or (lambda state, event: None)
@@ -113,7 +115,8 @@ class LocalPair:
             state.folder.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "training.recipe", "--config", str(self.config_path),
                    "--arm", state.arm, "--output-dir", str(state.folder),
-                   "--pair-id", self.pair_id]
+                   "--pair-id", self.pair_id, "--replicate", str(self.replicate),
+                   "--parent-pair-id", self.parent_pair_id]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, text=True, bufsize=1,
                                     env=_arm_env(threads, self.tracking_uri),

@@ -159,11 +159,12 @@ def _upload(client, name: str, path: Path, sha256: str, pair_id: str, poll: floa
     with open(path, "rb") as f:
         uploaded = client.files.create(file=(filename, f), purpose="fine-tune")
     say(f"{name}: uploaded {path} as {uploaded.id}")
-    deadline = time.monotonic() + timeout
+    deadline, interval = time.monotonic() + timeout, min(poll, 0.5)
     while uploaded.status not in ("processed", "error"):
         if time.monotonic() > deadline:
             raise HostedError(f"{name}: {uploaded.id} still {uploaded.status} after {timeout:.0f} s")
-        sleep(poll)
+        sleep(interval)
+        interval = min(poll, interval * 2)  # small files are processed in a second or two
         uploaded = client.files.retrieve(uploaded.id)
     if uploaded.status == "error":
         details = uploaded.status_details or "no details"

@@ -1,0 +1,233 @@
+"""`train compare` on real local pairs trained by the recipe on the tiny Llama (a few steps each),
+and the report built from constructed runs where the answer is known."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.training.pairs import DATA, REPO, recipe_cmd, write_experiment
+from training import compare
+from training.compare import ArmRun
+
+SHORT = {"max_steps": 4, "eval_every": 2, "save_every": 4}
+
+
+def cli(env, *args, check=None):
+    proc = subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=600)
+    if check is not None and proc.returncode != check:
+        raise AssertionError(f"exit {proc.returncode}, expected {check}:\n{proc.stdout[-3000:]}"
+                             f"\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def experiment(folder, replicates=1, **kw):
+    path = write_experiment(folder, **SHORT, **kw)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["training"]["replicates"] = replicates
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_model_path):
+    """One MLflow store with: a pair of two seed replicates (success criteria that fail), a pair
+    whose arms train on the same data (criteria that pass), and an unfair pair (the experiment
+    arm's run has another learning rate) whose experiment arm is trained last."""
+    root = tmp_path_factory.mktemp("compare")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", "OMP_NUM_THREADS": "1",
+           # one code version for every run, whatever gets committed while the pairs train
+           "PAIRED_FINETUNE_CODE_VERSION": "test"}
+    out = root / "runs"
+    reps = experiment(root / "reps", replicates=2, name="reps",
+                      success={"max_eval_loss": 1.0, "max_train_eval_gap": 100.0})
+    run = cli(env, "run", "--config", str(reps), "--output-dir", str(out), check=0)
+    same = experiment(root / "same", name="same", experiment=DATA / "control.jsonl",
+                      success={"max_eval_loss": 100.0})
+    cli(env, "run", "--config", str(same), "--output-dir", str(out), "--pair-id", "same-data",
+        check=0)
+    fair_cfg = experiment(root / "unfair-a", name="unfair")
+    other_lr = experiment(root / "unfair-b", name="unfair", learning_rate=1e-3)
+    subprocess.run(recipe_cmd(fair_cfg, out / "unfair" / "control", "control", "unfair-pair"),
+                   env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
+    return {"env": env, "root": root, "out": out, "run": run,
+            "reps": next(p.name for p in out.iterdir() if p.name.startswith("reps-")),
+            "finish_unfair": lambda: subprocess.run(
+                recipe_cmd(other_lr, out / "unfair" / "experiment", "experiment", "unfair-pair"),
+                env=env, cwd=REPO, check=True, capture_output=True, timeout=300)}
+
+
+def report(store, pair, *extra, check=None):
+    proc = cli(store["env"], "compare", pair, "--format", "json", *extra, check=check)
+    return json.loads(proc.stdout), proc.returncode
+
+
+@pytest.mark.slow
+def test_replicates_are_found_and_aggregated_and_the_json_is_complete(store):
+    pair = store["reps"]
+    rep_dirs = sorted(p.name for p in (store["out"] / pair).iterdir() if p.is_dir())
+    assert rep_dirs == ["r0", "r1"]
+    for rep in rep_dirs:  # per-example losses next to each arm's metrics
+        lines = (store["out"] / pair / rep / "control" / "eval_examples.jsonl").read_text()
+        assert len(lines.splitlines()) == 64
+
+    rep, code = report(store, pair)
+    assert code == 1  # max_eval_loss 1.0 fails
+    assert {"schema", "pair_id", "experiment", "tracking_uri", "replicates", "fair",
+            "unfair_params", "arms", "replicate_results", "paired", "seed_spread", "notes",
+            "criteria", "verdict"} == rep.keys()
+    assert rep["schema"] == compare.SCHEMA and rep["pair_id"] == pair
+    assert rep["replicates"] == 2 and rep["fair"] is True, rep["unfair_params"]
+    r0, r1 = rep["replicate_results"]
+    assert (r0["pair_id"], r1["pair_id"]) == (f"{pair}-r0", f"{pair}-r1")
+    assert (r0["seed"], r1["seed"]) == (7, 8)  # seed, seed + 1
+    for r in (r0, r1):
+        for arm in ("control", "experiment"):
+            h = r["arms"][arm]
+            assert h["finished"] and h["steps"] == 4 and h["tokens_per_second"] > 0
+            assert h["best_eval_loss"] <= h["eval_loss"]
+            assert h["train_eval_gap"] == pytest.approx(h["eval_loss"] - h["train_loss"])
+        assert r["paired"]["n"] == 64
+    # overall = the mean over replicates; each arm's seed-to-seed spread is reported
+    p = rep["paired"]
+    assert p["mean_diff"] == pytest.approx((r0["paired"]["mean_diff"]
+                                            + r1["paired"]["mean_diff"]) / 2)
+    assert p["ci_low"] <= p["mean_diff"] <= p["ci_high"] and p["mde"] > 0
+    spread = rep["seed_spread"]
+    assert spread["replicates"] == 2 and spread["diffs"] == pytest.approx(
+        [r0["paired"]["mean_diff"], r1["paired"]["mean_diff"]])
+    loss = [r["arms"]["control"]["eval_loss"] for r in (r0, r1)]
+    assert rep["arms"]["control"]["eval_loss_seed_sd"] == pytest.approx(np.std(loss, ddof=1))
+    # the criteria: each with its value and result
+    crit = {(c["name"], c["arm"]): c for c in rep["criteria"]}
+    assert crit[("max_eval_loss", "control")]["passed"] is False
+    assert crit[("max_eval_loss", "control")]["value"] == pytest.approx(np.mean(loss))
+    assert crit[("max_train_eval_gap", "experiment")]["passed"] is True
+    assert rep["verdict"]["criteria_passed"] is False and rep["verdict"]["exit_code"] == 1
+
+
+@pytest.mark.slow
+def test_train_run_ends_with_the_compare_table(store):
+    err = store["run"].stderr
+    assert "replicate 2/2" in err and "Paired comparison" in err and "verdict:" in err
+    assert "Seed-to-seed spread" in err
+
+
+@pytest.mark.slow
+def test_per_example_losses_average_to_the_eval_loss(store):
+    arm = store["out"] / store["reps"] / "r0" / "experiment"
+    rows = [json.loads(line) for line in (arm / "eval_examples.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(64))
+    weighted = sum(r["loss"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows)
+    eval_loss = json.loads((arm / "metrics.json").read_text())["eval_loss"]
+    assert weighted == pytest.approx(eval_loss, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_arms_trained_on_the_same_data_give_an_interval_around_zero(store):
+    rep, code = report(store, "same-data")
+    assert code == 0, rep["verdict"]  # fair, finished, max_eval_loss 100 passes
+    p = rep["paired"]
+    assert p["ci_low"] <= 0 <= p["ci_high"] and abs(p["mean_diff"]) < 1e-3
+    assert rep["verdict"]["significant"] is False and rep["verdict"]["better"] is None
+    assert rep["seed_spread"] is None and rep["replicates"] == 1
+
+
+@pytest.mark.slow
+def test_plot_is_written(store, tmp_path):
+    png = tmp_path / "figs" / "compare.png"
+    proc = cli(store["env"], "compare", store["reps"], "--plot", str(png))
+    assert proc.returncode == 1
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 400 and image.shape[1] > 800
+    assert png.stat().st_size > 30_000 and image[..., :3].std() > 0.05  # not a blank canvas
+    assert "Health of each arm" in proc.stdout and "FAIL" in proc.stdout
+
+
+@pytest.mark.slow
+def test_missing_arm_then_unfair_pair(store):
+    # only the control arm has run: exit 2, saying what exists
+    proc = cli(store["env"], "compare", "unfair-pair")
+    assert proc.returncode == 2
+    assert "no experiment run" in proc.stderr and "control" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    store["finish_unfair"]()
+    rep, code = report(store, "unfair-pair")
+    assert code == 1 and rep["fair"] is False
+    flagged = {d["param"]: d["values"] for d in rep["unfair_params"]}
+    assert flagged["training.learning_rate"] == ["0.002", "0.001"]
+    assert "data.train_sha256" not in flagged and "arm" not in flagged
+    assert rep["verdict"]["trusted"] is False and "UNFAIR" in rep["verdict"]["summary"]
+    table = cli(store["env"], "compare", "unfair-pair", "--format", "markdown").stdout
+    assert "UNFAIR PAIR" in table and "training.learning_rate" in table
+
+
+@pytest.mark.slow
+def test_unknown_pair_and_the_list_of_pairs(store):
+    proc = cli(store["env"], "compare", "no-such-pair")
+    assert proc.returncode == 2 and store["reps"] in proc.stderr and "same-data" in proc.stderr
+    listing = cli(store["env"], "compare", check=0).stdout
+    assert store["reps"] in listing and "finished" in listing
+    pairs = json.loads(cli(store["env"], "compare", "--format", "json", check=0).stdout)
+    assert {p["pair_id"] for p in pairs} >= {store["reps"], "same-data"}
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
+    proc = cli(env, "compare", "p")
+    assert proc.returncode == 2 and "no MLflow store" in proc.stderr
+    assert not (tmp_path / "none.db").exists()
+    proc = cli(env, "compare", "p", "--tracking-uri", "x", "--stack", "dev")
+    assert proc.returncode == 2 and "at most one" in proc.stderr
+    proc = cli(env, "compare", "p", "--plot", str(tmp_path / "a.pdf"))
+    assert proc.returncode == 2 and "PNG" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- constructed runs
+def arm_run(arm, losses, rep=0, **params):
+    hashes = [f"h{i}" for i in range(len(losses))]
+    base = {"training.seed": str(7 + rep), "training.learning_rate": "0.002",
+            "data.eval_sha256": "e" * 64, "data.train_sha256": arm, "arm": arm,
+            "success.max_eval_loss": "None", "budget_usd": "None"}
+    return ArmRun(
+        run_id=f"{arm}{rep}", experiment="x", arm=arm, replicate=rep, pair_id=f"p-r{rep}",
+        status="FINISHED", start=0.0, end=60.0, params={**base, **params},
+        metrics={"final_eval_loss": float(np.mean(losses)), "final_train_loss": 1.0,
+                 "final_global_step": 10},
+        curves={"train_loss": [(5, 2.0), (10, 1.0)], "eval_loss": [(10, float(np.mean(losses)))]},
+        examples=[{"index": i, "sha256": h, "tokens": 10, "loss": float(x)}
+                  for i, (h, x) in enumerate(zip(hashes, losses, strict=True))])
+
+
+def test_a_known_shift_is_found_and_its_interval_covers_it():
+    rng = np.random.default_rng(0)
+    c = rng.gamma(3, 0.6, 300) + 1
+    e = c - 0.2 + rng.normal(0, 0.15, 300)
+    rep = compare.build({0: {"control": arm_run("control", c),
+                             "experiment": arm_run("experiment", e)}}, "p", "sqlite://")
+    p = rep["paired"]
+    assert p["ci_low"] < -0.2 < p["ci_high"] and p["ci_high"] < 0
+    assert rep["verdict"]["better"] == "experiment" and rep["verdict"]["exit_code"] == 0
+    json.dumps(rep)  # JSON-able as it is
+
+
+def test_different_eval_examples_or_no_shared_eval_set_are_not_paired():
+    c = np.ones(5)
+    exp_run = arm_run("experiment", c + 1)
+    exp_run.examples[2]["sha256"] = "other"
+    rep = compare.build({0: {"control": arm_run("control", c), "experiment": exp_run}}, "p", "u")
+    assert rep["paired"] is None and not rep["fair"]
+    assert any("differ" in n for n in rep["notes"])
+    holdout = {"control": arm_run("control", c, **{"data.eval_sha256": ""}),
+               "experiment": arm_run("experiment", c, **{"data.eval_sha256": ""})}
+    rep = compare.build({0: holdout}, "p", "u")
+    assert rep["paired"] is None and rep["fair"]
+    assert "no shared eval set" in rep["notes"][0]
