@@ -37,3 +37,22 @@ def tracking_env(tmp_path, tiny_model_path) -> dict:
         "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
         "OMP_NUM_THREADS": "1",
     }
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache holding a snapshot of meta-llama/Meta-Llama-3-8B (the tests are
+    offline): pinning the production example resolves to HUB_COMMIT, as it would with the model
+    downloaded once (`hf download`) and HF_HUB_OFFLINE=1."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hf-cache" / "models--meta-llama--Meta-Llama-3-8B"
+    (repo / "snapshots" / HUB_COMMIT).mkdir(parents=True)
+    (repo / "snapshots" / HUB_COMMIT / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return HUB_COMMIT

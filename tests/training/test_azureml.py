@@ -18,22 +18,12 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "paired-comments.yaml"
 
 
-PINNED = "0123456789abcdef0123456789abcdef01234567"
+from tests.training.conftest import HUB_COMMIT as PINNED  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def hub_cache(tmp_path, monkeypatch):
-    """A Hugging Face cache holding a snapshot of the example's base model (tests are offline):
-    submit pins the base model to this commit."""
-    from huggingface_hub import constants
-
-    repo = tmp_path / "hf-cache" / "models--meta-llama--Meta-Llama-3-8B"
-    (repo / "snapshots" / PINNED).mkdir(parents=True)
-    (repo / "snapshots" / PINNED / "config.json").write_text("{}")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(PINNED)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    return PINNED
+def _pinned(hub_cache):
+    """submit pins the example's base model to the cached commit."""
 
 
 @pytest.fixture

@@ -1,0 +1,145 @@
+"""Time and cost before submitting: the formulas against hand-computed cases, and the guard."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from training.config import parse_config
+from training.estimate import (
+    DataTokens,
+    estimate_pair,
+    flops_per_token,
+    pick_vm,
+    tokens_trained,
+)
+from training.hardware import vm_size
+
+REPO = Path(__file__).resolve().parents[2]
+N_8B = 8_030_261_248  # Meta-Llama-3-8B
+
+
+def cfg(**training):
+    data = yaml.safe_load((REPO / "experiments" / "paired-comments.yaml").read_text())
+    data["training"].update({"epochs": None, "max_steps": 1000, "eval_every": 100,
+                             "per_device_batch_size": 4, "gradient_accumulation_steps": 4,
+                             **training})
+    return parse_config(data, "test", REPO / "experiments")
+
+
+def test_flops_per_token_by_method():
+    assert flops_per_token("full", N_8B, False)[0] == 6 * N_8B
+    assert flops_per_token("lora", N_8B, False)[0] == 4 * N_8B
+    assert flops_per_token("qlora", N_8B, True)[0] == 6 * N_8B
+    assert "gradient checkpointing" in flops_per_token("lora", N_8B, True)[1]
+
+
+def test_8b_lora_at_2048_tokens_by_hand():
+    c = cfg()  # LoRA, gradient checkpointing on, max_steps 1000, 4 x 4 examples per step
+    data = {arm: DataTokens(rows=16_000, tokens=16_000 * 2048) for arm in ("control", "experiment")}
+    vm = vm_size("Standard_NC24ads_A100_v4")
+    est = estimate_pair(c, vm=vm, vm_source="test", n_params=N_8B, data=data,
+                        eval_tokens=100 * 2048, token_source="test", mfu=0.35)
+    arm = est.arms[0]
+    tokens = 1000 * 16 * 2048
+    assert arm.tokens_trained == tokens == 32_768_000
+    assert arm.train_flops == pytest.approx(6 * N_8B * tokens)  # 4NT + 2NT (checkpointing)
+    assert arm.eval_flops == pytest.approx(2 * N_8B * 100 * 2048 * 11)  # 10 evals + the last
+    seconds = (arm.train_flops + arm.eval_flops) / (312e12 * 0.35)
+    assert arm.hours == pytest.approx(seconds / 3600 + 10 / 60)
+    assert arm.cost_usd == pytest.approx(arm.hours * 3.67)
+    assert est.cost_usd == pytest.approx(2 * arm.cost_usd)
+    assert est.worst_case_usd == pytest.approx(600 / 60 * 3.67 * 2)  # max_run_minutes 600
+    assert est.over_budget == []  # budget_usd 200
+
+
+def test_epochs_replicates_holdout_and_budget():
+    c = parse_config({**cfg().model_dump(mode="json"), "eval": None,
+                      "training": {**cfg().training.model_dump(mode="json"), "max_steps": None,
+                                   "epochs": 2, "replicates": 3},
+                      "budget_usd": 1.0}, "t")
+    data = {"control": DataTokens(1000, 1_000_000), "experiment": DataTokens(2000, 1_000_000)}
+    est = estimate_pair(c, vm=vm_size("Standard_NC24ads_A100_v4"), vm_source="t", n_params=N_8B,
+                        data=data, eval_tokens=None, token_source="t")
+    assert est.arms[0].tokens_trained == round(2 * 1_000_000 * 0.9)  # the 10% holdout
+    assert est.arms[0].optimizer_steps == 2 * 900 // 16 + 1  # ceil(1800 / 16)
+    assert est.cost_usd == pytest.approx(3 * sum(a.cost_usd for a in est.arms))
+    assert est.worst_case_usd == pytest.approx(10 * 3.67 * 2 * 3)
+    assert len(est.over_budget) == 2
+
+
+def test_tokens_with_max_steps_follow_the_data_mean():
+    c = cfg(max_steps=10, per_device_batch_size=2, gradient_accumulation_steps=1)
+    assert tokens_trained(c, DataTokens(rows=4, tokens=400), world=8) == 10 * 2 * 8 * 100
+
+
+def test_vm_size_sources_and_overrides():
+    c = cfg()
+    assert pick_vm(c, "Standard_ND96amsr_A100_v4", None, "gpu")[1] == "stack outputs"
+    vm, source = pick_vm(c, None, None, "gpu")
+    assert vm.name == "Standard_NC24ads_A100_v4" and "default" in source
+    assert pick_vm(c, None, "Standard_D4s_v3", "cpu")[0].price_per_hour == 0.192
+    with pytest.raises(ValueError, match=r"azure\.price_per_hour"):
+        pick_vm(c, "Standard_XYZ_v9", None, "gpu")
+    custom = parse_config({**c.model_dump(mode="json"), "azure": {
+        "vm_size": "Standard_XYZ_v9", "price_per_hour": 9.5, "gpu_peak_tflops": 500,
+        "gpu_memory_gib": 141}}, "t")
+    vm, source = pick_vm(custom, None, None, "gpu")
+    assert (vm.price_per_hour, vm.accelerator.peak_tflops, source) == (9.5, 500, "azure.vm_size")
+
+
+def _run(args, fake=None):
+    from tests.training.fake_azure import FakeCredential
+    from training.cli import main
+
+    obj = {"azure_transport": fake, "azure_credential": FakeCredential()} if fake else None
+    return CliRunner().invoke(main, args, obj=obj)
+
+
+@pytest.mark.parametrize("fmt", ["json", "table"])
+def test_estimate_command_on_the_local_pair(tiny_model_path, fmt):
+    result = _run(["estimate", "--config", str(REPO / "experiments" / "local.yaml"),
+                   "--format", fmt])
+    assert result.exit_code == 0, result.output
+    if fmt == "json":
+        data = json.loads(result.output)
+        assert data["vm_size"] == "Standard_D4s_v3"  # azure.compute: cpu
+        assert data["token_source"].startswith("counted with the tiny-llama tokenizer")
+        assert data["arms"][0]["optimizer_steps"] == 150
+        assert data["worst_case_usd"] == pytest.approx(60 / 60 * 0.192 * 2)
+    else:
+        assert "worst case" in result.output and "FLOPs" in result.output
+
+
+def test_estimate_rejects_what_cannot_run(tmp_path, tiny_model_path):
+    data = yaml.safe_load((REPO / "experiments" / "local.yaml").read_text())
+    data["azure"] = {"compute": "gpu", "processes_per_node": 8}
+    for arm in ("control", "experiment"):
+        data["arms"][arm]["train"] = str(REPO / "examples" / "data" / f"{arm}.jsonl")
+    data["eval"] = str(REPO / "examples" / "data" / "eval.jsonl")
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = _run(["estimate", "--config", str(path)])
+    assert result.exit_code == 2 and "1 GPU(s) per node" in result.output
+
+
+def test_submit_refuses_a_pair_over_budget(tmp_path, hub_cache):
+    from tests.training.fake_azure import OUTPUTS, FakeAzureML
+
+    data = yaml.safe_load((REPO / "experiments" / "paired-comments.yaml").read_text())
+    data["budget_usd"] = 50  # the worst case is 600 min x 3.67 USD x 2 = 73.40
+    path = tmp_path / "pair.yaml"
+    path.write_text(yaml.safe_dump(data))
+    outputs = tmp_path / "out.json"
+    outputs.write_text(json.dumps(OUTPUTS))
+    args = ["submit", "--config", str(path), "--outputs-file", str(outputs)]
+    fake = FakeAzureML()
+    refused = _run(args, fake)
+    assert refused.exit_code == 1, refused.output
+    assert "73.40" in refused.output and "--allow-over-budget" in refused.output
+    assert fake.requests == []
+    allowed = _run([*args, "--allow-over-budget"], fake)
+    assert allowed.exit_code == 0, allowed.output
+    assert len(fake.sent("PUT")) == 2

@@ -1,0 +1,246 @@
+"""`train estimate`, and the budget guard `train submit` runs before sending anything.
+
+Counting the data's tokens is the only slow part: with the base model's tokenizer when it can be
+loaded without a download (tiny-llama, a local folder, or the hub cache), else a characters rule
+that the output names.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from training.config import ARMS
+
+
+def _cli():
+    from training import cli
+
+    return cli
+
+
+def cluster_kind(cfg, outputs) -> str:
+    compute = cfg.azure.compute
+    if compute in ("gpu", "cpu"):
+        return compute
+    if outputs is not None and compute == outputs.cpu_cluster:
+        return "cpu"
+    return "gpu"
+
+
+def _tokenizer_offline(cfg):
+    """The base model's tokenizer if it is here already, else None (never a download)."""
+    from training.models import TINY_LLAMA, load_tokenizer, resolve_base_model
+
+    try:
+        if cfg.base_model == TINY_LLAMA or Path(cfg.base_model).expanduser().is_dir():
+            return load_tokenizer(resolve_base_model(cfg.base_model))
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(cfg.base_model, revision=cfg.base_model_revision,
+                                             local_files_only=True)
+    except Exception:  # not cached, gated, offline: the characters rule instead
+        return None
+
+
+def _characters(path: Path) -> tuple[int, int]:
+    from training.data import load_examples
+
+    rows = load_examples(path)
+
+    def text(value) -> int:
+        if isinstance(value, str):
+            return len(value)
+        if isinstance(value, dict):
+            return sum(text(v) for v in value.values())
+        if isinstance(value, list):
+            return sum(text(v) for v in value)
+        return 0
+
+    return len(rows), sum(text(r) for r in rows)
+
+
+def count_data(cfg) -> tuple[dict, int | None, str]:
+    """(arm -> DataTokens, eval tokens or None, how they were counted). Raises OSError/DataError."""
+    from training.data import validate_files
+    from training.estimate import DataTokens, tokens_from_characters
+
+    files = {arm: cfg.train_file(arm) for arm in ARMS}
+    if cfg.eval is not None:
+        files["eval"] = cfg.eval
+    missing = [f"{k}: {p}" for k, p in files.items() if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError("data file not found: " + ", ".join(missing))
+    tokenizer = _tokenizer_offline(cfg)
+    counts = {}
+    if tokenizer is not None:
+        report = validate_files([str(p) for p in files.values()], tokenizer=tokenizer)
+        for key, summary in zip(files, report.files, strict=True):
+            tokens = round(summary.tokens.mean * summary.rows) if summary.tokens else 0
+            counts[key] = DataTokens(summary.rows, tokens)
+        source = f"counted with the {cfg.base_model} tokenizer"
+    else:
+        for key, path in files.items():
+            rows, chars = _characters(Path(path))
+            counts[key] = DataTokens(rows, tokens_from_characters(chars))
+        source = ("estimated at 4 characters per token (the base model's tokenizer is not "
+                  "available offline)")
+    eval_tokens = counts.pop("eval").tokens if "eval" in counts else None
+    return counts, eval_tokens, source
+
+
+def n_params_of(cfg) -> int:
+    from training.memory import model_shape
+
+    return model_shape(cfg.base_model, cfg.base_model_revision).n_params
+
+
+def make_estimate(cfg, outputs, mfu: float | None = None):
+    """The pair's estimate; raises ValueError (bad settings) or OSError (data)."""
+    from training.estimate import DEFAULT_MFU, DEFAULT_MFU_SOURCE, estimate_pair, pick_vm
+
+    kind = cluster_kind(cfg, outputs)
+    vm, vm_source = pick_vm(cfg, outputs and outputs.gpu_vm_size, outputs and outputs.cpu_vm_size,
+                            kind)
+    if vm.is_gpu and cfg.azure.processes_per_node > vm.count:
+        raise ValueError(f"azure.processes_per_node is {cfg.azure.processes_per_node} but "
+                         f"{vm.name} has {vm.count} GPU(s) per node")
+    data, eval_tokens, token_source = count_data(cfg)
+    return estimate_pair(
+        cfg, vm=vm, vm_source=vm_source, n_params=n_params_of(cfg), data=data,
+        eval_tokens=eval_tokens, token_source=token_source, mfu=mfu or DEFAULT_MFU,
+        mfu_source="--mfu" if mfu else DEFAULT_MFU_SOURCE,
+        price_per_hour=cfg.azure.price_per_hour)
+
+
+def render(est, console) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{est.vm_size}[/] ({est.vm_source}): {est.gpus_per_arm} x "
+                  f"{est.accelerator} per arm, {est.nodes_per_arm} node(s), "
+                  f"{est.price_per_hour:.2f} USD/node-hour ({est.price_source})")
+    console.print(f"model: {est.n_params / 1e9:.2f}B parameters, {est.method}; FLOPs = "
+                  f"{est.flops_formula}")
+    console.print(f"throughput: {est.peak_tflops:g} TFLOP/s peak x MFU {est.mfu:.0%} "
+                  f"({est.mfu_source}); tokens {est.token_source}")
+    table = Table(box=None, pad_edge=False)
+    for col in ("arm", "tokens", "steps", "PFLOPs", "hours", "USD"):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    for a in est.arms:
+        table.add_row(a.arm, f"{a.tokens_trained:,}", f"{a.optimizer_steps:,}",
+                      f"{(a.train_flops + a.eval_flops) / 1e15:,.1f}", f"{a.hours:.2f}",
+                      f"{a.cost_usd:,.2f}")
+    console.print(table)
+    reps = f" x {est.replicates} replicates" if est.replicates > 1 else ""
+    console.print(f"pair{reps}: [bold]{est.cost_usd:,.2f} USD[/] (start-up of 10 min per job "
+                  "included; queueing excluded)")
+    if est.worst_case_usd is None:
+        console.print("[yellow]worst case: no upper bound[/] (set azure.max_run_minutes: a hard "
+                      "timeout per arm)")
+    else:
+        console.print(f"worst case (azure.max_run_minutes, the hard cap): "
+                      f"{est.worst_case_usd:,.2f} USD")
+    if est.budget_usd is not None:
+        verdict = "; ".join(est.over_budget) or "within it"
+        console.print(f"budget_usd {est.budget_usd:,.2f}: {verdict}")
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="The experiment file (YAML).")
+@click.option("--stack", default=None, metavar="NAME",
+              help="Read the clusters' VM sizes from this Pulumi stack's outputs.")
+@click.option("--outputs-file", type=click.Path(path_type=Path), default=None,
+              help="The stack outputs saved as JSON, instead of --stack.")
+@click.option("--pulumi-dir", type=click.Path(path_type=Path), default=Path("."),
+              show_default=True, help="The folder that holds Pulumi.yaml.")
+@click.option("--mfu", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Assumed model FLOPs utilisation [default: 0.35, see the output].")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):
+    """Time and cost of the pair on Azure ML before submitting it, and the worst case.
+
+    Without --stack or --outputs-file the VM size is azure.vm_size, else the infra default.
+    The formulas are printed with the figures; the price table is dated and overridable
+    (azure.price_per_hour).
+    """
+    from training.stack import StackError, load_outputs
+
+    cli = _cli()
+    cfg = cli._load(config_path)
+    outputs = None
+    if stack or outputs_file:
+        try:
+            outputs = load_outputs(stack, outputs_file, pulumi_dir)
+        except StackError as e:
+            cli.bad_input(str(e))
+    est = guarded_estimate(cfg, outputs, mfu)
+    if fmt == "json":
+        click.echo(json.dumps(est.to_dict(), indent=2))
+    else:
+        render(est, cli._console())
+
+
+def guarded_estimate(cfg, outputs, mfu=None):
+    """make_estimate with every user mistake as exit 2."""
+    from training.data import DataError
+
+    try:
+        return make_estimate(cfg, outputs, mfu)
+    except (ValueError, OSError, DataError) as e:
+        _cli().bad_input(str(e))
+
+
+def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> None:
+    """Before `train submit` sends anything: refuse (exit 1) a pair whose estimate or worst case
+    exceeds budget_usd, unless allowed; warn when nothing bounds the cost."""
+    if cfg.azure.max_run_minutes is None:
+        console.print("[yellow]warning:[/] azure.max_run_minutes is not set: the cost of the pair "
+                      "has no upper bound")
+    if cfg.budget_usd is None:
+        return
+    missing = [str(p) for p in [cfg.train_file(a) for a in ARMS] + [cfg.eval]
+               if p is not None and not Path(p).is_file()]
+    if missing:  # the data lives in the workspace: only the worst case can be checked here
+        console.print(f"[yellow]note:[/] {', '.join(missing)} not on this machine: the budget "
+                      "is checked against the worst case only")
+        problems = _worst_case_problems(cfg, outputs)
+    else:
+        problems = guarded_estimate(cfg, outputs).over_budget
+    if not problems:
+        console.print(f"within budget_usd {cfg.budget_usd:,.2f} (`train estimate` for the figures)")
+        return
+    if allow_over_budget:
+        console.print("[yellow]over budget, submitted anyway (--allow-over-budget):[/] "
+                      + "; ".join(problems))
+        return
+    click.echo("error: " + "; ".join(problems) + ". Nothing was submitted: lower the cost "
+               "(fewer steps, a smaller max_run_minutes) or pass --allow-over-budget "
+               "(`train estimate` shows the figures)", err=True)
+    sys.exit(1)
+
+
+def _worst_case_problems(cfg, outputs) -> list[str]:
+    from training.estimate import pick_vm
+
+    az = cfg.azure
+    if az.max_run_minutes is None:
+        return []
+    try:
+        vm, _ = pick_vm(cfg, outputs and outputs.gpu_vm_size, outputs and outputs.cpu_vm_size,
+                        cluster_kind(cfg, outputs))
+    except ValueError as e:
+        _cli().bad_input(str(e))
+    price = az.price_per_hour or vm.price_per_hour
+    worst = az.max_run_minutes / 60 * az.instance_count * price * 2 * cfg.training.replicates
+    if worst > cfg.budget_usd:
+        return [f"the worst case {worst:,.2f} USD (max_run_minutes) exceeds budget_usd "
+                f"{cfg.budget_usd:,.2f}"]
+    return []
+
+
+COMMANDS = [estimate]
