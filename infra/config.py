@@ -131,15 +131,26 @@ class StackConfig(BaseModel):
         "training_data", description="Azure ML datastore on the dataset container."
     )
     data_asset_version: str = Field("1", description="Version of the registered data assets.")
+    # The default paths carry the version, so registering new data never overwrites the bytes an
+    # older version (and every run that used it) names.
     control_data_path: str = Field(
-        "datasets/control/train.jsonl", description="Blob path of `control-train` in the container."
+        "",
+        description="Blob path of `control-train` in the container. "
+        "Default `datasets/control/v<dataAssetVersion>/train.jsonl`.",
     )
     experiment_data_path: str = Field(
-        "datasets/experiment/train.jsonl",
-        description="Blob path of `experiment-train` in the container.",
+        "",
+        description="Blob path of `experiment-train` in the container. "
+        "Default `datasets/experiment/v<dataAssetVersion>/train.jsonl`.",
+    )
+    eval_asset: bool | None = Field(
+        None,
+        description="Declare the shared `eval` data asset. Default: only when `evalDataPath` is set.",
     )
     eval_data_path: str | None = Field(
-        None, description="Blob path of the shared `eval` asset; unset: no eval asset."
+        None,
+        description="Blob path of the shared `eval` asset. Default (with `evalAsset: true`) "
+        "`datasets/eval/v<dataAssetVersion>/eval.jsonl`; unset and no `evalAsset`: no eval asset.",
     )
     environment_name: str = Field(
         "paired-finetune-train", description="Azure ML environment for the training jobs."
@@ -182,6 +193,13 @@ class StackConfig(BaseModel):
             project, stack = data["project"], data["stack"]
             data["resourceGroupName"] = data.get("resourceGroupName") or f"rg-{project}-{stack}"
             data["workspaceName"] = data.get("workspaceName") or f"mlw-{project}-{stack}"
+            version = str(data.get("dataAssetVersion") or "1")
+            version = version if _VERSION.fullmatch(version) else "1"  # reported on its own key
+            for key, arm, file in (
+                ("controlDataPath", "control", "train"),
+                ("experimentDataPath", "experiment", "train"),
+            ):
+                data[key] = data.get(key) or f"datasets/{arm}/v{version}/{file}.jsonl"
         return data
 
     @field_validator("location")
@@ -268,6 +286,18 @@ class StackConfig(BaseModel):
                 "datasets/control/train.jsonl (no leading /, no .., no spaces, not a URI)"
             )
         return v
+
+    @model_validator(mode="after")
+    def _eval_path(self) -> "StackConfig":
+        if self.eval_asset is False and self.eval_data_path is not None:
+            raise ValueError(
+                "evalAsset is false but evalDataPath is set: remove one of them "
+                "(`pulumi config rm evalDataPath` for no eval asset)"
+            )
+        if self.eval_asset and self.eval_data_path is None:
+            path = f"datasets/eval/v{self.data_asset_version}/eval.jsonl"
+            object.__setattr__(self, "eval_data_path", path)  # frozen: derived once, here
+        return self
 
     @field_validator("environment_name")
     @classmethod

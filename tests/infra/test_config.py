@@ -53,6 +53,8 @@ def test_defaults():
     assert cfg.container_registry is True
     assert cfg.eval_data_path is None
     assert cfg.data_asset_version == "1"
+    assert cfg.control_data_path == "datasets/control/v1/train.jsonl"
+    assert cfg.experiment_data_path == "datasets/experiment/v1/train.jsonl"
     assert cfg.resource_tags == {"project": PROJECT, "stack": STACK, "managed-by": "pulumi"}
 
 
@@ -209,4 +211,22 @@ def test_dev_stack_file_is_complete_and_valid():
     run(stack_file, entry=lambda: captured.setdefault("cfg", stack_config.load_config()))
     cfg = captured["cfg"]
     assert cfg.gpu_vm_size == "Standard_NC24ads_A100_v4"
-    assert cfg.eval_data_path == "datasets/eval/eval.jsonl"
+    assert cfg.eval_data_path == "datasets/eval/v1/eval.jsonl"
+
+
+def test_default_blob_paths_carry_the_data_asset_version():
+    """A new version never names the bytes of an old one: the default paths hold the version."""
+    cfg = load(dataAssetVersion="3", evalAsset="true")
+    assert cfg.control_data_path == "datasets/control/v3/train.jsonl"
+    assert cfg.experiment_data_path == "datasets/experiment/v3/train.jsonl"
+    assert cfg.eval_data_path == "datasets/eval/v3/eval.jsonl"
+    # set paths are kept as they are; an eval path alone still declares the eval asset
+    cfg = load(controlDataPath="mine/c.jsonl", evalDataPath="mine/e.jsonl")
+    assert (cfg.control_data_path, cfg.eval_data_path) == ("mine/c.jsonl", "mine/e.jsonl")
+    assert cfg.experiment_data_path == "datasets/experiment/v1/train.jsonl"
+    assert load(evalAsset="false").eval_data_path is None
+    both = {f"{PROJECT}:evalAsset": "false", f"{PROJECT}:evalDataPath": "e.jsonl"}
+    assert "evalAsset is false but evalDataPath is set" in error_for({**BASE_CONFIG, **both})
+    # a bad version is reported on its own key, not again on every derived path
+    message = error_for({**BASE_CONFIG, f"{PROJECT}:dataAssetVersion": "a b"})
+    assert f"{PROJECT}:dataAssetVersion" in message and "DataPath" not in message

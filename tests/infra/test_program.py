@@ -297,15 +297,18 @@ def test_data_assets(default_run):
     for name, arm in (("control-train", "control"), ("experiment-train", "experiment")):
         assert assets[name]["version"] == "1"
         assert assets[name]["properties"]["dataType"] == "uri_file"
-        assert assets[name]["properties"]["dataUri"] == datastore_uri(f"datasets/{arm}/train.jsonl")
+        assert assets[name]["properties"]["dataUri"] == datastore_uri(f"datasets/{arm}/v1/train.jsonl")
 
 
 def test_eval_asset_and_version_from_config():
-    configured = run_program(dataAssetVersion="3", evalDataPath="datasets/eval/eval.jsonl")
+    configured = run_program(dataAssetVersion="3", evalAsset="true")
     assets = {r.inputs["name"]: r.inputs for r in configured.of_type(DATA)}
     assert set(assets) == {"control-train", "experiment-train", "eval"}
     assert {a["version"] for a in assets.values()} == {"3"}
-    assert assets["eval"]["properties"]["dataUri"] == datastore_uri("datasets/eval/eval.jsonl")
+    assert assets["eval"]["properties"]["dataUri"] == datastore_uri("datasets/eval/v3/eval.jsonl")
+    assert assets["control-train"]["properties"]["dataUri"] == datastore_uri(
+        "datasets/control/v3/train.jsonl"
+    )
     assert configured.outputs["data_assets"]["eval"] == {"name": "eval", "version": "3"}
 
 
