@@ -312,3 +312,19 @@ def test_missing_credentials_are_bad_input(monkeypatch, tmp_path):
     monkeypatch.delenv("AZURE_OPENAI_ENDPOINT", raising=False)
     with pytest.raises(backend.HostedError, match="AZURE_OPENAI_ENDPOINT"):
         backend.make_client("azure-openai", load_config(write_config(tmp_path)))
+
+
+def test_the_example_experiment_file_is_valid_for_the_service():
+    from tests.training.pairs import REPO
+
+    cfg = load_config(REPO / "experiments" / "hosted-openai.yaml")
+    prep = backend.prepare(cfg, count=count_words)
+    assert cfg.backend == "openai" and prep.report.ok
+    assert not any("auto" in w for w in prep.warnings)  # explicit hyperparameters: a fair pair
+
+
+def test_seed_replicates_are_refused(tmp_path):
+    cfg = load_config(write_config(tmp_path))
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"replicates": 2})})
+    with pytest.raises(backend.HostedError, match="replicates"):
+        backend.prepare(cfg, count=count_words)

@@ -98,6 +98,9 @@ def prepare(cfg: ExperimentConfig, count: Callable[[str], int] | None = None,
     model, else an estimate). Raises HostedError(exit 2) listing every problem."""
     from training.backends.local import pair_id_for
 
+    if getattr(cfg.training, "replicates", 1) > 1:
+        raise HostedError("training.replicates: seed replicates are not supported on hosted "
+                          "backends (set it to 1)", EXIT_BAD_INPUT)
     try:
         limit = hosted.example_token_limit(cfg.base_model, cfg.openai.example_token_limit)
     except hosted.HostedInputError as e:
