@@ -210,12 +210,23 @@ def _follow(client, pair_id, tracking_uri, poll_seconds, console, wait_=True):
 
 
 def _status(*, backend, config_path, tracking_uri, pair_id, wait_, poll_seconds, **_stack):
+    from training.backends.openai import recent_pairs
+
     cli = _cli()
-    if not pair_id:
-        cli.bad_input(f"give the pair id: train status PAIR --backend {backend}")
+    console = cli._console()
+    if not pair_id and wait_:
+        cli.bad_input(f"--wait needs the pair id: train status PAIR --backend {backend} --wait")
     with _errors():
         client = _client(backend, config_path)
-        _follow(client, pair_id, tracking_uri, poll_seconds, cli._console(), wait_=wait_)
+        if pair_id:
+            _follow(client, pair_id, tracking_uri, poll_seconds, console, wait_=wait_)
+            return
+        pairs = recent_pairs(client)
+        if not pairs:
+            console.print(f"no pairs among the recent fine-tuning jobs on {backend}")
+        for pid, jobs in pairs.items():
+            arms = "  ".join(f"{arm}: {job['status']}" for arm, job in sorted(jobs.items()))
+            console.print(f"{pid:<40} {arms}", markup=False, highlight=False)
 
 
 def _logs(*, backend, config_path, tracking_uri, pair_id, arm, replicate, **_stack):

@@ -56,6 +56,10 @@ def test_submit_status_wait_and_resubmit(service, tmp_path):
         assert KEY not in result.output
     assert KEY.encode() not in (tmp_path / "mlflow.db").read_bytes()
 
+    listing = train("status", "--backend", "openai")
+    assert listing.exit_code == 0, listing.output
+    assert f"{pair_id} " in listing.output and "control: succeeded" in listing.output
+
     logs = train("logs", pair_id, "--backend", "openai", "--arm", "experiment")
     assert logs.exit_code == 0, logs.output
     assert logs.output.index("Created fine-tuning job") < logs.output.index("successfully")

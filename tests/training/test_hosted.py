@@ -140,3 +140,13 @@ def test_config_openai_section():
     assert "openai.batch_size: must be auto or an integer from 1 to 256, got 'big'" in text
     assert "backend: Input should be 'azureml', 'openai' or 'azure-openai'" in text
     assert "openai.method: Input should be 'supervised'" in text
+
+
+def test_a_hosted_base_model_is_the_service_model_id(tmp_path):
+    """Not a folder or hub id to anchor: a fine-tuned `ft:...` model continues training."""
+    data = {"name": "x", "base_model": "ft:gpt-4o-mini-2024-07-18:org:custom:abc1",
+            "backend": "openai", "training": {"epochs": 1},
+            "arms": {"control": {"train": "a"}, "experiment": {"train": "b"}}}
+    cfg = parse_config(data, "f.yaml", tmp_path)
+    assert cfg.base_model == data["base_model"]
+    assert hosted.example_token_limit(cfg.base_model) == 65_536

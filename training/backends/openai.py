@@ -253,6 +253,20 @@ def pair_jobs(client, pair_id: str) -> dict[str, dict]:
     return jobs
 
 
+def recent_pairs(client, limit: int = 100) -> dict[str, dict[str, dict]]:
+    """The pairs among the newest `limit` jobs made by this tool: {pair_id: {arm: job}}."""
+    pairs: dict[str, dict[str, dict]] = {}
+    for job in client.fine_tuning.jobs.list(metadata={"created_by": hosted.TOOL}, limit=limit):
+        job = _dict(job)
+        meta = job.get("metadata") or {}
+        if meta.get("created_by") == hosted.TOOL and meta.get("pair_id"):
+            pairs.setdefault(meta["pair_id"], {}).setdefault(meta.get("arm", "?"), job)
+        limit -= 1
+        if limit <= 0:
+            break
+    return pairs
+
+
 def cancel_pair(client, pair_id: str) -> dict[str, str]:
     """Cancel the pair's jobs that are still running: {arm: status after}."""
     out = {}
