@@ -76,8 +76,7 @@ def test_one_paired_submission_sends_uploads_then_two_identical_jobs(service, tm
     sequence = [(r.method, r.path) for r in service.requests]
     files = [p for m, p in sequence if p.startswith("/files/")]
     assert sequence[:2] == [("GET", "/fine_tuning/jobs"), ("GET", "/files")]
-    assert [m for m, p in sequence if p == "/files"] == ["GET", "POST", "GET", "POST", "GET",
-                                                         "POST"]
+    assert [m for m, p in sequence if p == "/files"] == ["GET", "POST", "POST", "POST"]
     assert len(files) == 3  # each upload checked once until processed
     assert sequence[-2:] == [("POST", "/fine_tuning/jobs"), ("POST", "/fine_tuning/jobs")]
 

@@ -150,15 +150,24 @@ def find_pair_jobs(client, pair_id: str) -> dict[str, dict]:
     return found
 
 
+def _processed_uploads(client) -> dict[str, str]:
+    """{filename: file id} of the processed fine-tuning files (newest wins)."""
+    found: dict[str, str] = {}
+    for f in client.files.list(purpose="fine-tune"):
+        if f.status == "processed":
+            found.setdefault(f.filename, f.id)
+    return found
+
+
 def _upload(client, name: str, path: Path, sha256: str, pair_id: str, poll: float,
-            timeout: float, sleep, say) -> str:
-    """Upload one file for fine-tuning (or reuse a processed upload of the same bytes) and wait until
-    the service has processed it. A rejected file raises HostedError(exit 2)."""
+            timeout: float, sleep, say, existing: dict[str, str]) -> str:
+    """Upload one file for fine-tuning (or reuse a processed upload of the same bytes, named by
+    pair, role and content hash) and wait until the service has processed it. A rejected file
+    raises HostedError(exit 2)."""
     filename = f"{pair_id}-{name}-{sha256[:16]}.jsonl"
-    for existing in client.files.list(purpose="fine-tune"):
-        if existing.filename == filename and existing.status == "processed":
-            say(f"{name}: reusing upload {existing.id} ({filename})")
-            return existing.id
+    if filename in existing:
+        say(f"{name}: reusing upload {existing[filename]} ({filename})")
+        return existing[filename]
     with open(path, "rb") as f:
         uploaded = client.files.create(file=(filename, f), purpose="fine-tune")
     say(f"{name}: uploaded {path} as {uploaded.id}")
@@ -200,8 +209,9 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
             raise HostedError(f"pair {pair_id} has only its {arm} job ({job['id']}, "
                               f"{job['status']}): cancel it (train cancel {pair_id}) and submit "
                               "again, or submit with --force for a new pair")
+    existing = _processed_uploads(client)
     ids = {name: _upload(client, name, path, prep.report.files[name].sha256, pair_id, poll,
-                         file_timeout, sleep, say)
+                         file_timeout, sleep, say, existing)
            for name, path in prep.files.items()}
     cfg = prep.cfg
     hyper = {k: getattr(cfg.openai, k) for k in ("n_epochs", "batch_size",
