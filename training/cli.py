@@ -57,9 +57,11 @@ def data():
 
 
 @data.command("validate")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help="Take the tokenizer and max sequence length from this experiment file.")
+              help="Take the tokenizer and max sequence length from this experiment file, and "
+                   "check it as `train run` would (base model pinned, settings against this "
+                   "machine and the model); without PATHS, its data files are checked.")
 @click.option("--base-model", default=None,
               help="Tokenizer to count tokens with: hub id, path or tiny-llama "
                    "[default: the config's base_model, else tiny-llama].")
@@ -73,17 +75,122 @@ def data_validate(paths, config_path, base_model, max_seq_length, no_tokenizer):
     any; otherwise a summary of rows, format and token lengths is printed.
     """
     from training import data as data_mod
+    from training import prepare as prep
 
-    cfg = _load(config_path) if config_path else None
-    if max_seq_length is None and cfg:
-        max_seq_length = cfg.training.max_seq_length
-    tokenizer = None
-    if not no_tokenizer:
-        tokenizer = _tokenizer(base_model or (cfg.base_model if cfg else "tiny-llama"))
-    report = data_mod.validate_files(paths, tokenizer=tokenizer, max_seq_length=max_seq_length)
-    data_mod.print_report(report, _console())
+    if not paths and not config_path:
+        raise click.UsageError("give PATHS to check, or --config (its data files)")
+    console = _console()
+    try:
+        with _interruptible():
+            cfg = _load(config_path) if config_path else None
+            if max_seq_length is None and cfg:
+                max_seq_length = cfg.training.max_seq_length
+            if cfg and not paths and not base_model and not no_tokenizer:
+                _exit_if_not_ready(lambda: _validate_config(cfg, console), console)
+                return
+            tokenizer = None
+            if not no_tokenizer:
+                tokenizer = _exit_if_not_ready(lambda: _tokenizer_of(base_model, cfg, console),
+                                               console)
+            files = list(paths) or list(prep.data_files(cfg).values())
+            report = data_mod.validate_files(files, tokenizer=tokenizer,
+                                             max_seq_length=max_seq_length)
+            data_mod.print_report(report, console)
+            if cfg and report.ok and not no_tokenizer:
+                _exit_if_not_ready(lambda: _preflight(cfg, console), console)
+    except KeyboardInterrupt:
+        console.print("interrupted", highlight=False)
+        sys.exit(130)
     if not report.ok:
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _validate_config(cfg, console) -> None:
+    """`data validate --config` alone: every check of `train run`, nothing started."""
+    from training import data as data_mod
+    from training import prepare as prep
+
+    try:
+        ready = prep.prepare(cfg, on_note=lambda t: console.print(f"note: {t}", highlight=False))
+    except prep.NotReady as e:
+        if e.report is not None:
+            data_mod.print_report(e.report, console)
+        raise
+    data_mod.print_report(ready.report, console)
+    _print_warnings(ready.warnings, console)
+    console.print(f"base model: {_describe(ready.pinned)}", highlight=False)
+
+
+def _tokenizer_of(base_model, cfg, console):
+    from training import prepare as prep
+
+    if base_model:
+        return prep.tokenizer_for_name(base_model)
+    if cfg is None:
+        return prep.tokenizer_for_name("tiny-llama")
+    return prep.pin_and_load_tokenizer(
+        cfg, on_note=lambda t: console.print(f"note: {t}", highlight=False))[2]
+
+
+def _preflight(cfg, console) -> None:
+    from training import base_model, preflight
+    from training import prepare as prep
+
+    cfg = base_model.pin(cfg)[0]
+    problems = preflight.problems(cfg, *base_model.load_reference(cfg))
+    if problems:
+        raise prep.NotReady("the experiment cannot run here", problems)
+
+
+def _exit_if_not_ready(step, console):
+    """Run a preparation step; NotReady -> its problems on the console and exit 2."""
+    from training.prepare import NotReady
+
+    try:
+        return step()
+    except NotReady as e:
+        bad_input(str(e))
+
+
+def _print_warnings(warnings: list[str], console) -> None:
+    for w in warnings:
+        console.print(f"warning: {w}", style="yellow", highlight=False, markup=False)
+
+
+def _describe(pinned) -> str:
+    from training.base_model import describe
+
+    return describe(pinned)
+
+
+class _LateStop:
+    """SIGINT/SIGTERM outside a pair's run (between replicates, after the arms): remembered."""
+
+    def __init__(self):
+        self.seen = False
+        self.previous = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _note(self, signum, frame):
+        self.seen = True
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class _interruptible:
+    """While preparing: SIGTERM behaves like Ctrl-C (KeyboardInterrupt, exit 130 by the caller),
+    not a silent death; the previous handler comes back afterwards."""
+
+    def __enter__(self):
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        self.previous = signal.signal(signal.SIGTERM, interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self.previous)
 
 
 def _load(config_path: Path) -> ExperimentConfig:
@@ -91,15 +198,6 @@ def _load(config_path: Path) -> ExperimentConfig:
         return load_config(config_path)
     except ConfigError as e:
         bad_input(str(e))
-
-
-def _tokenizer(base_model: str):
-    from training.models import load_tokenizer, resolve_base_model
-
-    try:
-        return load_tokenizer(resolve_base_model(base_model))
-    except OSError as e:
-        bad_input(f"base_model {base_model!r}: cannot load its tokenizer ({e})")
 
 
 # ----------------------------------------------------------------------------- run
@@ -123,45 +221,18 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     again; an interrupted one resumes from its latest checkpoint. Ctrl-C or SIGTERM makes each arm
     write a checkpoint before this command exits.
     """
-    from training import data as data_mod
-    from training.backends.local import LocalPair, PairMismatch, pair_id_for, prepare_pair
-    from training.tracking import tracking_uri as resolve_uri
-
     console = _console()
-    cfg = _load(config_path)
-    files = {"control": cfg.arms.control.train, "experiment": cfg.arms.experiment.train}
-    if cfg.eval:
-        files["eval"] = cfg.eval
-
-    missing = [f"{name}: {path}" for name, path in files.items() if not path.is_file()]
-    if missing:  # before fetching a tokenizer that may be gigabytes away
-        bad_input("data file not found:\n  " + "\n  ".join(missing))
-    with console.status(f"preparing {cfg.base_model} and validating data"):
-        # builds tiny-llama here, once, before the two arms would race for it
-        tokenizer = _tokenizer(cfg.base_model)
-        report = data_mod.validate_files(list(files.values()), tokenizer=tokenizer,
-                                         max_seq_length=cfg.training.max_seq_length)
-    if not report.ok:
-        data_mod.print_report(report, console)
-        bad_input("the data is not valid: nothing was trained")
-    if cfg.method == "qlora":
-        import torch
-
-        if not torch.cuda.is_available():
-            bad_input("method: qlora needs a CUDA GPU (bitsandbytes 4-bit); use lora on CPU")
-
-    hashes = {name: f.sha256 for name, f in zip(files, report.files, strict=True)}
-    pair_id = pair_id or pair_id_for(cfg, hashes)
-    pair_dir = output_dir / pair_id
-    try:
-        resolved = prepare_pair(cfg, pair_dir, pair_id, hashes)
-    except PairMismatch as e:
-        bad_input(str(e))
-    uri = resolve_uri(tracking_uri)
-    _ensure_experiment(uri, cfg.name)
-    console.print(f"pair [bold]{pair_id}[/] -> {pair_dir}   (MLflow: {uri})")
-
     arms = [arm] if arm else list(ARMS)
+    try:
+        with _interruptible():  # Ctrl-C or SIGTERM while preparing: exit 130, nothing started
+            cfg, pair_id, pair_dir, resolved, uri, threads = _prepare_run(
+                config_path, output_dir, arms, pair_id, tracking_uri, console)
+    except KeyboardInterrupt:
+        console.print("interrupted while preparing the pair: nothing was trained",
+                      highlight=False)
+        sys.exit(130)
+
+    from training.backends.local import LocalPair
     from training.progress import PairProgress
 
     # Seed replicates: replicate k of both arms trains with seed + k, as pair PAIR_ID-rK in
@@ -170,13 +241,14 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     replicates = [(pair_id, pair_dir, 0)] if n == 1 else [
         (f"{pair_id}-r{k}", pair_dir / f"r{k}", k) for k in range(n)]
     failed = False
+    late = _LateStop()  # a Ctrl-C between pairs or after the last arm finished: noted, no traceback
     for rep_id, rep_dir, k in replicates:
         if n > 1:
             console.print(f"replicate {k + 1}/{n}: [bold]{rep_id}[/] "
                           f"(seed {cfg.training.seed + k})")
         with PairProgress(console, arms) as progress:
             pair = LocalPair(resolved, rep_dir, rep_id, arms, uri, on_event=progress.update,
-                             replicate=k, parent_pair_id=pair_id)
+                             replicate=k, parent_pair_id=pair_id, threads=threads)
             previous = {s: signal.signal(s, pair.stop) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
                 states = pair.run()
@@ -185,15 +257,87 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
                     signal.signal(s, handler)
         progress.summary(states, rep_dir)
 
-        if pair.stopping:
+        # a Ctrl-C after every arm finished changes nothing: they are reported finished
+        if pair.interrupted or ((late.seen or pair.stopping) and k + 1 < n):
             console.print(f"interrupted: run the same command again to resume {pair_id}")
             sys.exit(130)
-        failed = failed or any(s.status == "failed" for s in states.values())
+        late.seen = late.seen or pair.stopping
+        failed = failed or pair.failed
+    late.restore()
     if failed:
         sys.exit(EXIT_FAILED)
+    if late.seen:
+        console.print("stopped after every arm had finished: nothing was lost")
+        return
     if arm is None and not os.environ.get("PAIRED_FINETUNE_NO_MLFLOW"):
         _compare(uri, pair_id, "table", console=console)
         console.print(f"again, with the figure: train compare {pair_id} --plot compare.png")
+
+
+def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
+    """Every check of `train run`, then the pair folder, its locks and the MLflow experiment.
+    Bad input exits 2 here, before any arm starts."""
+    from training import locks
+    from training import prepare as prep
+    from training.backends.local import (
+        LocalPair,
+        PairMismatch,
+        pair_id_for,
+        prepare_pair,
+        read_manifest,
+    )
+    from training.base_model import manifest_entry
+    from training.data import print_report
+    from training.paths import dir_problem, inside, name_problem
+    from training.tracking import tracking_uri as resolve_uri
+
+    if pair_id is not None and (problem := name_problem(pair_id)):
+        bad_input(f"--pair-id {pair_id!r}: {problem}")
+    if problem := dir_problem(output_dir):
+        bad_input(f"--output-dir {output_dir}: {problem}")
+    cfg = _load(config_path)
+    if not console.is_terminal:  # no spinner in a log: say what the next seconds are
+        console.print(f"preparing {cfg.base_model} and validating data", highlight=False)
+    try:
+        # tiny-llama is built here, once, before the two arms would race for it
+        with console.status(f"preparing {cfg.base_model} and validating data") as status:
+            ready = prep.prepare(
+                cfg, status=lambda text: status.update(text),
+                on_note=lambda text: console.print(f"note: {text}", highlight=False))
+    except prep.NotReady as e:
+        if e.report is not None:
+            print_report(e.report, console)
+        bad_input(str(e))
+    _print_warnings(ready.warnings, console)
+    cfg = ready.cfg  # pinned: the revision is part of the pair id
+    pair_id = pair_id or pair_id_for(cfg, ready.hashes)
+    pair_dir = output_dir / pair_id
+    if pair_dir.is_symlink() and not inside(pair_dir, output_dir):
+        bad_input(f"{pair_dir} is a symlink out of --output-dir {output_dir}: remove it or "
+                  "choose another --pair-id")
+    n = cfg.training.replicates
+    folders = [pair_dir] if n == 1 else [pair_dir / f"r{k}" for k in range(n)]
+    try:
+        for folder in folders:  # one writer per arm: refuse before anything is written
+            LocalPair(pair_dir / "config.yaml", folder, pair_id, arms, "").lock_arms()
+        resolved = prepare_pair(cfg, pair_dir, pair_id, ready.hashes,
+                                extra=manifest_entry(ready.pinned))
+    except locks.Busy as e:
+        bad_input(f"{e}: wait for it to end, or stop it (Ctrl-C in its terminal)")
+    except PairMismatch as e:
+        bad_input(str(e))
+    except OSError as e:
+        bad_input(f"cannot write the pair folder {pair_dir}: {e.strerror or e}")
+    uri = resolve_uri(tracking_uri)
+    try:
+        _ensure_experiment(uri, cfg.name)
+    except Exception as e:  # a bad URI, an unwritable sqlite file, a store that is down
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        bad_input(f"MLflow tracking URI {uri}: {first}")
+    console.print(f"pair [bold]{pair_id}[/] -> {pair_dir}   (MLflow: {uri})")
+    console.print(f"base model: {_describe(ready.pinned)}", highlight=False)
+    threads = read_manifest(pair_dir)["threads_per_arm"]
+    return cfg, pair_id, pair_dir, resolved, uri, threads
 
 
 def _ensure_experiment(uri: str, name: str) -> None:
@@ -318,8 +462,9 @@ def _stdout_console():
 
 # ----------------------------------------------------------------------------- Azure ML
 from training.cli_azure import COMMANDS as _AZURE_COMMANDS  # noqa: E402 (needs the helpers above)
+from training.cli_estimate import COMMANDS as _ESTIMATE_COMMANDS  # noqa: E402
 
-for _command in _AZURE_COMMANDS:
+for _command in _AZURE_COMMANDS + _ESTIMATE_COMMANDS:
     main.add_command(_command)
 
 

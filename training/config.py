@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -31,14 +34,29 @@ class ConfigError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `max_steps: true`, `alpha: 1.5` or `seed: "7"` are errors, never silently 1, 1 or 7
+    # (an int field takes only an int; a float field an int or a float; a bool field only a bool).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _as_path(value):
+    """A path field takes a non-empty string (YAML has no path type); strict mode would want a
+    Path instance."""
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str) and value.strip():
+        return Path(value)
+    raise ValueError(f"must be a path (a non-empty string), got {value!r}")
+
+
+PathField = Annotated[Path, BeforeValidator(_as_path)]
 
 
 class LoraSettings(Strict):
     r: int = Field(16, gt=0, description="rank of the update matrices")
     alpha: int = Field(32, gt=0, description="scaling: the update is multiplied by alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: Annotated[list[str], Field(min_length=1)] | Literal["all-linear"] = "all-linear"
 
 
 class EarlyStopping(Strict):
@@ -60,6 +78,12 @@ class Training(Strict):
     replicates: int = Field(1, gt=0, description="train the pair N times, seeds seed, seed+1, ...")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
+    sharding: Literal["none", "fsdp", "auto"] = Field(
+        "auto", description="none (DDP: a whole model per GPU) | fsdp (FSDP2: weights, gradients "
+                            "and optimizer state sharded over the GPUs) | auto (fsdp only when the "
+                            "memory plan does not fit one GPU)")
+    cpu_offload: bool = Field(False, description="fsdp: keep the sharded state in CPU memory "
+                                                 "(fits more, much slower)")
     packing: bool = Field(True, description="padding-free batches (no pad tokens computed)")
     eval_every: int = Field(100, gt=0, description="steps between evaluations")
     save_every: int = Field(100, gt=0, description="steps between checkpoints")
@@ -77,11 +101,13 @@ class Training(Strict):
         if self.early_stopping and self.save_every % self.eval_every:
             # the best checkpoint must exist on disk to be restored at the end
             raise ValueError("with early_stopping, save_every must be a multiple of eval_every")
+        if self.cpu_offload and self.sharding == "none":
+            raise ValueError("training.cpu_offload needs training.sharding fsdp or auto")
         return self
 
 
 class Arm(Strict):
-    train: Path = Field(description="JSONL training data of this arm")
+    train: PathField = Field(description="JSONL training data of this arm")
 
 
 class Arms(Strict):
@@ -92,6 +118,35 @@ class Arms(Strict):
 class SuccessCriteria(Strict):
     max_eval_loss: float | None = Field(None, gt=0)
     max_train_eval_gap: float | None = Field(None, ge=0, description="eval_loss - train_loss")
+
+
+class AzureSettings(Strict):
+    """Where and how `train submit` runs each arm on Azure ML; both arms always get the same."""
+
+    compute: str = Field("gpu", pattern=r"^[A-Za-z][A-Za-z0-9-]{1,31}$",
+                         description="gpu | cpu (the stack's clusters) | a cluster name")
+    instance_count: int = Field(1, gt=0, description="nodes per arm")
+    processes_per_node: int = Field(1, gt=0, description="processes (GPUs) per node")
+    shm_size: str = Field("16g", pattern=r"^[1-9][0-9]*[bkmg]$",
+                          description="shared memory of the container, e.g. 16g")
+    max_run_minutes: int | None = Field(
+        None, gt=0, description="hard timeout per arm: a stuck job cannot eat the budget")
+    environment: str | None = Field(
+        None, pattern=r"^(azureml:)?[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+|@latest)$",
+        description="name:version [default: the stack's training_environment]")
+    experiment_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$",
+        description="Azure ML experiment [default: name]")
+    vm_size: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_]+$",
+        description="VM size of the cluster, for estimates and the memory plan [default: the "
+                    "stack's gpu_vm_size / cpu_vm_size, else the infra default]")
+    price_per_hour: float | None = Field(
+        None, gt=0, description="USD per node hour [default: the built-in list price]")
+    gpu_peak_tflops: float | None = Field(
+        None, gt=0, description="dense peak per GPU, for a VM size the built-in table lacks")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="memory per GPU, for a VM size the built-in table lacks")
 
 
 BACKENDS = ("azureml", "openai", "azure-openai")
@@ -135,19 +190,60 @@ class OpenAISettings(Strict):
                           "built-in one]")
 
 
+class SearchParameter(Strict):
+    """One dimension of a sweep's search space. min/max are real values (loguniform included:
+    the log is taken when the sweep is built)."""
+
+    type: Literal["choice", "uniform", "loguniform", "quniform"]
+    values: list[int | float | str] | None = Field(None, min_length=1, description="choice")
+    min_value: float | None = None
+    max_value: float | None = None
+    q: float | None = Field(None, gt=0, description="quniform: the step of the grid of values")
+
+
+class EarlyTermination(Strict):
+    """Stop unpromising trials early (not with bayesian sampling)."""
+
+    type: Literal["bandit", "median", "truncation"]
+    evaluation_interval: int = Field(1, gt=0, description="evaluations between checks")
+    delay_evaluation: int = Field(0, ge=0, description="evaluations before the first check")
+    slack_factor: float = Field(0.1, gt=0, description="bandit: allowed slack vs the best")
+    truncation_percentage: int = Field(20, ge=1, le=99, description="truncation: % cancelled")
+
+
+class SweepSettings(Strict):
+    """`train sweep`: tune hyperparameters on one arm with an Azure ML sweep job."""
+
+    search_space: dict[str, SearchParameter] = Field(
+        min_length=1, description="training.<field> or lora.<field> -> its distribution")
+    sampling: Literal["grid", "random", "bayesian"] = "random"
+    objective: Literal["eval_loss", "perplexity"] = Field(
+        "eval_loss", description="a metric the recipe logs; minimized")
+    max_total_trials: int = Field(20, ge=1, le=1000)
+    max_concurrent_trials: int = Field(4, ge=1, le=100)
+    timeout_minutes: int | None = Field(None, gt=0, description="the whole sweep")
+    early_termination: EarlyTermination | None = None
+
+
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     base_model: str = Field(min_length=1, description="hub id, local path, or tiny-llama")
+    base_model_revision: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="hub commit, branch or tag to pin (checked before the arms start); for a "
+                    "local folder or tiny-llama its fingerprint. Unset: resolved at submit/run")
     backend: Literal["azureml", "openai", "azure-openai"] = Field(
         "azureml", description="where `train submit` sends the pair; --backend overrides it")
     method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraSettings = LoraSettings()
     training: Training
     arms: Arms
-    eval: Path | None = Field(None, description="shared evaluation JSONL for both arms")
+    eval: PathField | None = Field(None, description="shared evaluation JSONL for both arms")
     success: SuccessCriteria = SuccessCriteria()
     budget_usd: float | None = Field(None, gt=0)
     openai: OpenAISettings = OpenAISettings()
+    azure: AzureSettings = AzureSettings()
+    sweep: SweepSettings | None = Field(None, description="`train sweep`'s search (optional)")
 
     def for_replicate(self, k: int) -> ExperimentConfig:
         """Seed replicate k of the pair: the same experiment trained with training.seed + k."""
@@ -169,47 +265,198 @@ class ExperimentConfig(Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _format(error: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid experiment file"]
+_TYPE_ERRORS = ("int_type", "float_type", "bool_type", "string_type", "list_type", "dict_type",
+                "model_type", "literal_error", "int_from_float", "is_instance_of")
+
+
+def _format(error: ValidationError, source: str, lines: dict | None = None) -> str:
+    out = [f"{source}: invalid experiment file"]
     for e in error.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))  # union arms
+        field = ".".join(str(p) for p in loc) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif e["type"] == "missing":
             msg = "required field missing"
-        lines.append(f"  {field}: {msg}")
-    return "\n".join(lines)
+        elif e["type"] in _TYPE_ERRORS or e["type"].endswith("_type"):
+            msg += f", got {_yaml_repr(e.get('input'))}"
+        line = _line_of(lines or {}, loc)
+        out.append(f"  {field}: {msg}" + (f" (line {line})" if line else ""))
+    return "\n".join(out)
 
 
-def parse_config(data: dict, source: str = "<config>", base_dir: Path | None = None):
-    """Validate a mapping; relative data paths are anchored at base_dir."""
+def _yaml_repr(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "true (a boolean)", False: "false (a boolean)", None: "null"}[value]
+    if isinstance(value, str):
+        return f"{value!r} (a string)"
+    if isinstance(value, float):
+        return f"{value!r} (a float)"
+    if isinstance(value, int):
+        return f"{value!r} (an integer)"
+    return type(value).__name__
+
+
+def _line_of(lines: dict, loc: tuple) -> int | None:
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return None
+
+
+def parse_config(data: dict, source: str = "<config>", base_dir: Path | None = None,
+                 lines: dict | None = None):
+    """Validate a mapping; relative data paths and a relative base_model folder are anchored at
+    base_dir (the experiment file's folder). `lines` (from `read_yaml`) puts line numbers on
+    errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of fields at the top level")
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format(e, source)) from None
+        raise ConfigError(_format(e, source, lines)) from None
     if base_dir is None:
         return cfg
 
     def anchor(p: Path) -> Path:
-        return p if p.is_absolute() else (base_dir / p).resolve()
+        return p.expanduser() if p.expanduser().is_absolute() else (base_dir / p).resolve()
 
     arms = Arms(**{a: Arm(train=anchor(cfg.train_file(a))) for a in ARMS})
-    return cfg.model_copy(update={"arms": arms, "eval": cfg.eval and anchor(cfg.eval)})
+    try:
+        # a hosted backend's base_model is the service's model id (`ft:...` ones have colons)
+        base_model = (cfg.base_model if cfg.backend in HOSTED_BACKENDS
+                      else anchor_base_model(cfg.base_model, base_dir))
+    except ValueError as e:
+        line = _line_of(lines or {}, ("base_model",))
+        raise ConfigError(f"{source}{f':{line}' if line else ''}: base_model: {e}") from None
+    return cfg.model_copy(update={"arms": arms, "eval": cfg.eval and anchor(cfg.eval),
+                                  "base_model": base_model})
+
+
+# What the hub accepts as a model id: "name" or "org/name" (huggingface_hub.validate_repo_id).
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+
+
+def anchor_base_model(base_model: str, base_dir: Path) -> str:
+    """`tiny-llama`, a hub id, or a local folder made absolute (relative to the experiment file,
+    like the data paths). A folder that exists there wins over a hub id of the same spelling; a
+    path that does not exist is an error saying so, not a hub lookup of a path."""
+    from training.models import TINY_LLAMA
+
+    if base_model == TINY_LLAMA:
+        return base_model
+    path = Path(base_model).expanduser()
+    candidate = path if path.is_absolute() else base_dir / path
+    if os.path.lexists(candidate):
+        return str(candidate.resolve())
+    looks_like_path = (base_model.startswith(("/", ".", "~")) or "\\" in base_model
+                       or base_model.endswith("/") or base_model.count("/") > 1)
+    if looks_like_path:
+        raise ValueError(f"no such folder: {candidate}")
+    if not HUB_ID.match(base_model) or ".." in base_model or "--" in base_model:
+        raise ValueError(f"{base_model!r} is neither a folder (no {candidate}) nor a hub model id "
+                         "such as meta-llama/Meta-Llama-3-8B")
+    return base_model
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
+    data, lines = read_yaml(path)
+    return parse_config(data, str(path), path.parent.resolve(), lines=lines)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_yaml(path: Path) -> tuple[object, dict[tuple, int]]:
+    """The YAML document in `path` and the line of every key (by its path of keys), read strictly:
+    a key given twice is an error naming both lines; the file must be a regular UTF-8 file (a FIFO
+    or a directory is refused before it is opened, never a hang); `2e-4` is a number as in YAML 1.2
+    (PyYAML alone reads it as the string "2e-4")."""
+    from training.paths import file_problem
+
+    problem = file_problem(path)
+    if problem:
+        raise ConfigError(f"{path}: cannot read experiment file: {problem}")
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read experiment file ({e.strerror})") from None
+        raise ConfigError(f"{path}: cannot read experiment file: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES >> 20} MiB: not an experiment file")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}): save the "
+                          "experiment file as UTF-8") from None
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[tuple, int] = {}
+        if node is not None:
+            _key_lines(node, (), lines)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    return parse_config(data, str(path), path.parent.resolve())
+        problem = getattr(e, "problem", None) or str(e)
+        if isinstance(e, _DuplicateKey):
+            raise ConfigError(f"{where}: {problem}") from None
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and reads YAML 1.2 exponent floats (`2e-4`)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it
+                if first != key_node.start_mark.line + 1:
+                    raise _DuplicateKey(
+                        None, None, f"key {key!r} given twice (first on line {first})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _key_lines(node, path: tuple, lines: dict) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (*path, key_node.value)
+                lines.setdefault(key, key_node.start_mark.line + 1)
+                _key_lines(value_node, key, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.setdefault((*path, i), item.start_mark.line + 1)
+            _key_lines(item, (*path, i), lines)
+    if len(lines) > 10_000:  # aliases can make a small file a huge tree: enough lines known
+        raise RecursionError

@@ -93,6 +93,7 @@ class FileSummary:
     tokens: LengthStats | None = None
     bad_rows: int = 0  # rows with at least one problem
     duplicates: int = 0  # rows that repeat an earlier row of the same file
+    content_key: int | None = None  # equal for files with the same rows (order, repeats aside)
 
 
 @dataclass
@@ -301,6 +302,8 @@ class _FileScan:
         self.duplicates = 0
         self.lengths = array("l")
         self.examples: list[dict] = []
+        self.first_line: tuple[int, bytes] | None = None  # (number, first non-blank character)
+        self.content_key: int | None = None  # the same rows in any order give the same key
 
     def problem(self, line: int, message: str) -> None:
         self.problems.append((line, message))
@@ -342,13 +345,20 @@ class _FileScan:
             tokens=_length_stats(self.lengths) if self.lengths else None,
             bad_rows=len(self.bad_lines),
             duplicates=self.duplicates,
+            content_key=self.content_key,
         )
 
 
 def _scan_file(path: str, *, counter: _TokenCounter | None = None, keep: bool = False) -> _FileScan:
+    from training.paths import file_problem
+
     scan = _FileScan(path)
     if os.path.isdir(path):
         scan.problem(0, "is a directory, not a JSONL file")
+        return scan
+    problem = file_problem(path)  # a FIFO would block open() forever: never opened
+    if problem is not None:
+        scan.problem(0, problem)
         return scan
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below, after a streaming loop
@@ -369,7 +379,11 @@ def _scan_file(path: str, *, counter: _TokenCounter | None = None, keep: bool = 
                 if not line or line.isspace():
                     continue
                 scan.rows += 1
+                if scan.first_line is None:
+                    scan.first_line = number, line.lstrip(b" \t\r\xef\xbb\xbf")[:1]
                 row, error = _parse(number, line)
+                if error is None and _SURROGATE_ESCAPE.search(line):
+                    error = _surrogate_problem(row)
                 if error is not None:
                     scan.problem(number, error)
                     continue
@@ -390,6 +404,10 @@ def _scan_file(path: str, *, counter: _TokenCounter | None = None, keep: bool = 
                     scan.warnings.append((number, f"duplicate of line {first}"))
                 if counter is not None:
                     counter.add(number, row, fmt)
+                if fmt == CHAT and row["messages"][-1]["role"] != "assistant":
+                    role = row["messages"][-1]["role"]
+                    scan.warnings.append((number, f"conversation ends with a {role} turn: "
+                                          "nothing after the last assistant turn is learned"))
                 if keep:
                     scan.examples.append(row)
     except OSError as e:
@@ -399,8 +417,72 @@ def _scan_file(path: str, *, counter: _TokenCounter | None = None, keep: bool = 
         if counter is not None:
             counter.finish()
     scan.sha256 = digest.hexdigest() if digest is not None else None
+    scan.content_key = hash(frozenset(seen)) if seen else None
+    _whole_file_json(scan)
     scan.finish()
     return scan
+
+
+# A \uD800-\uDFFF escape: json.loads turns a lone one into a str the tokenizer cannot encode.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _surrogate_problem(value, where: str = "") -> str | None:
+    """`lone surrogate ...` for the first string in `value` that is not valid Unicode, else None
+    (a proper pair of escapes is one character and passes)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return (f"lone surrogate \\u{ord(value[e.start]):04x} in {where or 'the row'}: not "
+                    "valid Unicode (half of an emoji?); fix or drop this row")
+        return None
+    if isinstance(value, dict):
+        sep = " " if where.startswith("message ") else "."
+        items = ((f"{where}{sep}{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        labels = (f"message {i}" if where == "messages" else f"{where}[{i - 1}]"
+                  for i in range(1, len(value) + 1))
+        items = zip(labels, value, strict=True)
+    else:
+        return None
+    for label, item in items:
+        problem = _surrogate_problem(item, label)
+        if problem:
+            return problem
+    return None
+
+
+_WHOLE_FILE_LIMIT = 64 << 20  # bytes: larger files are not read again to recognise one document
+
+
+def _whole_file_json(scan: _FileScan) -> None:
+    """A file that is one JSON document (an array of rows, or an object over many lines) gets
+    one message instead of an error for every line."""
+    if scan.first_line is None or scan.first_line[1] not in (b"[", b"{"):
+        return
+    first = scan.first_line[0]
+    first_problems = [m for line, m in scan.problems if line == first]
+    if not first_problems:
+        return  # the first line is a good row
+    # the first line is a whole value of its own (e.g. `[1, 2]`) among other rows: check by line
+    if scan.rows > 1 and not first_problems[0].startswith("not valid JSON"):
+        return
+    if scan.first_line[1] == b"[":
+        what = "a JSON array, not JSONL"
+    else:
+        try:
+            if os.path.getsize(scan.path) > _WHOLE_FILE_LIMIT:
+                return
+            with open(scan.path, "rb") as f:
+                json.loads(f.read().decode("utf-8-sig"))
+        except (OSError, ValueError, RecursionError):
+            return
+        what = "one JSON object over several lines, not JSONL"
+    jq = "'.[]'" if scan.first_line[1] == b"[" else "."
+    scan.problems = [(0, f"{what}: write one JSON object per line (e.g. jq -c {jq} "
+                         f"{scan.path} > rows.jsonl)")]
+    scan.bad_lines = set()
 
 
 def load_examples(path) -> list[dict]:
@@ -454,6 +536,30 @@ def validate_files(paths, tokenizer=None, max_seq_length: int | None = None) -> 
         if counter is not None:
             counter.close()
     return report
+
+
+def same_data_warnings(files: dict[str, FileSummary]) -> list[str]:
+    """Warnings for roles of a pair given the same data: both arms (the pair compares nothing) or
+    an arm and the eval set (eval loss measures memorisation). `files` maps a role (control,
+    experiment, eval) to its summary; the same file, the same bytes, or the same rows in another
+    order all count."""
+    warnings = []
+    roles = list(files)
+    for i, a in enumerate(roles):
+        for b in roles[i + 1:]:
+            fa, fb = files[a], files[b]
+            if os.path.realpath(fa.path) == os.path.realpath(fb.path):
+                how = f"the same file ({fa.path})"
+            elif fa.sha256 and fa.sha256 == fb.sha256:
+                how = f"identical files ({fa.path} and {fb.path})"
+            elif fa.content_key is not None and fa.content_key == fb.content_key:
+                how = f"the same rows in another order ({fa.path} and {fb.path})"
+            else:
+                continue
+            why = ("the pair compares nothing" if {a, b} == {"control", "experiment"}
+                   else "eval loss would measure memorisation, not generalisation")
+            warnings.append(f"{a} and {b} are {how}: {why}")
+    return warnings
 
 
 def _percentile(ordered: list[int], q: float) -> int:

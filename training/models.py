@@ -125,11 +125,12 @@ def build_tiny_llama(out: Path) -> None:
     model.save_pretrained(out)
 
 
-def load_tokenizer(name_or_path: str):
-    """The base model's tokenizer, with a chat template and a pad token guaranteed."""
+def load_tokenizer(name_or_path: str, revision: str | None = None):
+    """The base model's tokenizer, with a chat template and a pad token guaranteed. `revision`:
+    the pinned hub commit (training.base_model), None for a local folder."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
     if not tokenizer.chat_template:
         tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
     if tokenizer.pad_token is None:

@@ -45,7 +45,7 @@ class PairProgress:
         if kind == "done":
             info = f"done  eval {_fmt(event.get('eval_loss'))}"
         elif kind == "exit" and state.status not in ("finished", "skipped"):
-            info = f"{state.status} (exit {event.get('returncode')})"
+            info = f"{state.status} ({getattr(state, 'how', None) or event.get('returncode')})"
         with self.lock:
             self.progress.update(self.tasks[state.arm], total=state.max_steps,
                                  completed=state.step, info=info)
@@ -71,5 +71,11 @@ class PairProgress:
         self.console.print(table)
         for s in states.values():
             if s.status in ("failed", "interrupted"):
-                self.console.print(f"{s.arm}: {s.status}, see {s.folder / 'train.log'}")
+                how = f" ({s.how})" if getattr(s, "how", None) else ""
+                self.console.print(f"{s.arm}: {s.status}{how}, see {s.folder / 'train.log'}",
+                                   highlight=False, markup=False)
+                if s.status == "failed" and getattr(s, "tail", None):
+                    self.console.print(f"last lines of {s.arm}'s output:", highlight=False)
+                    for line in s.tail:
+                        self.console.print(f"  {s.arm} | {line}", highlight=False, markup=False)
         self.console.print(f"results: {pair_dir}")

@@ -31,10 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-from training import eval_examples, tracking
+from training import eval_examples, locks, tracking
+from training.base_model import load_reference
 from training.config import ARMS, ConfigError, ExperimentConfig, load_config
 from training.data import DataError, file_sha256, load_examples
-from training.models import load_tokenizer, resolve_base_model
+from training.models import load_tokenizer
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model shards" bars in logs
 
@@ -198,7 +199,8 @@ def make_callbacks(preemption: Preemption, tracked: bool):
 
 
 # ----------------------------------------------------------------------------- the recipe
-def load_model(cfg: ExperimentConfig, model_path: str, precision: str):
+def load_model(cfg: ExperimentConfig, model_path: str, precision: str,
+               revision: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -218,7 +220,7 @@ def load_model(cfg: ExperimentConfig, model_path: str, precision: str):
     kwargs["dtype"] = torch.float32 if cfg.method == "full" else dtypes[precision]
     if torch.cuda.is_available() and world_size() == 1:
         kwargs["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, **kwargs)
 
     if cfg.method == "full":
         return model
@@ -301,6 +303,8 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
+    if threads := int(os.environ.get("PAIRED_FINETUNE_THREADS", "0")):
+        torch.set_num_threads(threads)  # the pair's fixed per-arm count: same result alone or not
     t = cfg.training
     is_main = rank() == 0
     cuda = torch.cuda.is_available()
@@ -320,11 +324,11 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
         data_params |= {"data.eval_sha256": file_sha256(eval_file), "data.eval_rows": len(eval_rows)}
 
     set_seed(t.seed)
-    model_path = resolve_base_model(cfg.base_model)
-    tokenizer = load_tokenizer(model_path)
+    model_path, revision = load_reference(cfg)  # the pinned commit; a folder's files checked
+    tokenizer = load_tokenizer(model_path, revision=revision)
     train_ds = encode_rows(train_rows, tokenizer, t.max_seq_length)
     eval_ds = encode_rows(eval_rows, tokenizer, t.max_seq_length)
-    model = load_model(cfg, model_path, precision)
+    model = load_model(cfg, model_path, precision, revision=revision)
     if preemption.signum is not None:
         return 128 + preemption.signum  # stopped before the first step: nothing to save
 
@@ -352,6 +356,7 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
               "world_size": world_size(),
               "trainable_params": n_trainable, "base_model_path": model_path}
     tags = {"pair_id": pair_id, "arm": arm, "base_model": cfg.base_model, "method": cfg.method,
+            "base_model_revision": cfg.base_model_revision or "unpinned",
             "code_version": params["code_version"], "replicate": str(replicate),
             "parent_pair_id": parent_pair_id or pair_id}
 
@@ -403,7 +408,10 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
     if not tracked:
         return run()
     with tracking.arm_run(out, cfg.name, f"{pair_id}-{arm}", tags, params):
-        return run()
+        code = run()
+        if code != 0:
+            tracking.end_run("KILLED")  # stopped by a signal: not FINISHED
+        return code
 
 
 def parse_args(argv=None):
@@ -428,6 +436,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if rank() == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank()}] %(message)s", stream=sys.stderr)
     out = Path(args.output_dir)
+    if rank() == 0:
+        try:
+            lock = locks.adopt_or_acquire(out)  # noqa: F841 - held until this process exits
+        except locks.Busy as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if (out / "metrics.json").exists():
         log.info("%s already finished: %s", args.arm, out / "metrics.json")
         emit("done", **json.loads((out / "metrics.json").read_text()))

@@ -61,22 +61,96 @@ def arm_run(arm_dir: Path, experiment: str, run_name: str, tags: dict, params: d
     mlflow.set_tracking_uri(tracking_uri())
 
     id_file = arm_dir / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.exists() else None
-    if run_id is None and not os.environ.get("MLFLOW_RUN_ID"):
+    remembered = id_file.read_text().strip() if id_file.exists() else None
+    # Inside an Azure ML job the run is the job's (MLFLOW_RUN_ID): never a second or nested one.
+    job_run = os.environ.get("MLFLOW_RUN_ID")
+    run_id = job_run or remembered
+    if run_id is None:
         mlflow.set_experiment(experiment)
     with mlflow.start_run(run_id=run_id, run_name=run_name, log_system_metrics=True) as run:
-        if run_id is None:
+        _logged.clear()
+        if remembered != run.info.run_id:  # a new run (a job restarted keeps its run and folder)
             id_file.write_text(run.info.run_id)
             mlflow.set_tags(tags)
-            mlflow.log_params(params)
+            log_params(params)
+        else:
+            _logged.update(last_logged_steps(run.info.run_id))
         yield run
+
+
+# metric -> the last step the run already has: a resumed arm replays the steps between its
+# checkpoint and the interruption, and must not log them a second time.
+_logged: dict[str, int] = {}
+
+
+def last_logged_steps(run_id: str) -> dict[str, int]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    last = {}
+    for key in client.get_run(run_id).data.metrics:
+        if not key.startswith("system/"):
+            last[key] = max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
+    return last
+
+
+def end_run(status: str) -> None:
+    import mlflow
+
+    mlflow.end_run(status)
+
+
+def close_stale_run(arm_dir: Path, uri: str, status: str) -> str | None:
+    """Mark the arm's MLflow run `status` (FAILED, KILLED) if it is still RUNNING: an arm killed
+    hard cannot end its own run. Returns the run id it ended, else None."""
+    id_file = arm_dir / RUN_ID_FILE
+    if not id_file.exists():
+        return None
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    run_id = id_file.read_text().strip()
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return None
+        client.set_terminated(run_id, status)
+    except Exception:  # the store is gone or the id is stale: nothing to close
+        return None
+    return run_id
+
+
+MAX_PARAMS_PER_CALL = 100  # MLflow refuses more than 200 params in one call
+
+
+def log_params(params: dict) -> None:
+    """Log params in batches, never re-logging a key the run already has (an Azure ML job logs
+    its inputs as params; logging such a key again with another value fails): a conflicting key
+    is logged as `recipe.<key>` instead."""
+    import mlflow
+
+    run_id = mlflow.active_run().info.run_id
+    existing = mlflow.MlflowClient().get_run(run_id).data.params
+    todo = {}
+    for key, value in params.items():
+        value = str(value)[:6000]  # MLflow's limit on a param's value
+        if key in existing:
+            if existing[key] == value:
+                continue
+            key = f"recipe.{key}"
+            if key in existing:
+                continue
+        todo[key] = value
+    items = list(todo.items())
+    for i in range(0, len(items), MAX_PARAMS_PER_CALL):
+        mlflow.log_params(dict(items[i:i + MAX_PARAMS_PER_CALL]))
 
 
 def log_metrics(metrics: dict, step: int) -> None:
     import mlflow
 
     clean = {k: float(v) for k, v in metrics.items()
-             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+             and step > _logged.get(k, -1)}
     if clean:
         mlflow.log_metrics(clean, step=step)
 

@@ -97,3 +97,107 @@ def test_missing_file(tmp_path):
 def test_top_level_must_be_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+# ----------------------------------------------------------------------------- strict reading
+@pytest.mark.parametrize(
+    ("yaml_text", "field", "given"),
+    [
+        ("  max_steps: true\n", "training.max_steps", "got true (a boolean)"),
+        ("  max_steps: yes\n", "training.max_steps", "got true (a boolean)"),
+        ("  max_steps: 10.0\n", "training.max_steps", "got 10.0 (a float)"),
+        ("  max_steps: 2.5\n", "training.max_steps", "got 2.5 (a float)"),
+        ('  max_steps: "10"\n', "training.max_steps", "got '10' (a string)"),
+        ("  max_steps: 10\n  learning_rate: '1e-4'\n", "training.learning_rate", "(a string)"),
+        ("  max_steps: 10\n  learning_rate: true\n", "training.learning_rate", "(a boolean)"),
+        ("  max_steps: 10\n  packing: 1\n", "training.packing", "got 1 (an integer)"),
+        ("  max_steps: 10\n  seed: 7.0\n", "training.seed", "got 7.0 (a float)"),
+    ],
+)
+def test_no_coercion_bool_float_or_string_to_number(tmp_path, yaml_text, field, given):
+    text = ("name: pair\nbase_model: tiny-llama\ntraining:\n" + yaml_text +
+            "arms: {control: {train: c.jsonl}, experiment: {train: e.jsonl}}\n")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    line = next(text for text in str(err.value).splitlines() if f"  {field}: " in text)
+    assert given in line
+    assert "(line " in line  # the line of the bad value in the YAML
+
+
+@pytest.mark.parametrize("text", ["lora: {alpha: yes}\n", "lora: {r: 8.0}\n", "name: 123\n",
+                                  "arms: {control: {train: 5}, experiment: {train: e.jsonl}}\n"])
+def test_other_sections_are_strict_too(tmp_path, text):
+    data = yaml.safe_load(text)
+    with pytest.raises(ConfigError, match="invalid experiment file"):
+        load_config(write(tmp_path, base(**data)))
+
+
+def test_numbers_written_naturally_are_accepted(tmp_path):
+    text = ("name: pair\nbase_model: tiny-llama\ntraining:\n  max_steps: 10\n"
+            "  learning_rate: 2e-4\n  warmup: 1\n  weight_decay: 0\n"
+            "arms: {control: {train: c.jsonl}, experiment: {train: e.jsonl}}\n")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.training.learning_rate == 2e-4  # YAML 1.1 alone reads "2e-4" as a string
+    assert cfg.training.warmup == 1.0 and cfg.training.weight_decay == 0.0
+
+
+@pytest.mark.parametrize(("extra", "line", "key", "first"),
+                         [("  max_steps: 4\n", 5, "max_steps", 4), ("name: other\n", 5, "name", 1)])
+def test_a_key_given_twice_names_its_line(tmp_path, extra, line, key, first):
+    nested = extra.startswith("  ")
+    text = ("name: pair\nbase_model: tiny-llama\ntraining:\n  max_steps: 3\n" +
+            (extra if nested else "") +
+            "arms: {control: {train: c.jsonl}, experiment: {train: e.jsonl}}\n")
+    if not nested:
+        text = text.replace("arms:", extra + "arms:")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}:{line}: key {key!r} given twice (first on line {first})"
+
+
+def test_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_bytes(b"name: pair\nbase_model: caf\xe9\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:2: not UTF-8 text \(byte 0xe9\)"):
+        load_config(path)
+
+
+def test_special_files_are_refused_without_opening_them(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # opening it would block for ever
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(tmp_path / "loop2.yaml")
+    (tmp_path / "loop2.yaml").symlink_to(loop)
+    folder = tmp_path / "dir.yaml"
+    folder.mkdir()
+    for path, reason in ((fifo, "a FIFO"), (loop, "a symlink loop"), (folder, "a directory")):
+        with pytest.raises(ConfigError, match=f"^{path}: cannot read experiment file: {reason}"):
+            load_config(path)
+
+
+def test_base_model_folder_is_relative_to_the_experiment_file(tmp_path):
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    cfg = load_config(write(tmp_path, base(base_model="models/mine")))
+    assert cfg.base_model == str(tmp_path / "models" / "mine")
+    cfg = load_config(write(tmp_path, base(base_model="./models/mine")))
+    assert cfg.base_model == str(tmp_path / "models" / "mine")
+    hub = load_config(write(tmp_path, base(base_model="meta-llama/Meta-Llama-3-8B")))
+    assert hub.base_model == "meta-llama/Meta-Llama-3-8B"  # no such folder here: a hub id
+
+
+@pytest.mark.parametrize("name", ["./models/nope", "../nope", "/nonexistent/model", "a/b/c",
+                                  "models/"])
+def test_a_base_model_path_that_does_not_exist_says_so(tmp_path, name):
+    path = write(tmp_path, base(base_model=name))
+    with pytest.raises(ConfigError, match=rf"^{path}:\d+: base_model: no such folder: "):
+        load_config(path)
+
+
+@pytest.mark.parametrize("name", ["bad id!", "org/na..me", "org--x/y"])
+def test_a_base_model_that_is_neither_folder_nor_hub_id(tmp_path, name):
+    with pytest.raises(ConfigError, match="is neither a folder .* nor a hub model id"):
+        load_config(write(tmp_path, base(base_model=name)))

@@ -588,3 +588,99 @@ def test_report_ok_and_rows():
     assert report.ok and report.rows == 0
     report.problems.append("x: no such file")
     assert not report.ok
+
+
+# ----------------------------------------------------------------------------- hostile files
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\uDBFF"])
+def test_lone_surrogate_names_the_line_even_with_a_tokenizer(tmp_path, tiny_tokenizer, escape):
+    path = tmp_path / "s.jsonl"
+    good = json.dumps(GOOD)
+    bad = json.dumps(GOOD).replace("4.", f"4. {escape}")
+    pair = json.dumps(chat(("user", "ok \\ud83d\\ude00"), ("assistant", "fine")))  # one emoji
+    path.write_text(f"{good}\n{bad}\n{pair}\n".replace("\\\\u", "\\u"))
+    report = validate_files([path], tokenizer=tiny_tokenizer, max_seq_length=256)
+    assert report.problems == [
+        f"{path}:2: lone surrogate \\u{escape[2:].lower()} in message 3 content: not valid "
+        "Unicode (half of an emoji?); fix or drop this row"]
+    with pytest.raises(DataError, match=f"{path}:2: lone surrogate"):
+        load_examples(path)
+
+
+@pytest.mark.parametrize("text", ['[{"text": "a"}, {"text": "b"}]\n',
+                                  '[\n  {"text": "a"},\n  {"text": "b"}\n]\n',
+                                  '  [{"text": "a"},\n{"text": "b"}]'])
+def test_a_whole_file_json_array_gets_one_message(tmp_path, text):
+    path = tmp_path / "rows.json"
+    path.write_text(text)
+    report = validate_files([path])
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(f"{path}: a JSON array, not JSONL: write one JSON "
+                                         "object per line")
+
+
+def test_a_pretty_printed_object_gets_one_message(tmp_path):
+    path = tmp_path / "row.json"
+    path.write_text(json.dumps(GOOD, indent=2))
+    report = validate_files([path])
+    assert len(report.problems) == 1
+    assert "one JSON object over several lines, not JSONL" in report.problems[0]
+
+
+def test_jsonl_whose_first_row_is_an_array_is_still_checked_by_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(f'[1, 2]\n{json.dumps(GOOD)}\n[3]\n')
+    assert validate_files([path]).problems == [
+        f"{path}:1: not a JSON object (got an array)", f"{path}:3: not a JSON object (got an array)"]
+
+
+@pytest.mark.parametrize("last", ["user", "system"])
+def test_a_conversation_ending_without_an_assistant_turn_warns(tmp_path, last):
+    path = tmp_path / "c.jsonl"
+    row = chat(("user", "q"), ("assistant", "a"), (last, "dangling"))
+    path.write_text(json.dumps(row) + "\n")
+    report = validate_files([path])
+    assert report.ok
+    assert report.warnings == [f"{path}:1: conversation ends with a {last} turn: nothing after "
+                               "the last assistant turn is learned"]
+
+
+def test_fifo_symlink_loop_and_broken_link_are_problems_not_hangs(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(tmp_path / "loop2.jsonl")
+    (tmp_path / "loop2.jsonl").symlink_to(loop)
+    broken = tmp_path / "broken.jsonl"
+    broken.symlink_to(tmp_path / "gone.jsonl")
+    report = validate_files([fifo, loop, broken])
+    assert report.problems == [
+        f"{fifo}: a FIFO (named pipe), not a regular file",
+        f"{loop}: a symlink loop (too many levels of symbolic links)",
+        f"{broken}: a broken symlink (to {tmp_path / 'gone.jsonl'}, which does not exist)"]
+    with pytest.raises(DataError, match="FIFO"):
+        load_examples(fifo)
+
+
+def test_same_data_for_both_arms_or_an_arm_and_eval_warns(tmp_path):
+    from training.data import same_data_warnings
+
+    rows = [GOOD, MULTI]
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    b.write_text(a.read_text())
+    c.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    summaries = validate_files([a, b, c, a]).files
+    same_file = same_data_warnings({"control": summaries[0], "experiment": summaries[3]})
+    assert same_file == [f"control and experiment are the same file ({a}): the pair compares "
+                         "nothing"]
+    copies = same_data_warnings({"control": summaries[0], "eval": summaries[1]})
+    assert copies == [f"control and eval are identical files ({a} and {b}): eval loss would "
+                      "measure memorisation, not generalisation"]
+    shuffled = same_data_warnings({"experiment": summaries[2], "eval": summaries[0]})
+    assert "the same rows in another order" in shuffled[0]
+    other = tmp_path / "d.jsonl"
+    other.write_text(json.dumps(GOOD) + "\n")
+    assert same_data_warnings({"control": summaries[0],
+                               "experiment": validate_files([other]).files[0]}) == []

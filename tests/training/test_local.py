@@ -50,7 +50,10 @@ def test_pair_trains_both_arms_tracks_them_and_is_not_retrained(tiny_model_path,
     assert (pair_dir / "control" / "metrics.json").stat().st_mtime_ns == control_done
     pair_id = pair_dir.name
     manifest = json.loads((pair_dir / "pair.json").read_text())
-    assert pair_id == pair_id_for(load_config(cfg), manifest["data_sha256"])
+    revision = manifest["base_model_revision"]  # pinned before the arms started: in the pair id
+    assert revision.startswith("sha256:")
+    pinned = load_config(cfg).model_copy(update={"base_model_revision": revision})
+    assert pair_id == pair_id_for(pinned, manifest["data_sha256"])
     for arm in ("control", "experiment"):
         metrics = json.loads((pair_dir / arm / "metrics.json").read_text())
         assert {"train_loss", "eval_loss", "perplexity", "tokens_per_second",
@@ -78,6 +81,7 @@ def test_pair_trains_both_arms_tracks_them_and_is_not_retrained(tiny_model_path,
         assert params["data.eval_sha256"] == manifest["data_sha256"]["eval"]
         assert params["config_sha256"] == manifest["config_sha256"]
         assert params["training.learning_rate"] == "0.002"
+        assert params["base_model_revision"] == run.data.tags["base_model_revision"] == revision
         assert params["code_version"]
         metrics = run.data.metrics
         for key in ("train_loss", "eval_loss", "perplexity", "learning_rate", "tokens_per_second"):
@@ -179,7 +183,11 @@ def test_one_arm_failing_keeps_the_other_and_exits_1(tmp_path, tracking_env, tin
     assert json.loads((out / "p1" / "control" / "metrics.json").read_text())["global_step"] == 6
     assert not (out / "p1" / "experiment" / "metrics.json").exists()
     assert re.search(r"experiment\W+failed", proc.stderr)
-    assert f"experiment: failed, see {out / 'p1' / 'experiment' / 'train.log'}" in proc.stderr
+    assert f"experiment: failed (exit 1), see {out / 'p1' / 'experiment' / 'train.log'}" \
+        in proc.stderr
+    # the cause, from the end of the arm's output, is on the console
+    assert re.search(r"experiment \| .*(NotADirectoryError|FileExistsError|Not a directory)",
+                     proc.stderr), proc.stderr[-3000:]
 
 
 def test_missing_data_is_reported_before_the_model_is_fetched(tmp_path, tracking_env):
