@@ -111,11 +111,13 @@ def job_config(cfg, outputs):
               help="With --dry-run: the folder for the job YAMLs and the code snapshot.")
 @click.option("--wait", "wait_", is_flag=True,
               help="Follow the jobs until they end; exit 0 only if every job completed.")
+@click.option("--from-sweep", "from_sweep", default=None, metavar="SWEEP_JOB",
+              help="Apply the best trial of this sweep job (`train sweep`) to both arms.")
 @click.option("--allow-over-budget", is_flag=True,
               help="Submit even if the estimate or the worst case exceeds budget_usd.")
 @click.option("--poll-seconds", type=click.FloatRange(min=0), default=30.0, hidden=True)
-def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, allow_over_budget,
-           poll_seconds):
+def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_sweep,
+           allow_over_budget, poll_seconds):
     """Submit the pair as Azure ML jobs on the stack's GPU cluster, in parallel.
 
     \b
@@ -140,12 +142,15 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, allow_
         console.print("[yellow]warning:[/] the experiment file names a shared eval set but the "
                       "stack has no `eval` data asset (set evalDataPath, `pulumi up`): each arm "
                       "is evaluated on its own holdout, which is not comparable between arms")
+    tags = {}
+    if from_sweep:
+        cfg, tags = _from_sweep(cfg, outputs, from_sweep, console)
     try:
         pair_id = jobs_mod.check_pair_id(pair_id) if pair_id else jobs_mod.azure_pair_id(
             cfg, outputs)
         if force:
             pair_id = f"{pair_id}-{time.strftime('%Y%m%d%H%M%S')}"
-        planned = jobs_mod.plan_pair(cfg, outputs, pair_id, code_version())
+        planned = jobs_mod.plan_pair(cfg, outputs, pair_id, code_version(), tags)
     except jobs_mod.JobSpecError as e:
         cli.bad_input(str(e))
     config_yaml = job_config(cfg, outputs).to_yaml()
@@ -157,6 +162,24 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, allow_
 
     budget_guard(cfg, outputs, allow_over_budget, console)
     _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds)
+
+
+@_azure_errors
+def _from_sweep(cfg, outputs, sweep_job: str, console):
+    """The config with the sweep's best values (for both arms), and the tags that record it."""
+    from training.config import ConfigError
+    from training.jobs import JobSpecError
+    from training.overrides import apply_overrides
+    from training.sweep import best_values
+
+    try:
+        values, arm, trial = best_values(_client(outputs), sweep_job)
+        cfg = apply_overrides(cfg, values, source=f"--from-sweep {sweep_job}")
+    except (JobSpecError, ConfigError) as e:
+        _cli().bad_input(str(e))
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
+    console.print(f"from sweep {sweep_job} (tuned on {arm}, best trial {trial}): {shown}")
+    return cfg, {"from_sweep": sweep_job, "tuned_on_arm": arm, "sweep_trial": trial}
 
 
 def _pinned(cfg, console):

@@ -55,9 +55,11 @@ class ArmJob:
     shm_size: str
     timeout_s: int | None
     inputs: dict[str, str]  # name -> azureml:asset:version (uri_file)
-    output_path: str  # azureml://datastores/<datastore>/paths/pairs/<pair_id>/<arm>/
+    output_path: str | None  # azureml://datastores/<ds>/paths/pairs/<pair_id>/<arm>/ (None: the job's own)
     tags: dict[str, str] = field(default_factory=dict)
     environment_variables: dict[str, str] = field(default_factory=dict)
+    # a sweep trial: the sampled values, passed as `--set field=${{inputs.<name>}}`
+    search_inputs: dict[str, str] = field(default_factory=dict)  # input name -> field
 
     @property
     def command(self) -> str:
@@ -67,6 +69,7 @@ class ArmJob:
             parts.append("--eval-file ${{inputs.eval}}")
         parts += ["--output-dir ${{outputs.arm_dir}}", f"--pair-id {self.pair_id}",
                   f"--replicate {self.replicate}", f"--parent-pair-id {self.parent_pair_id}"]
+        parts += [f"--set {key}=${{{{inputs.{name}}}}}" for name, key in self.search_inputs.items()]
         return " ".join(parts)
 
 
@@ -153,17 +156,23 @@ def plan_pair(cfg: ExperimentConfig, outputs: StackOutputs, pair_id: str, code_v
 
 def check_references(job: ArmJob) -> None:
     """Every ${{inputs.x}} / ${{outputs.x}} in the command exists (the SDK does not check)."""
-    known = {"inputs": set(job.inputs), "outputs": {"arm_dir"}}
+    known = {"inputs": set(job.inputs) | set(job.search_inputs), "outputs": {"arm_dir"}}
     for kind, name in _REFERENCE.findall(job.command):
         if name not in known[kind]:
             raise JobSpecError(f"job {job.name}: the command uses ${{{{{kind}.{name}}}}} but the "
                                f"job has no such {kind[:-1]}")
 
 
-def build_command(job: ArmJob, code_dir: str):
-    """The SDK's Command for one arm (imports azure-ai-ml: call inside commands)."""
+def build_command(job: ArmJob, code_dir: str, search_defaults: dict | None = None):
+    """The SDK's Command for one arm (imports azure-ai-ml: call inside commands). A sweep trial's
+    search inputs get `search_defaults` here and their distributions when the sweep is built."""
     from azure.ai.ml import Input, Output, PyTorchDistribution, command
 
+    inputs = {k: Input(type="uri_file", path=v, mode="ro_mount") for k, v in job.inputs.items()}
+    inputs |= {name: (search_defaults or {}).get(name, 0) for name in job.search_inputs}
+    # A fixed path makes the arm folder survive restarts; sweep trials each get their own.
+    arm_dir = (Output(type="uri_folder", mode="rw_mount", path=job.output_path)
+               if job.output_path else Output(type="uri_folder", mode="rw_mount"))
     return command(
         name=job.name,
         display_name=f"{job.pair_id} {job.arm}",
@@ -175,8 +184,8 @@ def build_command(job: ArmJob, code_dir: str):
         environment=job.environment,
         environment_variables=dict(job.environment_variables),
         compute=job.compute,
-        inputs={k: Input(type="uri_file", path=v, mode="ro_mount") for k, v in job.inputs.items()},
-        outputs={"arm_dir": Output(type="uri_folder", mode="rw_mount", path=job.output_path)},
+        inputs=inputs,
+        outputs={"arm_dir": arm_dir},
         distribution=PyTorchDistribution(process_count_per_instance=job.processes_per_node),
         instance_count=job.instance_count,
         shm_size=job.shm_size,

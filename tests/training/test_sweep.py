@@ -1,0 +1,192 @@
+"""`train sweep` and `train submit --from-sweep`, through the real MLClient and the fake transport."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tests.training.fake_azure import OUTPUTS, FakeAzureML, FakeCredential
+from training.cli import main
+from training.config import load_config, parse_config
+from training.sweep import sweep_problems
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "experiments" / "paired-comments.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _pinned(hub_cache):
+    """The example's base model pins to the cached commit (tests are offline)."""
+
+
+@pytest.fixture
+def fake():
+    return FakeAzureML()
+
+
+@pytest.fixture
+def train(fake, tmp_path):
+    outputs = tmp_path / "out.json"
+    outputs.write_text(json.dumps(OUTPUTS))
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [*args, "--outputs-file", str(outputs)],
+                                  obj={"azure_transport": fake,
+                                       "azure_credential": FakeCredential()})
+
+    return invoke
+
+
+def with_sweep(tmp_path, **sweep):
+    data = yaml.safe_load(CONFIG.read_text())
+    data["sweep"] = {**data["sweep"], **sweep}
+    path = tmp_path / "pair.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_sweep_job_body(train, fake):
+    result = train("sweep", "--config", str(CONFIG))
+    assert result.exit_code == 0, result.output
+    (put,) = fake.sent("PUT", "/jobs/")
+    body = put.body["properties"]
+    assert put.path.endswith("-sweep-control")
+    assert body["jobType"] == "Sweep"
+    assert body["samplingAlgorithm"]["samplingAlgorithmType"] == "Random"
+    assert body["objective"] == {"goal": "minimize", "primaryMetric": "eval_loss"}
+    low, high = body["searchSpace"]["training_learning_rate"][1]
+    assert (low, high) == pytest.approx((math.log(5e-5), math.log(5e-4)))  # Azure: exponents
+    assert body["searchSpace"]["lora_r"] == ["choice", [[8, 16, 32]]]
+    assert body["limits"]["maxTotalTrials"] == 12 and body["limits"]["maxConcurrentTrials"] == 4
+    assert body["limits"]["timeout"] == "P1D" and body["limits"]["trialTimeout"] == "PT10H"
+    assert body["earlyTermination"]["policyType"] == "Bandit"
+    command = body["trial"]["command"]
+    assert "--set training.learning_rate=${{search_space.training_learning_rate}}" in command
+    assert "--set lora.r=${{search_space.lora_r}}" in command
+    assert "--arm control" in command and "control-train" in json.dumps(body["inputs"])
+    assert "uri" not in body["outputs"]["arm_dir"]  # every trial writes its own folder
+    assert body["tags"]["tuned_on_arm"] == "control"
+    assert body["tags"]["pair_id"].endswith("-sweep-control")  # never the pair's own id
+    again = train("sweep", "--config", str(CONFIG))
+    assert again.exit_code == 0 and "exists already" in again.output
+    assert len(fake.sent("PUT", "/jobs/")) == 1
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"sampling": "grid"}, "grid sampling takes only choice"),
+    ({"sampling": "bayesian"}, "bayesian sampling takes choice, uniform or quniform"),
+    ({"sampling": "bayesian", "search_space": {"lora.r": {"type": "choice", "values": [8]}}},
+     "bayesian sampling takes no early termination"),
+    ({"search_space": {"training.nonsense": {"type": "choice", "values": [1]}}},
+     "not a field of training or lora"),
+    ({"search_space": {"name": {"type": "choice", "values": ["x"]}}},
+     "not a field of training or lora"),
+    ({"search_space": {"lora.r": {"type": "uniform", "min_value": 4, "max_value": 64}}},
+     "an integer field"),
+    ({"search_space": {"training.learning_rate": {"type": "uniform", "min_value": -1,
+                                                  "max_value": 1}}}, "learning_rate"),
+    ({"search_space": {"training.learning_rate": {"type": "uniform", "min_value": 1e-3,
+                                                  "max_value": 1e-4}}}, "min_value must be below"),
+    ({"search_space": {"training.learning_rate": {"type": "choice", "values": ["fast"]}}},
+     "learning_rate"),
+    ({"search_space": {"training.learning_rate": {"type": "quniform", "min_value": 1e-5,
+                                                  "max_value": 1e-3}}}, "q goes with quniform"),
+    ({"objective": "accuracy"}, "sweep.objective"),
+    ({"max_total_trials": 1001}, "sweep.max_total_trials"),
+    ({"max_total_trials": 0}, "sweep.max_total_trials"),
+    ({"max_concurrent_trials": 101}, "sweep.max_concurrent_trials"),
+    ({"early_termination": {"type": "optimistic"}}, "sweep.early_termination"),
+])
+def test_every_sweep_error_is_exit_2_before_any_request(train, fake, tmp_path, sweep, message):
+    result = train("sweep", "--config", str(with_sweep(tmp_path, **sweep)))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not fake.sent("PUT")
+
+
+def test_no_sweep_section_and_no_stack(tmp_path):
+    data = yaml.safe_load(CONFIG.read_text())
+    del data["sweep"]
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert "no sweep section" in sweep_problems(load_config(path))[0]
+    result = CliRunner().invoke(main, ["sweep", "--config", str(CONFIG)])
+    assert result.exit_code == 2 and "--stack" in result.output
+
+
+def test_grid_of_choices_is_valid():
+    cfg = load_config(CONFIG)
+    data = cfg.model_dump(mode="json")
+    data["sweep"]["sampling"] = "grid"
+    data["sweep"]["search_space"] = {"lora.r": {"type": "choice", "values": [8, 16]},
+                                     "training.warmup": {"type": "choice", "values": [0.0, 0.1]}}
+    assert sweep_problems(parse_config(data, "x")) == []
+
+
+def test_dry_run_sweep_yaml_round_trips(train, fake, tmp_path):
+    from azure.ai.ml import load_job
+
+    out = tmp_path / "sweep"
+    result = train("sweep", "--config", str(CONFIG), "--dry-run", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert fake.requests == []
+    (path,) = out.glob("*.yml")
+    job = load_job(path)
+    assert job.type == "sweep"
+    assert str(getattr(job.sampling_algorithm, "type", job.sampling_algorithm)) == "random"
+    assert "${{search_space.lora_r}}" in job.trial.command
+    assert set(job.search_space) == {"training_learning_rate", "lora_r"}
+    assert job.limits.max_total_trials == 12
+
+
+def _finished_sweep(fake, train):
+    assert train("sweep", "--config", str(CONFIG)).exit_code == 0
+    name = next(iter(fake.jobs))
+    fake.jobs[name]["properties"]["status"] = "Completed"
+    fake.jobs[name]["properties"]["properties"]["best_child_run_id"] = f"{name}_3"
+    trial = json.loads(json.dumps(fake.jobs[name]["properties"]["trial"]))
+    fake.jobs[f"{name}_3"] = {
+        "id": fake._job_id(f"{name}_3"), "name": f"{name}_3", "type": "x",
+        "properties": {"jobType": "Command", "status": "Completed", "properties": {},
+                       "command": trial["command"], "environmentId": trial["environmentId"],
+                       "codeId": trial["codeId"], "computeId": "gpu-cluster",
+                       "inputs": {"training_learning_rate": {"jobInputType": "literal",
+                                                             "value": "0.00012"},
+                                  "lora_r": {"jobInputType": "literal", "value": "32"}}}}
+    return name
+
+
+def test_from_sweep_applies_the_best_trial_to_both_arms(train, fake, tmp_path):
+    name = _finished_sweep(fake, train)
+    out = tmp_path / "jobs"
+    dry = train("submit", "--config", str(CONFIG), "--from-sweep", name, "--dry-run",
+                "--out", str(out))
+    assert dry.exit_code == 0, dry.output
+    shipped = yaml.safe_load((out / "code" / "pair.yaml").read_text())
+    assert shipped["training"]["learning_rate"] == 0.00012 and shipped["lora"]["r"] == 32
+
+    result = train("submit", "--config", str(CONFIG), "--from-sweep", name)
+    assert result.exit_code == 0, result.output
+    bodies = [r.body["properties"] for r in fake.sent("PUT", "/jobs/")
+              if not r.path.endswith("-sweep-control")]
+    assert len(bodies) == 2
+    tags = [b["tags"] for b in bodies]
+    assert {t["arm"] for t in tags} == {"control", "experiment"}
+    for t in tags:
+        assert (t["from_sweep"], t["tuned_on_arm"], t["sweep_trial"]) == (
+            name, "control", f"{name}_3")
+    assert tags[0]["config_sha256"] == tags[1]["config_sha256"]
+    assert tags[0]["config_sha256"] != load_config(CONFIG).sha256()  # the tuned values count
+
+
+def test_from_sweep_without_a_best_trial_is_exit_2(train, fake):
+    assert train("sweep", "--config", str(CONFIG)).exit_code == 0
+    name = next(iter(fake.jobs))
+    result = train("submit", "--config", str(CONFIG), "--from-sweep", name)
+    assert result.exit_code == 2 and "no best trial yet" in result.output
+    missing = train("submit", "--config", str(CONFIG), "--from-sweep", "nope")
+    assert missing.exit_code == 2 and "no such job" in missing.output
+    assert len(fake.sent("PUT")) == 1

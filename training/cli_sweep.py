@@ -1,0 +1,116 @@
+"""`train sweep`: tune hyperparameters on one arm with an Azure ML sweep job.
+
+`train submit --from-sweep SWEEP_JOB` then applies the best trial's values to both arms.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+
+from training.cli_azure import _azure_errors, _cli, _client, _pinned, job_config, stack_options
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="The experiment file (YAML) with a `sweep:` section.")
+@stack_options
+@click.option("--arm", type=click.Choice(["control", "experiment"]), default="control",
+              show_default=True, help="The arm the hyperparameters are tuned on.")
+@click.option("--dry-run", is_flag=True, help="Write the sweep job as YAML to --out; send nothing.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="With --dry-run: the folder for the job YAML and the code snapshot.")
+def sweep(config_path, outputs, arm, dry_run, out_dir):
+    """Tune hyperparameters on ONE arm with an Azure ML sweep job (trials in parallel).
+
+    \b
+    train sweep --stack dev --config experiments/paired-comments.yaml
+    train submit --stack dev --config experiments/paired-comments.yaml --from-sweep SWEEP_JOB
+
+    Fairness: the pair must share its hyperparameters, so they are tuned on one arm and applied
+    to both. Tuning on the control arm (the default) biases the comparison against the
+    experiment arm, which is the conservative direction; the pair's jobs record the arm the
+    values were tuned on (tag tuned_on_arm) and the sweep job (tag from_sweep).
+    """
+    from training import jobs as jobs_mod
+    from training.sweep import build_sweep_job, plan_sweep
+    from training.tracking import code_version
+
+    cli = _cli()
+    console = cli._console()
+    if dry_run != (out_dir is not None):
+        cli.bad_input("--dry-run and --out go together: --dry-run --out DIR")
+    cfg = _pinned(cli._load(config_path), console)
+    try:
+        template = plan_sweep(cfg, outputs, jobs_mod.azure_pair_id(cfg, outputs), arm,
+                              code_version())
+    except jobs_mod.JobSpecError as e:
+        cli.bad_input(str(e))
+    config_yaml = job_config(cfg, outputs).to_yaml()
+    if dry_run:
+        _dry_run(template, cfg, config_yaml, out_dir, console)
+        return
+    _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job)
+
+
+def sweep_yaml(template, cfg, code_dir: str) -> str:
+    """The sweep job as YAML that `load_job` / `az ml job create -f` accept."""
+    import io
+
+    import yaml
+
+    from training.sweep import build_sweep_job
+
+    buf = io.StringIO()
+    build_sweep_job(template, cfg.sweep, code_dir).dump(buf)
+    data = yaml.safe_load(buf.getvalue())
+    # The dump writes the trial as a whole command job and a local folder as `azureml:<path>`;
+    # the sweep YAML schema wants the trial's own fields only, its sampled values referenced as
+    # ${{search_space.x}} (inputs and outputs live on the sweep).
+    trial = {k: v for k, v in data["trial"].items() if k in TRIAL_FIELDS}
+    trial["code"] = code_dir
+    for name in data.get("search_space", {}):
+        trial["command"] = trial["command"].replace(f"${{{{inputs.{name}}}}}",
+                                                    f"${{{{search_space.{name}}}}}")
+    data["trial"] = trial
+    return yaml.safe_dump(data, sort_keys=False, width=100)
+
+
+TRIAL_FIELDS = ("code", "command", "environment", "environment_variables", "distribution",
+                "resources")
+
+
+def _dry_run(template, cfg, config_yaml, out_dir: Path, console) -> None:
+    from training.backends.azureml import stage_code
+
+    if out_dir.exists() and not out_dir.is_dir():
+        _cli().bad_input(f"--out {out_dir}: exists and is not a folder")
+    stage_code(out_dir / "code", config_yaml)
+    path = out_dir / f"{template.name}.yml"
+    path.write_text(sweep_yaml(template, cfg, "./code"), encoding="utf-8")
+    console.print(f"wrote {path} (nothing was sent)")
+
+
+@_azure_errors
+def _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job) -> None:
+    from training.backends.azureml import AzurePair, stage_code, view
+
+    pair = AzurePair(_client(outputs))
+    existing = pair.get(template.name)
+    if existing is None:
+        with tempfile.TemporaryDirectory(prefix="paired-finetune-code-") as tmp:
+            code = stage_code(Path(tmp), config_yaml)
+            existing = pair.client.jobs.create_or_update(
+                build_sweep_job(template, cfg.sweep, str(code)))
+        console.print(f"sweep [bold]{template.name}[/] submitted on the {template.arm} arm")
+    else:
+        console.print(f"sweep [bold]{template.name}[/] exists already: nothing created")
+    v = view(existing)
+    console.print(f"status {v.status}: {v.studio_url or ''}", overflow="ignore", crop=False)
+    console.print(f"when it has finished: train submit --from-sweep {template.name} "
+                  "--config ... (same --stack / --outputs-file)")
+
+
+COMMANDS = [sweep]

@@ -1,0 +1,195 @@
+"""Hyperparameter sweeps on one arm, and carrying the best trial's values to both arms.
+
+Azure ML checks a sweep's rules only after submission (a grid of `uniform`s, bayesian sampling with
+an early termination policy...); `sweep_problems` checks them here first, each naming the field:
+
+- grid sampling takes only `choice`;
+- bayesian sampling takes `choice`, `uniform` and `quniform`, and no early termination;
+- a parameter must be a field of `training` or `lora`, and its values valid for that field;
+- 1-1000 trials in all, 1-100 at once (the schema enforces those ranges).
+
+Each trial is the arm's job with `--set field=${{inputs.<name>}}` for every sampled field; the
+recipe validates the values like the file. Tuning on the control arm biases the comparison against
+the experiment arm: the conservative direction.
+"""
+
+from __future__ import annotations
+
+import math
+
+from training.config import ExperimentConfig, SweepSettings
+from training.jobs import ArmJob, JobSpecError, build_command, plan_pair
+
+BAYESIAN_TYPES = {"choice", "uniform", "quniform"}
+
+
+def input_name(field: str) -> str:
+    """`training.learning_rate` -> `training_learning_rate` (job input names have no dots)."""
+    return field.replace(".", "_")
+
+
+def field_of(name: str) -> str:
+    section, _, rest = name.partition("_")
+    return f"{section}.{rest}"
+
+
+def sweep_problems(cfg: ExperimentConfig) -> list[str]:
+    """Every reason Azure ML would reject this sweep (or a trial would fail), as `sweep.x: why`."""
+    from training.config import ConfigError
+    from training.overrides import apply_overrides, tunable_fields
+
+    sweep = cfg.sweep
+    if sweep is None:
+        return ["sweep: the experiment file has no sweep section (search_space, sampling, ...)"]
+    problems = []
+    fields = tunable_fields()
+    for key, p in sweep.search_space.items():
+        where = f"sweep.search_space.{key}"
+        if key not in fields:
+            problems.append(f"{where}: not a field of training or lora")
+            continue
+        if sweep.sampling == "grid" and p.type != "choice":
+            problems.append(f"{where}: grid sampling takes only choice (got {p.type})")
+        if sweep.sampling == "bayesian" and p.type not in BAYESIAN_TYPES:
+            problems.append(f"{where}: bayesian sampling takes choice, uniform or quniform "
+                            f"(got {p.type})")
+        if p.type == "choice":
+            if not p.values or p.min_value is not None or p.max_value is not None or p.q:
+                problems.append(f"{where}: choice takes `values` (a list) only")
+                continue
+            samples = list(p.values)
+        else:
+            if p.values is not None or p.min_value is None or p.max_value is None:
+                problems.append(f"{where}: {p.type} takes min_value and max_value")
+                continue
+            if p.min_value >= p.max_value:
+                problems.append(f"{where}: min_value must be below max_value")
+                continue
+            if p.type == "loguniform" and p.min_value <= 0:
+                problems.append(f"{where}: loguniform needs min_value > 0")
+                continue
+            if (p.type == "quniform") != (p.q is not None):
+                problems.append(f"{where}: q goes with quniform only")
+                continue
+            if fields[key] in (int, int | None) and p.type != "quniform":
+                problems.append(f"{where}: an integer field: use choice, or quniform with an "
+                                "integer q")
+                continue
+            if p.type == "quniform" and fields[key] in (int, int | None) and not float(
+                    p.q).is_integer():
+                problems.append(f"{where}: an integer field needs an integer q")
+                continue
+            samples = [p.min_value, p.max_value]
+        for value in samples:  # the values a trial may get must pass the recipe's validation
+            try:
+                apply_overrides(cfg, {key: value}, source=where)
+            except ConfigError as e:
+                problems.append(str(e).splitlines()[-1].strip() + f" ({where}, value {value!r})")
+                break
+    if sweep.sampling == "bayesian" and sweep.early_termination is not None:
+        problems.append("sweep.early_termination: bayesian sampling takes no early termination")
+    if sweep.max_concurrent_trials > sweep.max_total_trials:
+        problems.append("sweep.max_concurrent_trials: more than max_total_trials")
+    return problems
+
+
+def sweep_name(pair_id: str, arm: str) -> str:
+    return f"{pair_id}-sweep-{arm}"
+
+
+def plan_sweep(cfg: ExperimentConfig, outputs, pair_id: str, arm: str,
+               code_version: str) -> ArmJob:
+    """The trial template: the arm's job with the sampled fields as inputs and no fixed output
+    path (each trial writes its own folder). Raises JobSpecError."""
+    problems = sweep_problems(cfg)
+    if problems:
+        raise JobSpecError("the sweep is not valid:\n  " + "\n  ".join(problems))
+    single = cfg.model_copy(update={"training": cfg.training.model_copy(update={"replicates": 1})})
+    job = next(j for j in plan_pair(single, outputs, pair_id, code_version) if j.arm == arm)
+    search = {input_name(k): k for k in cfg.sweep.search_space}
+    # Trials are tagged with the sweep's own id, never the pair's: `train compare PAIR` must not
+    # find a trial as one of the pair's arms.
+    name = sweep_name(pair_id, arm)
+    tags = {**job.tags, "pair_id": name, "sweep_of": pair_id, "tuned_on_arm": arm}
+    template = ArmJob(**{**vars(job), "name": name, "pair_id": name, "parent_pair_id": name,
+                         "output_path": None, "search_inputs": search, "tags": tags})
+    from training.jobs import check_references
+
+    check_references(template)
+    return template
+
+
+def _distribution(p):
+    from azure.ai.ml.sweep import Choice, LogUniform, QUniform, Uniform
+
+    if p.type == "choice":
+        return Choice(values=list(p.values))
+    if p.type == "uniform":
+        return Uniform(min_value=p.min_value, max_value=p.max_value)
+    if p.type == "loguniform":  # Azure's bounds are exponents: the values are exp(uniform(a, b))
+        return LogUniform(min_value=math.log(p.min_value), max_value=math.log(p.max_value))
+    return QUniform(min_value=p.min_value, max_value=p.max_value, q=p.q)
+
+
+def _policy(et):
+    from azure.ai.ml.sweep import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy
+
+    if et is None:
+        return None
+    common = {"evaluation_interval": et.evaluation_interval,
+              "delay_evaluation": et.delay_evaluation}
+    if et.type == "bandit":
+        return BanditPolicy(slack_factor=et.slack_factor, **common)
+    if et.type == "median":
+        return MedianStoppingPolicy(**common)
+    return TruncationSelectionPolicy(truncation_percentage=et.truncation_percentage, **common)
+
+
+def build_sweep_job(template: ArmJob, sweep: SweepSettings, code_dir: str):
+    """The SDK's SweepJob (imports azure-ai-ml)."""
+    defaults = {}
+    for key, p in sweep.search_space.items():
+        defaults[input_name(key)] = p.values[0] if p.type == "choice" else p.min_value
+    command = build_command(template, code_dir, defaults)
+    trial = command(**{input_name(k): _distribution(p) for k, p in sweep.search_space.items()})
+    job = trial.sweep(compute=template.compute, sampling_algorithm=sweep.sampling,
+                      primary_metric=sweep.objective, goal="Minimize",
+                      early_termination_policy=_policy(sweep.early_termination))
+    job.set_limits(max_total_trials=sweep.max_total_trials,
+                   max_concurrent_trials=sweep.max_concurrent_trials,
+                   timeout=sweep.timeout_minutes * 60 if sweep.timeout_minutes else None,
+                   trial_timeout=template.timeout_s)
+    job.name = template.name
+    job.display_name = f"{template.pair_id} sweep on {template.arm}"
+    job.experiment_name = template.experiment_name
+    job.tags = dict(template.tags)
+    return job
+
+
+def best_values(client, sweep_job_name: str) -> tuple[dict, str, str]:
+    """(field -> value of the best trial, the arm it was tuned on, the best trial's name).
+    Raises JobSpecError when the sweep has no best trial yet."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from training.overrides import parse_scalar
+
+    try:
+        sweep = client.jobs.get(sweep_job_name)
+    except ResourceNotFoundError:
+        raise JobSpecError(f"--from-sweep {sweep_job_name}: no such job in this workspace") from None
+    if getattr(sweep, "type", None) != "sweep":
+        raise JobSpecError(f"--from-sweep {sweep_job_name}: a {sweep.type} job, not a sweep")
+    best = (sweep.properties or {}).get("best_child_run_id")
+    if not best:
+        raise JobSpecError(f"--from-sweep {sweep_job_name}: no best trial yet (status "
+                           f"{sweep.status}); wait for the sweep to finish")
+    trial = client.jobs.get(best)
+    names = set(sweep.search_space or {})
+    values = {}
+    for name, value in (trial.inputs or {}).items():
+        if name in names:
+            value = getattr(value, "_data", value)
+            # the service hands literal inputs back as text: read them as the sampler wrote them
+            values[field_of(name)] = parse_scalar(value) if isinstance(value, str) else value
+    arm = (sweep.tags or {}).get("tuned_on_arm", "?")
+    return values, arm, best
