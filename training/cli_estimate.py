@@ -93,7 +93,7 @@ def count_data(cfg) -> tuple[dict, int | None, str]:
 
 
 def n_params_of(cfg) -> int:
-    from training.memory import model_shape
+    from training.model_shape import model_shape
 
     return model_shape(cfg.base_model, cfg.base_model_revision).n_params
 
