@@ -467,6 +467,14 @@ from training.cli_estimate import COMMANDS as _ESTIMATE_COMMANDS  # noqa: E402
 for _command in _AZURE_COMMANDS + _ESTIMATE_COMMANDS:
     main.add_command(_command)
 
+from training.cli_assets import COMMANDS as _ASSET_COMMANDS  # noqa: E402
+from training.cli_assets import DATA_COMMANDS as _DATA_COMMANDS  # noqa: E402
+
+for _command in _ASSET_COMMANDS:
+    main.add_command(_command)
+for _command in _DATA_COMMANDS:
+    data.add_command(_command)
+
 
 if __name__ == "__main__":
     main()
