@@ -199,5 +199,5 @@ def test_a_base_model_path_that_does_not_exist_says_so(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["bad id!", "org/na..me", "org--x/y"])
 def test_a_base_model_that_is_neither_folder_nor_hub_id(tmp_path, name):
-    with pytest.raises(ConfigError, match="is neither a folder .* nor a hub model id"):
+    with pytest.raises(ConfigError, match=r"is neither a folder .* nor a hub model id"):
         load_config(write(tmp_path, base(base_model=name)))
