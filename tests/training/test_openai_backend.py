@@ -7,7 +7,13 @@ retry-after honoured; and the MLflow runs `train compare` reads, with no key any
 """
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -327,3 +333,58 @@ def test_seed_replicates_are_refused(tmp_path):
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"replicates": 2})})
     with pytest.raises(backend.HostedError, match="replicates"):
         backend.prepare(cfg, count=count_words)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (a remote store, as the workspace's is), reached over
+    HTTP; about 20 s to start on 2 busy cores."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (folder / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'store.db'}",
+         "--default-artifact-root", str(folder / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("mlflow server did not start:\n"
+                                + (folder / "server.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield url, folder
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_metrics_logged_to_a_remote_mlflow_server(service, tmp_path, mlflow_server):
+    import mlflow
+
+    url, folder = mlflow_server
+    client = client_for(service)
+    submitted = backend.submit_pair(client, prepared(tmp_path), poll=0.01, say=quiet)
+    jobs = backend.wait_pair(client, submitted.pair_id, poll=0.01, sleep=lambda s: None)
+    runs = backend.log_pair(client, submitted.pair_id, jobs, url)
+
+    ml = mlflow.MlflowClient(url)
+    exp = ml.get_experiment_by_name("hosted-pair")
+    found = ml.search_runs([exp.experiment_id], f"tags.pair_id = '{submitted.pair_id}'")
+    assert {r.data.tags["arm"]: r.info.run_id for r in found} == runs
+    history = ml.get_metric_history(runs["control"], "eval_batch_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.9), (2, 1.6), (3, 1.4)]
+    assert KEY.encode() not in (folder / "store.db").read_bytes()
