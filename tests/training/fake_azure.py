@@ -222,7 +222,8 @@ class FakeAzureML(HttpTransport):
         if job is None:
             return _response(request, 404, _error("UserError", f"job {match['name']} not found"))
         job["properties"]["status"] = "Canceled"
-        return _response(request, 202, None, {"Location": request.url.replace("/cancel", "")})
+        return _response(request, 202, None, {"Location": request.url.replace("/cancel", ""),
+                                              "Retry-After": "0"})
 
     def _code_asset(self, name, version, digest):
         return {
