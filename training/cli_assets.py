@@ -7,6 +7,7 @@ before the first request: bad input is exit 2, a refused or failed request exit 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -127,5 +128,124 @@ def _upload(outputs, local: dict, console) -> None:
         sys.exit(EXIT_FAILED)
 
 
-COMMANDS: list = []
+# ----------------------------------------------------------------------------- register
+@click.command()
+@click.argument("pair_id")
+@click.option("--stack", default=None, metavar="NAME",
+              help="Register in this Pulumi stack's Azure ML workspace (runs `pulumi stack "
+                   "output`).")
+@click.option("--outputs-file", type=click.Path(path_type=Path), default=None,
+              help="The stack outputs saved as JSON, instead of --stack.")
+@click.option("--pulumi-dir", type=click.Path(path_type=Path), default=Path("."),
+              show_default=True, help="The folder that holds Pulumi.yaml.")
+@click.option("--tracking-uri", default=None,
+              help="Locally: the MLflow store whose model registry gets the models [default: "
+                   "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("runs"),
+              show_default=True, help="Locally: the folder `train run` wrote the pair to.")
+@click.option("--name", default=None,
+              help="Models are NAME-control and NAME-experiment [default: the experiment's "
+                   "name; on Azure the jobs' experiment].")
+@click.option("--replicate", type=click.IntRange(min=0), default=None,
+              help="With seed replicates: which one to register.")
+def register(pair_id, stack, outputs_file, pulumi_dir, tracking_uri, output_dir, name,
+             replicate):
+    """Register both arms' final models of PAIR, tagged with the pair.
+
+    \b
+    train register PAIR --stack dev           # Azure ML: the jobs' outputs, by reference
+    train register PAIR                       # local: runs/PAIR/<arm>/model into MLflow's registry
+
+    Models are NAME-control and NAME-experiment, each version tagged pair_id, arm, the final
+    metrics (final_eval_loss, ...), the training data (data asset ids, or sha256 locally) and
+    the pair's provenance. Both arms must have finished (exit 1 otherwise, nothing registered).
+    Registering again adds no version: a model already tagged with this pair id is reported.
+    """
+    cli = _cli()
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,240}", name):
+        cli.bad_input(f"--name {name!r}: letters, digits, - _ . (a model name)")
+    if stack or outputs_file:
+        if tracking_uri:
+            cli.bad_input("--tracking-uri is for local pairs; with --stack/--outputs-file the "
+                          "models go to the workspace")
+        from training.stack import StackError, load_outputs
+
+        try:
+            outputs = load_outputs(stack, outputs_file, pulumi_dir)
+        except StackError as e:
+            cli.bad_input(str(e))
+        _register_azure(outputs, pair_id, name, replicate)
+    else:
+        _register_local(pair_id, tracking_uri, output_dir, name, replicate)
+
+
+def _print_registered(done, console) -> None:
+    for r in done:
+        what = "registered" if r.created else "already registered (nothing new)"
+        console.print(f"{r.arm}: {r.name} version {r.version}: {what}")
+
+
+@_azure_errors
+def _register_azure(outputs, pair_id, name, replicate) -> None:
+    from training import register as reg
+    from training.backends.azureml import AzurePair
+    from training.cli_azure import _pair_jobs
+
+    cli = _cli()
+    console = cli._console()
+    client = _client(outputs)
+    jobs = _pair_jobs(AzurePair(client), pair_id)
+    obj = click.get_current_context().obj or {}
+    uri: list = []
+    notes: list[str] = []
+
+    def metrics_for(job, arm):
+        if not uri:
+            uri.append(obj.get("mlflow_tracking_uri")
+                       or client.workspaces.get(outputs.workspace_name).mlflow_tracking_uri)
+        tags, _, note = reg.run_metrics(uri[0], job.name, pair_id, arm, job.experiment_name)
+        if note:
+            notes.append(f"{arm}: {note}")
+        return tags, note
+
+    try:
+        models = reg.azure_models(jobs, pair_id, name, replicate, metrics_for)
+    except reg.BadPair as e:
+        cli.bad_input(str(e))
+    except reg.NotFinished as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_FAILED)
+    for note in notes:
+        console.print(f"[yellow]note:[/] final metrics not tagged: {note}")
+    _print_registered(reg.register_azure(client, models), console)
+
+
+def _register_local(pair_id, tracking_uri, output_dir, name, replicate) -> None:
+    from training import register as reg
+    from training.tracking import tracking_uri as resolve_uri
+
+    cli = _cli()
+    console = cli._console()
+    try:
+        models, manifest = reg.local_models(output_dir, pair_id, name, replicate)
+    except reg.BadPair as e:
+        cli.bad_input(str(e))
+    except reg.NotFinished as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_FAILED)
+    uri = resolve_uri(tracking_uri)
+    try:
+        done = reg.register_mlflow(uri, models, manifest.get("name"))
+    except reg.NotFinished as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_FAILED)
+    except Exception as e:  # a bad URI, a store that is down: one line, not a traceback
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        click.echo(f"error: MLflow model registry at {uri}: {first}", err=True)
+        sys.exit(EXIT_FAILED)
+    console.print(f"MLflow model registry: {uri}")
+    _print_registered(done, console)
+
+
+COMMANDS = [register]
 DATA_COMMANDS = [data_upload]
