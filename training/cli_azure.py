@@ -133,7 +133,7 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
 
     cli = _cli()
     console = cli._console()
-    cfg = _pinned(cli._load(config_path), console)
+    cfg = _pinned(cli._load(config_path), console, required=not dry_run)
     if dry_run != (out_dir is not None):
         cli.bad_input("--dry-run and --out go together: --dry-run --out DIR")
     if pair_id and force:
@@ -182,9 +182,10 @@ def _from_sweep(cfg, outputs, sweep_job: str, console):
     return cfg, {"from_sweep": sweep_job, "tuned_on_arm": arm, "sweep_trial": trial}
 
 
-def _pinned(cfg, console):
+def _pinned(cfg, console, required: bool = True):
     """The config with its base model pinned to one revision, resolved here once: both jobs load
-    exactly that, however far apart they start."""
+    exactly that, however far apart they start. A dry run (required=False) that cannot pin goes
+    on unpinned, and says so."""
     from training.base_model import BaseModelError, kind_of, pin
 
     if kind_of(cfg.base_model) == "local":
@@ -193,7 +194,11 @@ def _pinned(cfg, console):
     try:
         cfg, pinned = pin(cfg, on_note=lambda text: console.print(f"[yellow]note:[/] {text}"))
     except BaseModelError as e:
-        _cli().bad_input(str(e))
+        if required:
+            _cli().bad_input(str(e))
+        console.print(f"[yellow]warning:[/] {e}\n  the job files leave the base model unpinned "
+                      "(base_model_revision: null); `train submit` without --dry-run refuses that")
+        return cfg
     console.print(f"base model {cfg.base_model} pinned to {pinned.revision} ({pinned.source})")
     return cfg
 

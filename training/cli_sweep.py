@@ -42,7 +42,7 @@ def sweep(config_path, outputs, arm, dry_run, out_dir):
     console = cli._console()
     if dry_run != (out_dir is not None):
         cli.bad_input("--dry-run and --out go together: --dry-run --out DIR")
-    cfg = _pinned(cli._load(config_path), console)
+    cfg = _pinned(cli._load(config_path), console, required=not dry_run)
     try:
         template = plan_sweep(cfg, outputs, jobs_mod.azure_pair_id(cfg, outputs), arm,
                               code_version())
