@@ -172,6 +172,9 @@ def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):
 
     cli = _cli()
     cfg = cli._load(config_path)
+    if cfg.backend != "azureml":
+        _hosted_estimate(cfg, fmt)
+        return
     outputs = None
     if stack or outputs_file:
         try:
@@ -183,6 +186,37 @@ def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):
         click.echo(json.dumps(est.to_dict(), indent=2))
     else:
         render(est, cli._console())
+
+
+def _hosted_estimate(cfg, fmt: str) -> None:
+    """A managed fine-tuning service bills training tokens: tokens x epochs x price per million."""
+    from training import hosted
+    from training.backends.openai import HostedError, prepare
+    from training.hosted_cost import estimate_pair_cost
+
+    try:
+        prepared = prepare(cfg)
+        costs = estimate_pair_cost(prepared.report, cfg.base_model, cfg.openai.n_epochs,
+                                   token_limit=cfg.openai.example_token_limit)
+    except (HostedError, hosted.HostedInputError) as e:
+        _cli().bad_input(str(e))
+    total = sum(c.usd for c in costs.values())
+    if fmt == "json":
+        from dataclasses import asdict
+
+        click.echo(json.dumps({"backend": cfg.backend, "model": cfg.base_model,
+                               "arms": {a: asdict(c) for a, c in costs.items()},
+                               "cost_usd": total, "budget_usd": cfg.budget_usd}, indent=2))
+        return
+    console = _cli()._console()
+    console.print(f"{cfg.backend}: {cfg.base_model}; cost = billed training tokens (tokens per "
+                  "epoch x epochs) x price per million")
+    for arm, c in costs.items():
+        console.print(f"  {arm:<10} {c.n_examples:,} examples, {c.tokens_per_epoch:,} tokens x "
+                      f"{c.n_epochs} epochs = {c.billed_tokens:,} tokens x {c.usd_per_million:g} "
+                      f"USD/M (prices {c.prices_as_of}) = {c.usd:,.2f} USD")
+    console.print(f"pair: [bold]{total:,.2f} USD[/]"
+                  + (f" (budget_usd {cfg.budget_usd:,.2f})" if cfg.budget_usd else ""))
 
 
 def guarded_estimate(cfg, outputs, mfu=None):

@@ -143,3 +143,15 @@ def test_submit_refuses_a_pair_over_budget(tmp_path, hub_cache):
     allowed = _run([*args, "--allow-over-budget"], fake)
     assert allowed.exit_code == 0, allowed.output
     assert len(fake.sent("PUT")) == 2
+
+
+def test_hosted_backend_is_priced_from_billed_tokens():
+    result = _run(["estimate", "--config", str(REPO / "experiments" / "hosted-openai.yaml"),
+                   "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    arm = data["arms"]["control"]
+    assert arm["billed_tokens"] == arm["tokens_per_epoch"] * arm["n_epochs"]
+    assert arm["usd"] == pytest.approx(arm["billed_tokens"] / 1e6 * arm["usd_per_million"],
+                                       abs=1e-4)
+    assert data["cost_usd"] == pytest.approx(arm["usd"] + data["arms"]["experiment"]["usd"])
