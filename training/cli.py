@@ -309,12 +309,24 @@ def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
             print_report(e.report, console)
         bad_input(str(e))
     _print_warnings(ready.warnings, console)
+    data_warnings = ready.report.warnings
+    _print_warnings(data_warnings[:5], console)
+    if len(data_warnings) > 5:
+        console.print(f"... and {len(data_warnings) - 5} more data warnings (train data validate "
+                      f"--config {config_path} lists them)", style="yellow", highlight=False)
     cfg = ready.cfg  # pinned: the revision is part of the pair id
+    _check_memory(cfg, len(arms), console)
     pair_id = pair_id or pair_id_for(cfg, ready.hashes)
     pair_dir = output_dir / pair_id
     if pair_dir.is_symlink() and not inside(pair_dir, output_dir):
         bad_input(f"{pair_dir} is a symlink out of --output-dir {output_dir}: remove it or "
                   "choose another --pair-id")
+    uri = resolve_uri(tracking_uri)
+    try:
+        _ensure_experiment(uri, cfg.name)
+    except Exception as e:  # a bad URI, an unwritable sqlite file, a store that is down
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        bad_input(f"MLflow tracking URI {uri}: {first}")
     n = cfg.training.replicates
     folders = [pair_dir] if n == 1 else [pair_dir / f"r{k}" for k in range(n)]
     try:
@@ -328,16 +340,25 @@ def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
         bad_input(str(e))
     except OSError as e:
         bad_input(f"cannot write the pair folder {pair_dir}: {e.strerror or e}")
-    uri = resolve_uri(tracking_uri)
-    try:
-        _ensure_experiment(uri, cfg.name)
-    except Exception as e:  # a bad URI, an unwritable sqlite file, a store that is down
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        bad_input(f"MLflow tracking URI {uri}: {first}")
     console.print(f"pair [bold]{pair_id}[/] -> {pair_dir}   (MLflow: {uri})")
     console.print(f"base model: {_describe(ready.pinned)}", highlight=False)
     threads = read_manifest(pair_dir)["threads_per_arm"]
     return cfg, pair_id, pair_dir, resolved, uri, threads
+
+
+def _check_memory(cfg, arms: int, console) -> None:
+    """The memory plan on this machine (training.memory): exit 2 with the figures and the
+    cheapest change that fits when an arm cannot fit, before anything is written."""
+    from training.memory import ShapeUnknown, local_check
+
+    try:
+        check = local_check(cfg, arms)
+    except ShapeUnknown as e:
+        console.print(f"note: no memory plan: {e}", highlight=False)
+        return
+    if not check.fits:
+        bad_input("the arm does not fit this machine's memory: nothing was trained\n"
+                  + check.message())
 
 
 def _ensure_experiment(uri: str, name: str) -> None:
@@ -347,8 +368,20 @@ def _ensure_experiment(uri: str, name: str) -> None:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name)
+    # a store that is down fails this check in seconds, not after minutes of retries (the arms
+    # keep MLflow's own retries)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        if mlflow.get_experiment_by_name(name) is None:
+            mlflow.create_experiment(name)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # ----------------------------------------------------------------------------- compare
@@ -397,20 +430,26 @@ def _compare_uri(tracking_uri, stack, outputs_file) -> str:
         outputs = load_outputs(stack, outputs_file)
     except StackError as e:
         bad_input(str(e))
-    from azure.ai.ml import MLClient
-    from azure.identity import DefaultAzureCredential
+    from training.cli_azure import _azure_errors, _client
 
-    client = MLClient(DefaultAzureCredential(), outputs.subscription_id, outputs.resource_group,
-                      outputs.workspace_name)
-    return client.workspaces.get(outputs.workspace_name).mlflow_tracking_uri
+    @_azure_errors  # a login problem exits 2, a failed request 1, each as one line
+    def workspace_uri() -> str:
+        return _client(outputs).workspaces.get(outputs.workspace_name).mlflow_tracking_uri
+
+    return workspace_uri()
 
 
 def _list_pairs(uri: str, fmt: str) -> None:
     import json
 
-    from training.compare import client_for, list_pairs
+    from mlflow.exceptions import MlflowException
 
-    pairs = list_pairs(client_for(uri))
+    from training.compare import client_for, list_pairs, store_error
+
+    try:
+        pairs = list_pairs(client_for(uri))
+    except MlflowException as e:
+        bad_input(str(store_error(uri, e)))
     if fmt == "json":
         click.echo(json.dumps(pairs, indent=2))
         return
@@ -463,8 +502,9 @@ def _stdout_console():
 # ----------------------------------------------------------------------------- Azure ML
 from training.cli_azure import COMMANDS as _AZURE_COMMANDS  # noqa: E402 (needs the helpers above)
 from training.cli_estimate import COMMANDS as _ESTIMATE_COMMANDS  # noqa: E402
+from training.cli_sweep import COMMANDS as _SWEEP_COMMANDS  # noqa: E402
 
-for _command in _AZURE_COMMANDS + _ESTIMATE_COMMANDS:
+for _command in _AZURE_COMMANDS + _ESTIMATE_COMMANDS + _SWEEP_COMMANDS:
     main.add_command(_command)
 
 from training.cli_assets import COMMANDS as _ASSET_COMMANDS  # noqa: E402

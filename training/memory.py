@@ -257,7 +257,7 @@ def config_fixes(shape: ModelShape, setup: Setup, memory_gib: float, accumulatio
 def hardware_fixes(shape: ModelShape, setup: Setup, requested_sharding: str, precision: str,
                    current: tuple[str, int], sizes=None, max_nodes: int = 4) -> list[str]:
     """The cheapest VM size and node count (price per arm hour) where the same experiment fits,
-    sharding as `auto` would choose; and, when the method is not already qlora, the cheapest
+    sharding as `auto` would choose (more than one node only for 8-GPU sizes); and, when the method is not already qlora, the cheapest
     hardware for the lighter method."""
     from training.hardware import VM_SIZES
 
@@ -270,7 +270,8 @@ def hardware_fixes(shape: ModelShape, setup: Setup, requested_sharding: str, pre
             if vm.retired or not vm.is_gpu or (precision == "bf16" and not acc.bf16):
                 continue
             p_name = precision if precision != "auto" else ("bf16" if acc.bf16 else "fp16")
-            for nodes in range(1, max_nodes + 1):
+            # several nodes only for the 8-GPU (ND, InfiniBand) sizes: FSDP over Ethernet crawls
+            for nodes in range(1, (max_nodes if vm.count >= 8 else 1) + 1):
                 if (vm.name, nodes) == current and s.method == setup.method:
                     continue
                 trial = replace(s, gpus=vm.count * nodes, precision=p_name)
@@ -286,9 +287,11 @@ def hardware_fixes(shape: ModelShape, setup: Setup, requested_sharding: str, pre
 
     out = []
     found = cheapest(setup)
-    if found is None and not setup.gradient_checkpointing:
-        setup = replace(setup, gradient_checkpointing=True)
-        found = cheapest(setup)
+    if not setup.gradient_checkpointing:  # checkpointing costs a third more compute, not 2x
+        with_gc = replace(setup, gradient_checkpointing=True)
+        cheaper = cheapest(with_gc)
+        if cheaper and (found is None or cheaper[0] < found[0]):
+            found, setup = cheaper, with_gc
     if found:
         out.append(_hardware_line(found, setup, ""))
     lighter = {"full": "lora", "lora": "qlora"}.get(setup.method)
@@ -364,3 +367,11 @@ def local_device(arms: int = 2) -> tuple[str, float, bool, bool]:
                 torch.cuda.is_bf16_supported())
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
     return f"CPU RAM, shared by {arms} arm(s)", ram / arms, False, False
+
+
+def local_check(cfg, arms: int) -> Check:
+    """`train run`'s plan: this machine's GPU 0 (or RAM) shared by `arms` arms at once. Raises
+    ShapeUnknown when the model's shape cannot be known offline."""
+    shape = model_shape(cfg.base_model, cfg.base_model_revision)
+    device, gib, cuda, bf16 = local_device(arms)
+    return check_local(cfg, shape, device, cfg.azure.gpu_memory_gib or gib, cuda, bf16)

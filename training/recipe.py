@@ -36,6 +36,8 @@ from training.base_model import load_reference
 from training.config import ARMS, ConfigError, ExperimentConfig, load_config
 from training.data import DataError, file_sha256, load_examples
 from training.models import load_tokenizer
+from training.overrides import apply_overrides
+from training.sharding import check_enabled, fsdp_arguments, runtime_sharding, save_final_model
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model shards" bars in logs
 
@@ -200,7 +202,7 @@ def make_callbacks(preemption: Preemption, tracked: bool):
 
 # ----------------------------------------------------------------------------- the recipe
 def load_model(cfg: ExperimentConfig, model_path: str, precision: str,
-               revision: str | None = None):
+               revision: str | None = None, sharding: str = "none"):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -214,11 +216,13 @@ def load_model(cfg: ExperimentConfig, model_path: str, precision: str,
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtypes[precision],
+            # FSDP shards the packed 4-bit weights only when they are stored in the float dtype
+            **({"bnb_4bit_quant_storage": dtypes[precision]} if sharding == "fsdp" else {}),
         )
     # Full fine-tuning keeps fp32 master weights (mixed precision autocasts); adapters train in
     # fp32 over a half-precision frozen base.
     kwargs["dtype"] = torch.float32 if cfg.method == "full" else dtypes[precision]
-    if torch.cuda.is_available() and world_size() == 1:
+    if torch.cuda.is_available() and world_size() == 1 and sharding == "none":
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, **kwargs)
 
@@ -226,7 +230,7 @@ def load_model(cfg: ExperimentConfig, model_path: str, precision: str,
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if cfg.method == "qlora":
+    if cfg.method == "qlora" and sharding == "none":  # FSDP: keep the bf16 layers bf16
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.training.gradient_checkpointing)
     elif cfg.training.gradient_checkpointing:
@@ -238,7 +242,8 @@ def load_model(cfg: ExperimentConfig, model_path: str, precision: str,
     ))
 
 
-def training_arguments(cfg: ExperimentConfig, out: Path, precision: str):
+def training_arguments(cfg: ExperimentConfig, out: Path, precision: str,
+                       fsdp: dict | None = None):
     import torch
     from transformers import TrainingArguments
 
@@ -258,7 +263,8 @@ def training_arguments(cfg: ExperimentConfig, out: Path, precision: str):
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not cuda,
-        activation_checkpointing=t.gradient_checkpointing and cfg.method != "qlora",
+        # under FSDP its own activation checkpointing (fsdp_config) does it
+        activation_checkpointing=t.gradient_checkpointing and cfg.method != "qlora" and not fsdp,
         eval_strategy="steps",
         eval_steps=t.eval_every,
         save_strategy="steps",
@@ -277,6 +283,7 @@ def training_arguments(cfg: ExperimentConfig, out: Path, precision: str):
         ddp_find_unused_parameters=False,
         disable_tqdm=True,
         report_to="none",
+        **(fsdp or {}),
     )
 
 
@@ -328,7 +335,9 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
     tokenizer = load_tokenizer(model_path, revision=revision)
     train_ds = encode_rows(train_rows, tokenizer, t.max_seq_length)
     eval_ds = encode_rows(eval_rows, tokenizer, t.max_seq_length)
-    model = load_model(cfg, model_path, precision, revision=revision)
+    sharding = runtime_sharding(cfg, model_path, revision, world_size(), cuda,
+                                cuda and torch.cuda.is_bf16_supported())
+    model = load_model(cfg, model_path, precision, revision=revision, sharding=sharding)
     if preemption.signum is not None:
         return 128 + preemption.signum  # stopped before the first step: nothing to save
 
@@ -343,17 +352,19 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
     if t.early_stopping:
         callbacks.append(EarlyStoppingCallback(t.early_stopping.patience,
                                                t.early_stopping.min_delta))
-    trainer = Trainer(model=model, args=training_arguments(cfg, out, precision),
+    fsdp = fsdp_arguments(cfg, model) if sharding == "fsdp" else None
+    trainer = Trainer(model=model, args=training_arguments(cfg, out, precision, fsdp),
                       train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                       processing_class=tokenizer, callbacks=callbacks)
+    check_enabled(trainer, sharding)  # never DDP in FSDP's name
     trainer.remove_callback(PrinterCallback)  # Report prints progress instead
 
     resume = latest_complete_checkpoint(out / "checkpoints")
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    params = {**tracking.flatten(cfg.model_dump(mode="json", exclude={"arms", "eval"})),
+    params = {**tracking.flatten(cfg.model_dump(mode="json", exclude={"arms", "eval", "sweep"})),
               **data_params, "arm": arm, "pair_id": pair_id, "config_sha256": cfg.sha256(),
               "code_version": tracking.code_version(), "precision": precision,
-              "world_size": world_size(),
+              "world_size": world_size(), "sharding_resolved": sharding,
               "trainable_params": n_trainable, "base_model_path": model_path}
     tags = {"pair_id": pair_id, "arm": arm, "base_model": cfg.base_model, "method": cfg.method,
             "base_model_revision": cfg.base_model_revision or "unpinned",
@@ -387,7 +398,7 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
             "stopped_early": trainer.state.global_step < trainer.state.max_steps,
             "precision": precision,
         }
-        trainer.save_model(str(out / "model.tmp"))  # on every rank: sharded models gather here
+        save_final_model(trainer, str(out / "model.tmp"), is_main)  # every rank: FSDP gathers
         if not is_main:
             return 0
         tokenizer.save_pretrained(str(out / "model.tmp"))
@@ -426,6 +437,9 @@ def parse_args(argv=None):
     p.add_argument("--parent-pair-id", help="the id the pair's replicates share [default: --pair-id]")
     p.add_argument("--train-file", help="override arms.<arm>.train (Azure ML job input)")
     p.add_argument("--eval-file", help="override eval (Azure ML job input)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a training or lora field, e.g. training.learning_rate=3e-4 "
+                        "(a sweep trial's sampled values); validated like the file")
     return p.parse_args(argv)
 
 
@@ -447,7 +461,7 @@ def main(argv=None) -> int:
         emit("done", **json.loads((out / "metrics.json").read_text()))
         return 0
     try:
-        cfg = load_config(args.config).for_replicate(args.replicate)
+        cfg = apply_overrides(load_config(args.config), args.set).for_replicate(args.replicate)
         train_file = Path(args.train_file) if args.train_file else cfg.train_file(args.arm)
         eval_file = Path(args.eval_file) if args.eval_file else cfg.eval
         return train_arm(cfg, args.arm, out, args.pair_id, train_file, eval_file, preemption,
