@@ -182,7 +182,7 @@ class Uploader:
         try:
             with open(local.path, "rb") as f:
                 _permitted(target, lambda: self.blob(target).upload_blob(
-                    f, length=local.size, overwrite=False, validate_content=True,
+                    f, length=local.size, overwrite=False, validate_content=True, max_concurrency=4,
                     content_settings=settings, metadata={"sha256": local.sha256}))
         except ResourceExistsError:  # written by someone else since we looked
             if self.state(target, local) != "same":
