@@ -53,7 +53,7 @@ def main():
 # ----------------------------------------------------------------------------- data
 @main.group()
 def data():
-    """Check training data before spending money on it."""
+    """Check training data before spending money on it; upload it to the workspace."""
 
 
 @data.command("validate")
