@@ -184,3 +184,19 @@ def test_train_run_exits_2_with_the_plan_when_an_arm_cannot_fit(tmp_path, tiny_m
     assert result.exit_code == 2, result.output
     assert "does not fit" in result.output and "of 0.01 GiB" in result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_70b_example_fits_its_vm_sharded():
+    from tests.training.pairs import REPO
+    from training.config import load_config
+    from training.estimate import pick_vm
+
+    cfg = load_config(REPO / "experiments" / "llama3-70b.yaml")
+    vm, _source = pick_vm(cfg, None, None, "gpu")
+    check = memory.check_vm(cfg, vm, model_shape(cfg.base_model))
+    assert (vm.name, check.plan.setup.gpus, check.sharding) == ("Standard_NC96ads_A100_v4", 4,
+                                                                 "fsdp")
+    assert check.fits and round(check.plan.total_gib, 1) == 59.4
+    auto = cfg.model_copy(update={"training": cfg.training.model_copy(
+        update={"sharding": "auto"})})
+    assert memory.check_vm(auto, vm, model_shape(cfg.base_model)).sharding == "fsdp"
