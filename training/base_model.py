@@ -213,10 +213,19 @@ def _hub_commit(repo: str, revision: str | None, timeout: float, note) -> tuple[
     except RevisionNotFoundError:
         raise BaseModelError(f"base_model {repo}: base_model_revision {revision!r} does not exist "
                              "there (give a commit sha, branch or tag of the repository)") from None
-    except RepositoryNotFoundError:
+    except RepositoryNotFoundError as e:
+        if "invalid credentials" in str(e).lower() or "invalid user token" in str(e).lower():
+            raise BaseModelError(f"base_model {repo}: the hub refused the token (401: "
+                                 f"{_server_message(e)}): check HF_TOKEN (or `hf auth login`), "
+                                 "or unset it for a public model") from None
         raise BaseModelError(f"base_model {repo}: no such model on the hub (or it is private: "
                              f"{token_hint}); a local folder must exist") from None
     except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):  # a bad or expired token: the cache would hide it for good
+            raise BaseModelError(f"base_model {repo}: the hub refused the token ({status}: "
+                                 f"{_first_line(e)}): check HF_TOKEN (or `hf auth login`), or "
+                                 "unset it for a public model") from None
         return _unreachable(repo, revision, wanted, _first_line(e), note)
     except Exception as e:  # connection refused, DNS, timeout, proxy: the hub is out of reach
         return _unreachable(repo, revision, wanted, f"{type(e).__name__}: {_first_line(e)}", note)
@@ -267,6 +276,10 @@ def _saved_token() -> str | None:
         return get_token()
     except Exception:
         return None
+
+
+def _server_message(e: BaseException) -> str:
+    return getattr(e, "server_message", None) or _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:

@@ -36,7 +36,7 @@ class ConfigError(Exception):
 class Strict(BaseModel):
     # strict: `max_steps: true`, `alpha: 1.5` or `seed: "7"` are errors, never silently 1, 1 or 7
     # (an int field takes only an int; a float field an int or a float; a bool field only a bool).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _as_path(value):
@@ -229,7 +229,7 @@ class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     base_model: str = Field(min_length=1, description="hub id, local path, or tiny-llama")
     base_model_revision: str | None = Field(
-        None, min_length=1, max_length=200,
+        None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9]+([._/:+-][A-Za-z0-9]+)*$",
         description="hub commit, branch or tag to pin (checked before the arms start); for a "
                     "local folder or tiny-llama its fingerprint. Unset: resolved at submit/run")
     backend: Literal["azureml", "openai", "azure-openai"] = Field(
@@ -350,7 +350,12 @@ def anchor_base_model(base_model: str, base_dir: Path) -> str:
     path = Path(base_model).expanduser()
     candidate = path if path.is_absolute() else base_dir / path
     if os.path.lexists(candidate):
-        return str(candidate.resolve())
+        try:
+            return str(candidate.resolve(strict=True))
+        except FileNotFoundError:
+            raise ValueError(f"no such folder: {candidate} (a broken symlink)") from None
+        except (OSError, RuntimeError):  # RuntimeError: Python 3.11's symlink loop
+            raise ValueError(f"{candidate}: a symlink loop") from None
     looks_like_path = (base_model.startswith(("/", ".", "~")) or "\\" in base_model
                        or base_model.endswith("/") or base_model.count("/") > 1)
     if looks_like_path:

@@ -318,3 +318,12 @@ def test_both_arms_load_the_pinned_commit(tmp_path, tiny_model_path, tracking_en
     for run in runs:
         assert run.data.params["base_model_revision"] == SHA
         assert run.data.tags["base_model_revision"] == SHA
+
+
+def test_a_token_the_hub_refuses_is_not_hidden_by_the_cache(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_expired")
+    hub.routes["/api/models/org/model"] = (401, {"error": "Invalid credentials in Authorization "
+                                                          "header"}, {})
+    cache_snapshot(tmp_path, "org/model", OLD)
+    with pytest.raises(BaseModelError, match=r"the hub refused the token \(401: .*check HF_TOKEN"):
+        pin(cfg_for("org/model"))

@@ -231,3 +231,14 @@ def test_different_eval_examples_or_no_shared_eval_set_are_not_paired():
     rep = compare.build({0: holdout}, "p", "u")
     assert rep["paired"] is None and rep["fair"]
     assert "no shared eval set" in rep["notes"][0]
+
+
+def test_arms_that_loaded_different_base_model_revisions_are_unfair():
+    c = np.ones(5)
+    rep = compare.build({0: {"control": arm_run("control", c, base_model_revision="a" * 40),
+                             "experiment": arm_run("experiment", c, base_model_revision="b" * 40)}},
+                        "p", "u")
+    assert not rep["fair"]
+    assert {d["param"]: d["values"] for d in rep["unfair_params"]} == {
+        "base_model_revision": ["a" * 40, "b" * 40]}
+    assert rep["verdict"]["exit_code"] == 1

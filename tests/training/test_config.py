@@ -201,3 +201,34 @@ def test_a_base_model_path_that_does_not_exist_says_so(tmp_path, name):
 def test_a_base_model_that_is_neither_folder_nor_hub_id(tmp_path, name):
     with pytest.raises(ConfigError, match=r"is neither a folder .* nor a hub model id"):
         load_config(write(tmp_path, base(base_model=name)))
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_infinite_or_nan_numbers_are_refused(tmp_path, value):
+    text = ("name: pair\nbase_model: tiny-llama\ntraining:\n  max_steps: 10\n"
+            f"  learning_rate: {value}\n"
+            "arms: {control: {train: c.jsonl}, experiment: {train: e.jsonl}}\n")
+    with pytest.raises(ConfigError, match=r"training.learning_rate: Input should be a finite"):
+        load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("revision", ["../../etc", "a b", "-x", "main/", ""])
+def test_a_base_model_revision_that_cannot_be_one_is_refused(tmp_path, revision):
+    with pytest.raises(ConfigError, match="base_model_revision"):
+        load_config(write(tmp_path, base(base_model_revision=revision)))
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "refs/pr/1", "0" * 40, "sha256:" + "a" * 64])
+def test_revisions_of_every_kind_are_accepted(tmp_path, revision):
+    assert load_config(write(tmp_path, base(base_model_revision=revision))).base_model_revision \
+        == revision
+
+
+def test_a_base_model_symlink_loop_or_broken_link(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    (tmp_path / "broken").symlink_to(tmp_path / "gone")
+    with pytest.raises(ConfigError, match=r"base_model: .*loop: a symlink loop"):
+        load_config(write(tmp_path, base(base_model="./loop")))
+    with pytest.raises(ConfigError, match=r"base_model: no such folder: .*broken \(a broken"):
+        load_config(write(tmp_path, base(base_model="./broken")))

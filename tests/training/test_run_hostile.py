@@ -20,7 +20,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.training.pairs import DATA, REPO, write_experiment
+from tests.training.pairs import DATA, REPO, recipe_cmd, write_experiment
 from training.cli import main
 
 
@@ -173,6 +173,25 @@ def test_same_data_is_a_warning(tmp_path, tiny_model_path):
     assert "base model: tiny-llama @ sha256:" in output
 
 
+def test_a_second_run_of_an_arm_is_refused_naming_the_running_one(tmp_path, tiny_model_path):
+    from tests.training.test_locks import hold_in_child
+
+    cfg = write_experiment(tmp_path)
+    holder = hold_in_child(tmp_path / "runs" / "p" / "experiment")  # an arm being trained
+    try:
+        code, output = run_cli("run", "--config", cfg, "--output-dir", tmp_path / "runs",
+                               "--pair-id", "p")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2, output
+    assert first_line(output).startswith(
+        f"error: {tmp_path / 'runs' / 'p' / 'experiment'} is being trained by pid {holder.pid} on ")
+    assert "wait for it to end" in output
+    assert not (tmp_path / "runs" / "p" / "pair.json").exists()  # nothing written
+    assert not (tmp_path / "runs" / "p" / "control" / "train.log").exists()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -307,22 +326,13 @@ def test_an_arm_killed_hard_is_reported_its_run_closed_and_resumed_without_doubl
     import mlflow
     import psutil
 
-    cfg = write_experiment(tmp_path, max_steps=30, eval_every=30, save_every=4)
+    cfg = write_experiment(tmp_path, max_steps=20, eval_every=20, save_every=4)
     out = tmp_path / "runs"
     console = start(cfg, out, tracking_env, "--pair-id", "k", "--arm", "control")
     console.wait_for(lambda line: step_of(line, "control") >= 6)
     log = out / "k" / "control" / "train.log"
-    assert "step 6/30" in log.read_text()  # written as the arm runs: tail -f works
-
-    # A second run of the same arm is refused, naming the running one.
-    second = subprocess.run([sys.executable, "-m", "training.cli", "run", "--config", str(cfg),
-                             "--output-dir", str(out), "--pair-id", "k"],
-                            capture_output=True, text=True, env=tracking_env, cwd=REPO,
-                            timeout=300)
-    assert second.returncode == 2, second.stderr[-2000:]
-    assert (f"error: {out / 'k' / 'control'} is being trained by pid {console.proc.pid} on "
-            in second.stderr)
-    assert not (out / "k" / "experiment" / "train.log").exists()
+    # written as the arm runs (tail -f works): the line the console just showed is in the log
+    assert '"event": "log", "step": 6,' in log.read_text()
 
     arm = next(p for p in psutil.Process(console.proc.pid).children(recursive=True)
                if "training.recipe" in p.cmdline())
@@ -337,12 +347,22 @@ def test_an_arm_killed_hard_is_reported_its_run_closed_and_resumed_without_doubl
     run_id = (out / "k" / "control" / "mlflow_run_id").read_text().strip()
     assert client.get_run(run_id).info.status == "KILLED"  # not RUNNING for ever
 
-    again = subprocess.run([sys.executable, "-m", "training.cli", "run", "--config", str(cfg),
-                            "--output-dir", str(out), "--pair-id", "k", "--arm", "control"],
-                           capture_output=True, text=True, env=tracking_env, cwd=REPO,
-                           timeout=400)
+    # resumed (the arm's own process: what `train run` starts again, without its checks)
+    again = subprocess.run(recipe_cmd(out / "k" / "config.yaml", out / "k" / "control", "control",
+                                      "k"), capture_output=True, text=True, env=tracking_env,
+                           cwd=REPO, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in log.read_text()
     assert client.get_run(run_id).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
-    assert sorted(steps) == list(range(2, 31, 2))  # each logged step once, none twice
+    assert sorted(steps) == list(range(2, 21, 2))  # each logged step once, none twice
+
+
+def test_a_tracking_store_that_cannot_be_used(tmp_path, tiny_model_path):
+    cfg = write_experiment(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    code, output = run_cli("run", "--config", cfg, "--output-dir", tmp_path / "runs",
+                           "--tracking-uri", f"sqlite:///{tmp_path}/a-file/mlflow.db")
+    assert code == 2 and "Traceback" not in output, output
+    assert first_line(output).startswith("error: MLflow tracking URI sqlite:///")
+    assert not (tmp_path / "runs").exists()
