@@ -61,9 +61,18 @@ class ArmRun:
 
 # ----------------------------------------------------------------------------- the store
 def client_for(uri: str):
+    # a store that is down: an answer in seconds, not after MLflow's 7 retries with backoff
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def store_error(uri: str, error: Exception) -> CompareError:
+    """A store that cannot be read, as one line (the exception's first)."""
+    text = str(error).strip()
+    first = text.splitlines()[0][:300] if text else type(error).__name__
+    return CompareError(f"cannot read the MLflow store {uri}: {first}")
 
 
 def _experiments(client) -> dict[str, str]:
@@ -171,7 +180,7 @@ def health(run: ArmRun) -> dict:
                                               default=None)
     return {
         "run_id": run.run_id, "pair_id": run.pair_id, "status": run.status,
-        "finished": run.status == "FINISHED" and "final_eval_loss" in m,
+        "finished": run.status == "FINISHED" and eval_loss is not None,
         "seed": _num(run.params.get("training.seed")),
         "eval_loss": eval_loss, "best_eval_loss": min(evals) if evals else eval_loss,
         "perplexity": math.exp(eval_loss) if eval_loss is not None else None,
@@ -345,7 +354,12 @@ def example_diffs(runs: dict[int, dict[str, ArmRun]]):
 
 def compare(tracking_uri: str, pair: str, resamples: int = stats.RESAMPLES):
     """(report, runs) of a pair in the store at tracking_uri; CompareError for bad input."""
+    from mlflow.exceptions import MlflowException
+
     client = client_for(tracking_uri)
-    runs = find_runs(client, pair)
-    load_details(client, runs)
+    try:
+        runs = find_runs(client, pair)
+        load_details(client, runs)
+    except MlflowException as e:
+        raise store_error(tracking_uri, e) from None
     return build(runs, pair, tracking_uri, resamples), runs

@@ -3,8 +3,13 @@ and the report built from constructed runs where the answer is known."""
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +50,11 @@ def store(tmp_path_factory, tiny_model_path):
            # one code version for every run, whatever gets committed while the pairs train
            "PAIRED_FINETUNE_CODE_VERSION": "test"}
     out = root / "runs"
+    from mlflow import MlflowClient
+
+    for name in ("reps", "same", "unfair"):  # artifacts in the test's folder, not ./mlruns
+        MlflowClient(env["MLFLOW_TRACKING_URI"]).create_experiment(
+            name, artifact_location=(root / "artifacts" / name).as_uri())
     reps = experiment(root / "reps", replicates=2, name="reps",
                       success={"max_eval_loss": 1.0, "max_train_eval_gap": 100.0})
     run = cli(env, "run", "--config", str(reps), "--output-dir", str(out), check=0)
@@ -178,6 +188,66 @@ def test_unknown_pair_and_the_list_of_pairs(store):
     assert store["reps"] in listing and "finished" in listing
     pairs = json.loads(cli(store["env"], "compare", "--format", "json", check=0).stdout)
     assert {p["pair_id"] for p in pairs} >= {store["reps"], "same-data"}
+
+
+@pytest.fixture
+def mlflow_server(store):
+    """A real `mlflow server` on 127.0.0.1 over the module's store, as a workspace's would be."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_exe = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow_exe), "server", "--backend-store-uri", store["env"]["MLFLOW_TRACKING_URI"],
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_compare_through_the_stack_outputs_and_the_workspace_tracking_server(
+        store, mlflow_server, tmp_path):
+    from click.testing import CliRunner
+
+    from tests.training.fake_azure import OUTPUTS, WORKSPACE, FakeAzureML, FakeCredential, _response
+    from training.cli import main
+
+    fake = FakeAzureML()
+    asked = []
+
+    def workspace(request, match):  # the workspace's MLflow: the test's server, over HTTP
+        asked.append(match["name"])
+        return _response(request, 200, {
+            "id": fake._job_id("x").rsplit("/jobs/", 1)[0], "name": match["name"],
+            "location": "eastus", "properties": {"mlFlowTrackingUri": mlflow_server}})
+
+    fake.routes.insert(0, ("GET", r"/workspaces/(?P<name>[^/]+)$", workspace))
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(OUTPUTS))
+    result = CliRunner().invoke(
+        main, ["compare", store["reps"], "--outputs-file", str(outputs), "--format", "json"],
+        obj={"azure_transport": fake, "azure_credential": FakeCredential()})
+    assert asked == [WORKSPACE], result.output
+    remote = json.loads(result.stdout)
+    local, _ = report(store, store["reps"])
+    assert result.exit_code == 1 and remote["tracking_uri"] == mlflow_server
+    assert remote["paired"] == local["paired"] and remote["seed_spread"] == local["seed_spread"]
+    assert remote["replicate_results"] == local["replicate_results"]
 
 
 def test_bad_arguments_exit_2(tmp_path):
