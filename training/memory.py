@@ -355,23 +355,25 @@ def check_local(cfg, shape: ModelShape, device: str, memory_gib: float, gpu: boo
     return Check(p, requested, fixes)
 
 
-def local_device(arms: int = 2) -> tuple[str, float, bool, bool]:
-    """(device, GiB one arm may use, CUDA, bf16) on this machine: GPU 0 shared by the arms that
-    run at once (each arm is one process on cuda:0), or the RAM shared by them."""
+def local_device() -> tuple[str, float, bool, bool]:
+    """(device, GiB, CUDA, bf16) of this machine: GPU 0 (each local arm is one process on
+    cuda:0), or the RAM."""
     import torch
 
-    arms = max(1, arms)
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        return (f"{props.name}, shared by {arms} arm(s)", props.total_memory / GIB / arms, True,
-                torch.cuda.is_bf16_supported())
+        return props.name, props.total_memory / GIB, True, torch.cuda.is_bf16_supported()
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
-    return f"CPU RAM, shared by {arms} arm(s)", ram / arms, False, False
+    return "CPU RAM", ram, False, False
 
 
 def local_check(cfg, arms: int) -> Check:
-    """`train run`'s plan: this machine's GPU 0 (or RAM) shared by `arms` arms at once. Raises
-    ShapeUnknown when the model's shape cannot be known offline."""
+    """`train run`'s plan: this machine's GPU 0 (or RAM), azure.gpu_memory_gib if set, shared by
+    the `arms` arms that run at once. Raises ShapeUnknown when the model's shape cannot be known
+    offline."""
     shape = model_shape(cfg.base_model, cfg.base_model_revision)
-    device, gib, cuda, bf16 = local_device(arms)
-    return check_local(cfg, shape, device, cfg.azure.gpu_memory_gib or gib, cuda, bf16)
+    device, gib, cuda, bf16 = local_device()
+    arms = max(1, arms)
+    gib = (cfg.azure.gpu_memory_gib or gib) / arms
+    label = f"{device}, shared by {arms} arms" if arms > 1 else device
+    return check_local(cfg, shape, label, gib, cuda, bf16)

@@ -1,7 +1,8 @@
 """Train one arm of a pair: data, model, Trainer, tracking. This is what runs inside every job.
 
     python -m training.recipe --config pair.yaml --arm control --output-dir runs/PAIR/control --pair-id PAIR
-    torchrun --nproc_per_node 4 -m training.recipe ...        (DDP: one process per GPU)
+    torchrun --nproc_per_node 4 -m training.recipe ...        (one process per GPU: DDP, or FSDP
+                                                               with training.sharding)
 
 Top to bottom: read the config and data, load the base model (LoRA, QLoRA or full), train with the
 HF Trainer, evaluate, write `model/` and `metrics.json`. Preemption-safe: SIGTERM or SIGINT writes a

@@ -48,9 +48,9 @@ def launch(cfg: Path, out: Path, env: dict, kill_at: int | None = None) -> list:
     return [(p.wait(timeout=400), log.read_text()) for p, log in zip(procs, logs, strict=True)]
 
 
-def fsdp_experiment(folder: Path) -> Path:
-    cfg = write_experiment(folder, method="full", max_steps=6, eval_every=3, save_every=2,
-                           batch_size=4)
+def fsdp_experiment(folder: Path, method: str = "full", max_steps: int = 4) -> Path:
+    cfg = write_experiment(folder, method=method, max_steps=max_steps, eval_every=max_steps,
+                           save_every=2, batch_size=4)
     data = yaml.safe_load(cfg.read_text())
     data["training"]["sharding"] = "fsdp"
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -76,9 +76,9 @@ def test_fsdp2_sharded_checkpoint_kill_and_resume_equals_uninterrupted(tiny_mode
         assert code == 0, err[-4000:]
 
     resumed = tmp_path / "killed"
-    for code, _err in launch(cfg, resumed, env, kill_at=4):
-        assert code == -9  # killed as step 5 began
-    ckpt = resumed / "checkpoints" / "checkpoint-4"
+    for code, _err in launch(cfg, resumed, env, kill_at=2):
+        assert code == -9  # killed as step 3 began
+    ckpt = resumed / "checkpoints" / "checkpoint-2"
     assert (ckpt / "COMPLETE").exists()
     shards = sorted(p.name for p in (ckpt / "pytorch_model_fsdp_0").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]  # one shard per rank: really FSDP
@@ -89,7 +89,7 @@ def test_fsdp2_sharded_checkpoint_kill_and_resume_equals_uninterrupted(tiny_mode
     results = launch(cfg, resumed, env)
     for code, err in results:
         assert code == 0, err[-4000:]
-    assert "resuming from" in results[0][1] and "checkpoint-4" in results[0][1]
+    assert "resuming from" in results[0][1] and "checkpoint-2" in results[0][1]
 
     a = json.loads((whole / "metrics.json").read_text())
     b = json.loads((resumed / "metrics.json").read_text())
@@ -107,6 +107,25 @@ def test_fsdp2_sharded_checkpoint_kill_and_resume_equals_uninterrupted(tiny_mode
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
     name = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(model.state_dict()[name], base.state_dict()[name])  # it trained
+
+
+@pytest.mark.slow
+def test_fsdp2_lora_saves_the_gathered_adapter(tiny_model_path, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = fsdp_experiment(tmp_path, method="lora", max_steps=2)
+    out = tmp_path / "lora"
+    for code, err in launch(cfg, out, {**os.environ, "PYTHONPATH": str(REPO)}):
+        assert code == 0, err[-4000:]
+    assert (out / "checkpoints" / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()
+    assert not (out / "model" / "model.safetensors").exists()  # the adapter, not the base
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    model = PeftModel.from_pretrained(base, out / "model")
+    b = [t for n, t in model.named_parameters() if "lora_B" in n]
+    assert b and any(t.abs().sum() > 0 for t in b)  # trained (lora_B starts at zero)
+    assert torch.isfinite(torch.stack([t.abs().sum() for t in b])).all()
 
 
 class FakeTrainer:
