@@ -119,6 +119,7 @@ def _validate_config(cfg, console) -> None:
     data_mod.print_report(ready.report, console)
     _print_warnings(ready.warnings, console)
     console.print(f"base model: {_describe(ready.pinned)}", highlight=False)
+    _check_memory(ready.cfg, len(ARMS), console)  # as `train run` would plan both arms
 
 
 def _tokenizer_of(base_model, cfg, console):

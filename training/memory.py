@@ -199,6 +199,16 @@ class Check:
     def message(self) -> str:
         return "\n".join(self.lines())
 
+    def to_dict(self) -> dict:
+        p = self.plan
+        return {"fits": self.fits, "sharding": self.sharding,
+                "requested_sharding": self.requested_sharding, "gpus": p.setup.gpus,
+                "setup": p.setup.describe(), "device": p.device, "memory_gib": p.memory_gib,
+                "total_gib": round(p.total_gib, 2), "trainable_params": p.trainable,
+                "parts_gib": {k: round(v / GIB, 2) for k, v in p.parts.items()},
+                "activations_other_checkpointing_gib": round(p.activations_other / GIB, 2),
+                "fixes": list(self.fixes)}
+
 
 def setup_for(cfg, gpus: int, gpu: bool, bf16: bool, sharding: str = "none") -> Setup:
     """The plan's inputs from an experiment file, on `gpus` GPUs (or a CPU when not `gpu`)."""

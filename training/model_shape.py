@@ -106,6 +106,10 @@ def shape_from_config(config: dict, source: str) -> ModelShape | None:
     are missing."""
     try:
         heads = int(config["num_attention_heads"])
+        numbers = [config[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                                       "vocab_size")] + [heads]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in numbers):
+            return None
         return ModelShape(
             n_layers=int(config["num_hidden_layers"]), hidden=int(config["hidden_size"]),
             intermediate=int(config["intermediate_size"]), n_heads=heads,

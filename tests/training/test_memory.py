@@ -201,3 +201,21 @@ def test_the_70b_example_fits_its_vm_sharded():
     auto = cfg.model_copy(update={"training": cfg.training.model_copy(
         update={"sharding": "auto"})})
     assert memory.check_vm(auto, vm, model_shape(cfg.base_model)).sharding == "fsdp"
+
+
+def test_data_validate_config_plans_as_train_run_does(tmp_path, tiny_model_path):
+    from training.cli import main
+
+    cfg = write_experiment(tmp_path, azure={"gpu_memory_gib": 0.01})
+    result = CliRunner().invoke(main, ["data", "validate", "--config", str(cfg)])
+    assert result.exit_code == 2 and "does NOT fit" in result.output, result.output
+    cfg = write_experiment(tmp_path)
+    assert CliRunner().invoke(main, ["data", "validate", "--config", str(cfg)]).exit_code == 0
+
+
+def test_check_as_json():
+    check = memory.check_vm(experiment(), vm_size("Standard_NC24ads_A100_v4"), model_shape(L3_8B))
+    data = json.loads(json.dumps(check.to_dict()))
+    assert data["fits"] and data["sharding"] == "none" and data["total_gib"] == 33.89
+    assert set(data["parts_gib"]) == {"weights", "gradients", "optimizer", "activations",
+                                      "overhead"}
