@@ -33,7 +33,11 @@ class DataAsset(BaseModel):
     @classmethod
     def _version_as_text(cls, v):
         # `pulumi config set dataAssetVersion 2` may come back as a number
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        v = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        if isinstance(v, str) and v.lower() == "latest":
+            # the pair id derives from the version: it must name fixed bytes
+            raise ValueError("expected a fixed data asset version, not `latest`")
+        return v
 
     @property
     def id(self) -> str:
@@ -54,7 +58,7 @@ class StackOutputs(BaseModel):
     datastore: str = Field(pattern=r"^[A-Za-z0-9_]+$")
     data_assets: dict[str, DataAsset]
     training_environment: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$")
+        None, pattern=r"^(azureml:)?[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$")
     gpu_vm_size: str | None = None  # optional: outputs saved before they were exported lack them
     cpu_vm_size: str | None = None
 
@@ -86,39 +90,125 @@ class StackOutputs(BaseModel):
                          f"gpu, cpu, {self.gpu_cluster} or {self.cpu_cluster})")
 
 
+# What each pattern-checked key holds, for people (pydantic would print the regex).
+EXPECTED = {
+    "subscription_id": "a subscription GUID (8-4-4-4-12 hexadecimal digits)",
+    "resource_group": "an Azure resource name (letters, digits, _ . ( ) -)",
+    "workspace_name": "an Azure resource name (letters, digits, _ . ( ) -)",
+    "gpu_cluster": "a cluster name (letters, digits, _ . ( ) -)",
+    "cpu_cluster": "a cluster name (letters, digits, _ . ( ) -)",
+    "location": "an Azure region's short name in lower case, e.g. eastus",
+    "datastore": "a datastore name (letters, digits and _)",
+    "name": "a data asset name (letters, digits, _ . -)",
+    "version": "a fixed data asset version (letters, digits, _ . -; not `latest`)",
+    "training_environment": "an environment as name:version",
+}
+MAX_OUTPUTS_BYTES = 1_000_000  # `pulumi stack output --json` prints a few KB
+
+
+def _guid(value: str) -> bool:
+    parts = value.split("-")
+    return [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(
+        c in "0123456789abcdefABCDEF" for c in "".join(parts))
+
+
 def parse_outputs(data, source: str) -> StackOutputs:
     if not isinstance(data, dict):
         raise StackError(f"{source}: expected a JSON object of stack outputs "
                          "(`pulumi stack output --json`)")
-    secret = sorted(k for k, v in data.items() if v == "[secret]")
+    secret = sorted(k for k, v in _walk(data) if v == "[secret]")
     if secret:
         raise StackError(f"{source}: {', '.join(secret)} shown as [secret]: save the outputs "
                          "with `pulumi stack output --json --show-secrets`")
+    if any(isinstance(v, dict) and set(v) >= {"value", "secret"} for v in data.values()):
+        raise StackError(f"{source}: values wrapped as {{value, secret}}: that is another format; "
+                         "save `pulumi stack output --json --show-secrets`")
+    problems = []
+    if isinstance(data.get("subscription_id"), str) and not _guid(data["subscription_id"]):
+        problems.append(f"  subscription_id: expected {EXPECTED['subscription_id']}, got "
+                        f"{data['subscription_id']!r}")
     try:
-        return StackOutputs.model_validate(data)
+        outputs = StackOutputs.model_validate(data)
     except ValidationError as e:
-        lines = [f"{source}: not the stack outputs this CLI expects"]
         for err in e.errors():
             field = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "missing":
                 msg = "missing (deploy the stack with this repository's infra/: `pulumi up`)"
-            lines.append(f"  {field}: {msg}")
-        raise StackError("\n".join(lines)) from None
+            elif err["type"] == "string_pattern_mismatch":
+                key = str(err["loc"][-1])
+                msg = f"expected {EXPECTED.get(key, 'a valid name')}, got {err['input']!r}"
+            problems.append(f"  {field}: {msg}")
+    if problems:
+        raise StackError("\n".join([f"{source}: not the stack outputs this CLI expects",
+                                    *dict.fromkeys(problems)]))
+    return outputs
+
+
+def _walk(data, prefix=""):
+    """(dotted key, value) of every leaf of nested mappings."""
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _walk(value, f"{name}.")
+        else:
+            yield name, value
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"key(s) given twice: {', '.join(twice)}")
+    return dict(pairs)
 
 
 def read_outputs_file(path: str | Path) -> StackOutputs:
+    """The saved outputs. A regular file or a pipe with a writer (`<(pulumi stack output ...)`);
+    a device, a folder or a huge file is refused before it is read."""
+    import os
+    import stat
+
     path = Path(path)
+    what = f"{path}: cannot read the stack outputs file"
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise StackError(f"{path}: cannot read the stack outputs file ({reason})") from None
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise StackError(f"{what} ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
+        raise StackError(f"{what} (a folder, not a file)")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise StackError(f"{what} (not a regular file)")
     try:
-        data = json.loads(text)
+        # O_NONBLOCK: a FIFO with no writer answers at once instead of hanging
+        fd = os.open(path, os.O_RDONLY | (os.O_NONBLOCK if stat.S_ISFIFO(mode) else 0))
+        os.set_blocking(fd, True)  # then wait for a writer's data: `<(pulumi stack output ...)`
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(MAX_OUTPUTS_BYTES + 1)
+    except OSError as e:
+        raise StackError(f"{what} ({e.strerror or e})") from None
+    if len(raw) > MAX_OUTPUTS_BYTES:
+        raise StackError(f"{what} (over {MAX_OUTPUTS_BYTES // 1000} KB: not stack outputs)")
+    if not raw.strip():
+        raise StackError(f"{path}: empty; expected the output of `pulumi stack output --json "
+                         "--show-secrets`")
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise StackError(f"{path}: UTF-16 text (PowerShell's `>`); save it as UTF-8, e.g. "
+                         "`pulumi stack output --json --show-secrets | Out-File -Encoding utf8 F`")
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM, as PowerShell's Out-File writes, is fine
+    except UnicodeDecodeError:
+        raise StackError(f"{path}: not UTF-8 text; expected the JSON that `pulumi stack output "
+                         "--json --show-secrets` prints") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise StackError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); expected the output "
                          "of `pulumi stack output --json --show-secrets`") from None
+    except ValueError as e:
+        raise StackError(f"{path}: {e}") from None
+    except RecursionError:
+        raise StackError(f"{path}: nested too deeply to be stack outputs") from None
     return parse_outputs(data, str(path))
 
 

@@ -56,13 +56,48 @@ def test_malformed_outputs_name_the_key(mutate, message):
     ("{not json", r"outputs.json:1: not valid JSON"),
     ("[1, 2]", "expected a JSON object"),
     ("null", "expected a JSON object"),
-    (b"\xff\xfe", "cannot read"),
+    (b"\xff\xfe{\x00}\x00", "UTF-16"),
+    (b"\x80\x81", "not UTF-8"),
+    ("", "empty"),
+    ('{"a": 1, "a": 2}', "given twice: a"),
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"gpu_cluster": {"value": "x", "secret": false}}', "another format"),
 ])
 def test_unreadable_outputs_files(tmp_path, content, message):
     path = tmp_path / "outputs.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(StackError, match=message):
         read_outputs_file(path)
+
+
+def test_bom_is_fine_and_expectations_are_words(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(OUTPUTS).encode())
+    assert read_outputs_file(path).location == "eastus"
+    with pytest.raises(StackError) as e:
+        parse_outputs({**OUTPUTS, "location": "East US", "subscription_id": "-" * 36}, "o.json")
+    assert "short name in lower case" in str(e.value) and "pattern" not in str(e.value)
+    assert "subscription GUID" in str(e.value)
+    nested = json.loads(json.dumps(OUTPUTS))
+    nested["data_assets"]["control"]["version"] = "[secret]"
+    with pytest.raises(StackError, match="--show-secrets"):
+        parse_outputs(nested, "o.json")
+    nested["data_assets"]["control"]["version"] = "latest"
+    with pytest.raises(StackError, match="not `latest`"):
+        parse_outputs(nested, "o.json")
+
+
+def test_devices_and_fifos_do_not_hang(tmp_path):
+    with pytest.raises(StackError, match="not a regular file"):
+        read_outputs_file("/dev/zero")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(StackError, match="empty"):  # no writer: answered at once
+        read_outputs_file(fifo)
+    big = tmp_path / "big.json"
+    big.write_text(" " * 2_000_000)
+    with pytest.raises(StackError, match="not stack outputs"):
+        read_outputs_file(big)
 
 
 def test_missing_file_and_directory(tmp_path):
