@@ -408,14 +408,15 @@ def compare(pair, tracking_uri, stack, outputs_file, fmt, plot_path):
         bad_input("pass at most one of --tracking-uri, --stack, --outputs-file")
     if plot_path is not None and plot_path.suffix.lower() != ".png":
         bad_input(f"--plot {plot_path}: the figure is written as PNG (name it *.png)")
-    uri = _compare_uri(tracking_uri, stack, outputs_file)
+    uri, outputs = _compare_uri(tracking_uri, stack, outputs_file)
     if pair is None:
         _list_pairs(uri, fmt)
         return
-    sys.exit(_compare(uri, pair, fmt, plot_path))
+    sys.exit(_compare(uri, pair, fmt, plot_path, outputs=outputs))
 
 
-def _compare_uri(tracking_uri, stack, outputs_file) -> str:
+def _compare_uri(tracking_uri, stack, outputs_file):
+    """(tracking URI, stack outputs or None): the local store, or the stack's workspace's."""
     from training.tracking import tracking_uri as resolve_uri
 
     if stack is None and outputs_file is None:
@@ -424,7 +425,7 @@ def _compare_uri(tracking_uri, stack, outputs_file) -> str:
         if db is not None and not Path(db).is_file():
             bad_input(f"no MLflow store at {db}: train a pair first (`train run`) or pass "
                       "--tracking-uri")
-        return uri
+        return uri, None
     from training.stack import StackError, load_outputs
 
     try:
@@ -437,7 +438,7 @@ def _compare_uri(tracking_uri, stack, outputs_file) -> str:
     def workspace_uri() -> str:
         return _client(outputs).workspaces.get(outputs.workspace_name).mlflow_tracking_uri
 
-    return workspace_uri()
+    return workspace_uri(), outputs
 
 
 def _list_pairs(uri: str, fmt: str) -> None:
@@ -464,7 +465,8 @@ def _list_pairs(uri: str, fmt: str) -> None:
         click.echo(f"  {p['pair_id']:<40} {p['name']:<28} {p['started']}  {arms}")
 
 
-def _compare(uri: str, pair: str, fmt: str, plot_path: Path | None = None, console=None) -> int:
+def _compare(uri: str, pair: str, fmt: str, plot_path: Path | None = None, console=None,
+             outputs=None) -> int:
     """Print the verdict of a pair; returns its exit code (2 for bad input, printed)."""
     import json
 
@@ -472,7 +474,7 @@ def _compare(uri: str, pair: str, fmt: str, plot_path: Path | None = None, conso
     from training.compare import CompareError, compare, example_diffs
 
     try:
-        report, runs = compare(uri, pair)
+        report, runs = compare(uri, pair, outputs=outputs)
     except CompareError as e:
         click.echo(f"error: {e}", err=True)
         return EXIT_BAD_INPUT

@@ -170,8 +170,31 @@ def _num(value) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def health(run: ArmRun) -> dict:
+def azure_cost(params: dict, seconds: float | None, outputs) -> float | None:
+    """An Azure ML run's cost: its duration x nodes x the VM size's price per node hour (the
+    experiment's azure.price_per_hour, else hardware.py's list price). The VM size: the
+    experiment's azure.vm_size, else the stack's size for the cluster it named."""
+    from training.hardware import DEFAULT_CPU_VM_SIZE, DEFAULT_GPU_VM_SIZE, vm_size
+
+    if seconds is None or outputs is None:
+        return None
+    size = params.get("azure.vm_size")
+    if size in (None, "", "None"):
+        compute = params.get("azure.compute", "gpu")
+        gpu = outputs.gpu_vm_size or DEFAULT_GPU_VM_SIZE
+        cpu = outputs.cpu_vm_size or DEFAULT_CPU_VM_SIZE
+        size = {"gpu": gpu, outputs.gpu_cluster: gpu, "cpu": cpu, outputs.cpu_cluster: cpu}.get(
+            compute)
+    price = _num(params.get("azure.price_per_hour"))
+    if price is None and size and (vm := vm_size(size)):
+        price = vm.price_per_hour
+    nodes = _num(params.get("azure.instance_count")) or 1
+    return None if price is None else seconds / 3600 * nodes * price
+
+
+def health(run: ArmRun, outputs=None) -> dict:
     m, curves = run.metrics, run.curves
+    seconds = run.end - run.start if None not in (run.start, run.end) else None
     evals = [v for _, v in curves.get("eval_loss", [])]
     trains = curves.get("train_loss", [])
     eval_loss = _num(m.get("final_eval_loss", m.get("eval_loss")))
@@ -189,8 +212,9 @@ def health(run: ArmRun) -> dict:
         "steps": int(steps) if steps is not None else None,
         "max_steps": _num(m.get("final_max_steps", run.params.get("training.max_steps"))),
         "tokens_per_second": _num(m.get("final_tokens_per_second", m.get("tokens_per_second"))),
-        "wall_seconds": run.end - run.start if run.end and run.start else None,
-        "cost_usd": _num(m.get("cost_usd")),
+        "wall_seconds": seconds,
+        "cost_usd": _num(m.get("cost_usd")) if "cost_usd" in m else azure_cost(
+            run.params, seconds, outputs),
         "started": _iso(run.start),
     }
 
@@ -220,8 +244,9 @@ def _pairable(control: ArmRun, experiment: ArmRun) -> tuple[list, list, str | No
 
 
 def build(runs: dict[int, dict[str, ArmRun]], pair: str, tracking_uri: str,
-          resamples: int = stats.RESAMPLES) -> dict:
-    """The whole verdict as a JSON-able dict (see the README for its fields)."""
+          resamples: int = stats.RESAMPLES, outputs=None) -> dict:
+    """The whole verdict as a JSON-able dict (see the README for its fields). `outputs`: the
+    stack outputs of the workspace the runs ran in (their cost), None for local runs."""
     reps, notes, unfair = [], [], []
     losses: dict[str, list] = {"control": [], "experiment": []}
     first = runs[min(runs)]
@@ -245,7 +270,7 @@ def build(runs: dict[int, dict[str, ArmRun]], pair: str, tracking_uri: str,
             losses["experiment"].append(el)
         paired = stats.paired(cl, el, resamples=resamples).to_dict() if not why and cl else None
         reps.append({"replicate": k, "pair_id": c.pair_id, "seed": _num(c.params.get(
-            "training.seed")), "arms": {a: health(arms[a]) for a in ARMS}, "paired": paired,
+            "training.seed")), "arms": {a: health(arms[a], outputs) for a in ARMS}, "paired": paired,
             "differences": diff})
 
     overall, spread = None, None
@@ -270,7 +295,9 @@ def build(runs: dict[int, dict[str, ArmRun]], pair: str, tracking_uri: str,
         agg["finished"] = all(h["finished"] for h in hs)
         arms_summary[arm] = agg
 
-    criteria = _criteria(first["control"].params, arms_summary)
+    costs = [r["arms"][a]["cost_usd"] for r in reps for a in ARMS]
+    total_cost = sum(costs) if None not in costs else None
+    criteria = _criteria(first["control"].params, arms_summary, total_cost)
     fair = not unfair
     finished = all(a["finished"] for a in arms_summary.values())
     report = {
@@ -278,12 +305,13 @@ def build(runs: dict[int, dict[str, ArmRun]], pair: str, tracking_uri: str,
         "tracking_uri": tracking_uri, "replicates": len(runs),
         "fair": fair, "unfair_params": unfair, "arms": arms_summary, "replicate_results": reps,
         "paired": overall, "seed_spread": spread, "notes": notes, "criteria": criteria,
+        "cost_usd": total_cost,
     }
     report["verdict"] = _verdict(report, fair, finished)
     return report
 
 
-def _criteria(params: dict, arms: dict) -> list[dict]:
+def _criteria(params: dict, arms: dict, total_cost: float | None) -> list[dict]:
     out = []
     for name, metric in (("max_eval_loss", "eval_loss"), ("max_train_eval_gap", "train_eval_gap")):
         limit = _num(params.get(f"success.{name}"))
@@ -295,10 +323,8 @@ def _criteria(params: dict, arms: dict) -> list[dict]:
                         "passed": value is not None and value <= limit})
     budget = _num(params.get("budget_usd"))
     if budget is not None:
-        costs = [arms[a]["cost_usd"] for a in ARMS]
-        value = sum(costs) if None not in costs else None
-        out.append({"name": "budget_usd", "arm": None, "limit": budget, "value": value,
-                    "passed": None if value is None else value <= budget})  # None: not checked
+        out.append({"name": "budget_usd", "arm": None, "limit": budget, "value": total_cost,
+                    "passed": None if total_cost is None else total_cost <= budget})
     return out
 
 
@@ -352,7 +378,7 @@ def example_diffs(runs: dict[int, dict[str, ArmRun]]):
     return np.mean(per, axis=0)
 
 
-def compare(tracking_uri: str, pair: str, resamples: int = stats.RESAMPLES):
+def compare(tracking_uri: str, pair: str, resamples: int = stats.RESAMPLES, outputs=None):
     """(report, runs) of a pair in the store at tracking_uri; CompareError for bad input."""
     from mlflow.exceptions import MlflowException
 
@@ -362,4 +388,4 @@ def compare(tracking_uri: str, pair: str, resamples: int = stats.RESAMPLES):
         load_details(client, runs)
     except MlflowException as e:
         raise store_error(tracking_uri, e) from None
-    return build(runs, pair, tracking_uri, resamples), runs
+    return build(runs, pair, tracking_uri, resamples, outputs), runs

@@ -91,7 +91,7 @@ def test_replicates_are_found_and_aggregated_and_the_json_is_complete(store):
     assert code == 1  # max_eval_loss 1.0 fails
     assert {"schema", "pair_id", "experiment", "tracking_uri", "replicates", "fair",
             "unfair_params", "arms", "replicate_results", "paired", "seed_spread", "notes",
-            "criteria", "verdict"} == rep.keys()
+            "criteria", "cost_usd", "verdict"} == rep.keys()
     assert rep["schema"] == compare.SCHEMA and rep["pair_id"] == pair
     assert rep["replicates"] == 2 and rep["fair"] is True, rep["unfair_params"]
     r0, r1 = rep["replicate_results"]
@@ -247,7 +247,16 @@ def test_compare_through_the_stack_outputs_and_the_workspace_tracking_server(
     local, _ = report(store, store["reps"])
     assert result.exit_code == 1 and remote["tracking_uri"] == mlflow_server
     assert remote["paired"] == local["paired"] and remote["seed_spread"] == local["seed_spread"]
-    assert remote["replicate_results"] == local["replicate_results"]
+    # on Azure each run costs its duration x nodes x the VM size's price (the stack's GPU size)
+    for rl, rr in zip(local["replicate_results"], remote["replicate_results"], strict=True):
+        for arm in ("control", "experiment"):
+            h = rr["arms"][arm]
+            assert h["cost_usd"] == pytest.approx(h["wall_seconds"] / 3600 * 3.67)
+            assert rl["arms"][arm]["cost_usd"] is None  # local runs: nothing to pay
+            assert {**h, "cost_usd": None} == rl["arms"][arm]
+    assert remote["cost_usd"] == pytest.approx(sum(
+        r["arms"][a]["cost_usd"] for r in remote["replicate_results"] for a in ("control",
+                                                                              "experiment")))
 
 
 def test_bad_arguments_exit_2(tmp_path):
@@ -312,3 +321,26 @@ def test_arms_that_loaded_different_base_model_revisions_are_unfair():
     assert {d["param"]: d["values"] for d in rep["unfair_params"]} == {
         "base_model_revision": ["a" * 40, "b" * 40]}
     assert rep["verdict"]["exit_code"] == 1
+
+
+@pytest.mark.parametrize(("budget", "passed"), [(1.0, True), (0.1, False)])
+def test_azure_runs_cost_their_duration_at_the_vm_price_and_meet_the_budget(budget, passed):
+    from tests.training.fake_azure import OUTPUTS
+    from training.stack import parse_outputs
+
+    c = np.ones(5)
+    params = {"budget_usd": str(budget), "azure.instance_count": "2"}
+    runs = {0: {"control": arm_run("control", c, **params),
+                "experiment": arm_run("experiment", c + 0.1, **params)}}
+    rep = compare.build(runs, "p", "azureml://", outputs=parse_outputs(OUTPUTS, "test"))
+    # 60 s on 2 nodes of the stack's GPU size, Standard_NC24ads_A100_v4 at 3.67 USD per node hour
+    assert rep["replicate_results"][0]["arms"]["control"]["cost_usd"] == pytest.approx(
+        60 / 3600 * 2 * 3.67)
+    assert rep["cost_usd"] == pytest.approx(2 * 60 / 3600 * 2 * 3.67)
+    (crit,) = [c for c in rep["criteria"] if c["name"] == "budget_usd"]
+    assert crit["passed"] is passed and crit["value"] == pytest.approx(rep["cost_usd"])
+    assert rep["verdict"]["exit_code"] == (0 if passed else 1)
+    local = compare.build(runs, "p", "sqlite://")  # no stack: no cost, the budget not checked
+    (crit,) = [c for c in local["criteria"] if c["name"] == "budget_usd"]
+    assert crit["passed"] is None and local["cost_usd"] is None
+    assert local["verdict"]["exit_code"] == 0
