@@ -250,7 +250,8 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
         with PairProgress(console, arms) as progress:
             pair = LocalPair(resolved, rep_dir, rep_id, arms, uri, on_event=progress.update,
                              replicate=k, parent_pair_id=pair_id, threads=threads)
-            previous = {s: signal.signal(s, pair.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            previous = {s: signal.signal(s, pair.stop)  # SIGHUP: the terminal closed
+                        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
             try:
                 states = pair.run()
             finally:
@@ -283,6 +284,7 @@ def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
     from training.backends.local import (
         LocalPair,
         PairMismatch,
+        check_pair,
         pair_id_for,
         prepare_pair,
         read_manifest,
@@ -331,6 +333,7 @@ def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
     n = cfg.training.replicates
     folders = [pair_dir] if n == 1 else [pair_dir / f"r{k}" for k in range(n)]
     try:
+        check_pair(cfg, pair_dir, pair_id, ready.hashes)  # another experiment's folder: refuse
         for folder in folders:  # one writer per arm: refuse before anything is written
             LocalPair(pair_dir / "config.yaml", folder, pair_id, arms, "").lock_arms()
         resolved = prepare_pair(cfg, pair_dir, pair_id, ready.hashes,

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -50,6 +51,14 @@ def _as_path(value):
 
 
 PathField = Annotated[Path, BeforeValidator(_as_path)]
+
+
+def _revision(value: str) -> str:
+    """A hub commit, branch or tag (`main`, `v1.0`, `refs/pr/1`), or a `sha256:` fingerprint."""
+    if not re.fullmatch(r"[A-Za-z0-9]+([._/:+-][A-Za-z0-9]+)*", value) or len(value) > 200:
+        raise ValueError(f"{value!r} is not a commit sha, branch or tag (letters and digits, "
+                         "single . _ / : + - between them)")
+    return value
 
 
 class LoraSettings(Strict):
@@ -228,8 +237,8 @@ class SweepSettings(Strict):
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     base_model: str = Field(min_length=1, description="hub id, local path, or tiny-llama")
-    base_model_revision: str | None = Field(
-        None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9]+([._/:+-][A-Za-z0-9]+)*$",
+    base_model_revision: Annotated[str, AfterValidator(_revision)] | None = Field(
+        None,
         description="hub commit, branch or tag to pin (checked before the arms start); for a "
                     "local folder or tiny-llama its fingerprint. Unset: resolved at submit/run")
     backend: Literal["azureml", "openai", "azure-openai"] = Field(

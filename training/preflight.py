@@ -68,8 +68,10 @@ def target_module_problems(targets, modules: dict[str, str], model: str) -> list
         if not any(kind in ("Linear", "Conv1D") for kind in modules.values()):
             return [f"lora.target_modules: all-linear, but {model} has no linear layers"]
         return []
-    adaptable = sorted({n.rsplit(".", 1)[-1] for n, kind in modules.items()
-                        if kind in _LORA_LAYERS and not n.endswith("lm_head")})
+    linear = {n.rsplit(".", 1)[-1] for n, kind in modules.items()
+              if kind in ("Linear", "Conv1D") and not n.endswith("lm_head")}
+    adaptable = sorted(linear) + sorted({n.rsplit(".", 1)[-1] for n, kind in modules.items()
+                                         if kind in _LORA_LAYERS} - linear)
     problems = []
     for target in targets:
         matched = {n: kind for n, kind in modules.items()

@@ -110,7 +110,7 @@ def prepare(cfg: ExperimentConfig, *, status=None, on_note=None) -> Prepared:
     name, revision = load_reference(cfg)
     problems = preflight.problems(cfg, name, revision, {k: f.rows for k, f in by_role.items()})
     if problems:
-        raise NotReady("the experiment cannot run here: nothing was trained", problems)
+        raise NotReady("the experiment cannot run here (nothing was started):", problems)
     return Prepared(cfg, pinned, files, report,
                     hashes={k: f.sha256 for k, f in by_role.items()},
                     warnings=data_mod.same_data_warnings(by_role))

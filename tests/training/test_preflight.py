@@ -52,7 +52,7 @@ def test_target_modules_are_checked_against_module_names():
     assert target_module_problems("all-linear", MODULES, "m") == []
     missing, wrong = target_module_problems(["q_projj", "mlp"], MODULES, "m")
     assert missing.startswith("lora.target_modules: 'q_projj' is not a module of m (its "
-                              "adaptable layers: embed_tokens, q_proj, up_proj)")
+                              "adaptable layers: q_proj, up_proj, embed_tokens, lm_head)")
     assert wrong.startswith("lora.target_modules: 'mlp' names a LlamaMLP in m, not a layer")
     assert target_module_problems(["proj"], MODULES, "m")[0].startswith(
         "lora.target_modules: 'proj' is not a module")  # peft matches whole dotted parts

@@ -103,25 +103,32 @@ def prepare_pair(cfg: ExperimentConfig, pair_dir: Path, pair_id: str, data_hashe
                 "base_model_revision": cfg.base_model_revision,
                 "config_sha256": cfg.sha256(), "data_sha256": data_hashes,
                 "threads_per_arm": threads_per_arm(), **(extra or {})}
-    existing = pair_dir / "pair.json"
-    if existing.exists():
-        try:
-            before = json.loads(existing.read_text())
-        except ValueError:
-            raise PairMismatch(f"{existing} is not a pair manifest (not JSON): choose another "
-                               "--pair-id or --output-dir") from None
-        if isinstance(before.get("threads_per_arm"), int) and before["threads_per_arm"] > 0:
-            manifest["threads_per_arm"] = before["threads_per_arm"]  # resume as it started
-        if (before.get("config_sha256"), before.get("data_sha256")) != (
-                manifest["config_sha256"], data_hashes):
-            # resuming checkpoints of another config or other data would mix two experiments
-            raise PairMismatch(f"{pair_dir} holds pair {pair_id} with a different config or "
-                               "data: choose another --pair-id or --output-dir")
+    before = check_pair(cfg, pair_dir, pair_id, data_hashes)
+    if before and isinstance(before.get("threads_per_arm"), int) and before["threads_per_arm"] > 0:
+        manifest["threads_per_arm"] = before["threads_per_arm"]  # resume as it started
     pair_dir.mkdir(parents=True, exist_ok=True)
     config_path = pair_dir / "config.yaml"
     _write_atomic(config_path, cfg.to_yaml())  # an --arm run beside this one may write it too
     _write_atomic(pair_dir / "pair.json", json.dumps(manifest, indent=2) + "\n")
     return config_path
+
+
+def check_pair(cfg: ExperimentConfig, pair_dir: Path, pair_id: str, data_hashes: dict) -> dict:
+    """The manifest already in `pair_dir` ({} if none); PairMismatch when it is another
+    experiment's (resuming its checkpoints would mix two experiments). Writes nothing."""
+    existing = pair_dir / "pair.json"
+    if not existing.exists():
+        return {}
+    try:
+        before = json.loads(existing.read_text())
+    except ValueError:
+        raise PairMismatch(f"{existing} is not a pair manifest (not JSON): choose another "
+                           "--pair-id or --output-dir") from None
+    if not isinstance(before, dict) or (before.get("config_sha256"), before.get("data_sha256")) \
+            != (cfg.sha256(), data_hashes):
+        raise PairMismatch(f"{pair_dir} holds pair {pair_id} with a different config or "
+                           "data: choose another --pair-id or --output-dir")
+    return before
 
 
 def read_manifest(pair_dir: Path) -> dict:
