@@ -107,7 +107,8 @@ def job_config(cfg, outputs):
               help="Submit a new pair even if this one exists (a new pair id, fresh arm folders).")
 @click.option("--dry-run", is_flag=True,
               help="Build the jobs and write them as YAML to --out; send nothing.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              callback=lambda ctx, param, value: _out(value),
               help="With --dry-run: the folder for the job YAMLs and the code snapshot.")
 @click.option("--wait", "wait_", is_flag=True,
               help="Follow the jobs until they end; exit 0 only if every job completed.")
@@ -133,21 +134,37 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
 
     cli = _cli()
     console = cli._console()
-    cfg = _pinned(cli._load(config_path), console, required=not dry_run)
+    # usage first: instant, before any hub lookup or request
     if dry_run != (out_dir is not None):
         cli.bad_input("--dry-run and --out go together: --dry-run --out DIR")
-    if pair_id and force:
+    if dry_run and wait_:
+        cli.bad_input("--wait follows submitted jobs: it does nothing with --dry-run")
+    if pair_id is not None and force:
         cli.bad_input("--pair-id and --force exclude each other (--force makes a new pair id)")
+    if from_sweep is not None and not from_sweep.strip():
+        cli.bad_input("--from-sweep: empty; give the sweep job's name (`train sweep` prints it)")
+    try:
+        if pair_id is not None:
+            jobs_mod.check_pair_id(pair_id)
+    except jobs_mod.JobSpecError as e:
+        cli.bad_input(str(e))
+    if dry_run:
+        check_out_dir(out_dir)
+    cfg = cli._load(config_path)
     if cfg.eval is not None and "eval" not in outputs.data_assets:
-        console.print("[yellow]warning:[/] the experiment file names a shared eval set but the "
-                      "stack has no `eval` data asset (set evalDataPath, `pulumi up`): each arm "
-                      "is evaluated on its own holdout, which is not comparable between arms")
+        cli.bad_input("the experiment file names a shared eval set (`eval:`) but the stack has no "
+                      "`eval` data asset: each arm would be scored on its own holdout, which is "
+                      "not comparable. Declare it (`pulumi config set evalAsset true`, `pulumi "
+                      "up`, `train data upload`) or remove `eval:` from the experiment file")
+    from training.cli_estimate import cluster_check
+
+    cluster_check(cfg, outputs, console)
+    cfg = _pinned(cfg, console, required=not dry_run)
     tags = {}
     if from_sweep:
         cfg, tags = _from_sweep(cfg, outputs, from_sweep, console)
     try:
-        pair_id = jobs_mod.check_pair_id(pair_id) if pair_id else jobs_mod.azure_pair_id(
-            cfg, outputs)
+        pair_id = pair_id or jobs_mod.azure_pair_id(cfg, outputs)
         if force:
             pair_id = f"{pair_id}-{time.strftime('%Y%m%d%H%M%S')}"
         planned = jobs_mod.plan_pair(cfg, outputs, pair_id, code_version(), tags)
@@ -164,6 +181,32 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
     _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds)
 
 
+def _out(value: str | None) -> Path | None:
+    """--out as given: an empty string is not the current folder."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("empty; give a folder, e.g. --out jobs/", param_hint="--out")
+    return None if value is None else Path(value)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """--out must be a folder this tool may write: checked before anything is written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".paired-finetune-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        _cli().bad_input(f"--out {out_dir}: cannot write there ({e.strerror or e})")
+    from training.backends.azureml import SNAPSHOT_MARKER
+
+    code = out_dir / "code"
+    if code.is_symlink() or (code.exists() and not code.is_dir()):
+        _cli().bad_input(f"--out {out_dir}: {code} exists and is not a folder")
+    if code.is_dir() and any(code.iterdir()) and not (code / SNAPSHOT_MARKER).exists():
+        _cli().bad_input(f"--out {out_dir}: {code} holds files this tool did not write; "
+                         "choose an empty or new folder")
+
+
 @_azure_errors
 def _from_sweep(cfg, outputs, sweep_job: str, console):
     """The config with the sweep's best values (for both arms), and the tags that record it."""
@@ -173,7 +216,7 @@ def _from_sweep(cfg, outputs, sweep_job: str, console):
     from training.sweep import best_values
 
     try:
-        values, arm, trial = best_values(_client(outputs), sweep_job)
+        values, arm, trial = best_values(_client(outputs), sweep_job, cfg)
         cfg = apply_overrides(cfg, values, source=f"--from-sweep {sweep_job}")
     except (JobSpecError, ConfigError) as e:
         _cli().bad_input(str(e))
@@ -207,13 +250,14 @@ def _dry_run(planned, config_yaml, out_dir: Path, console) -> None:
     from training.backends.azureml import stage_code
     from training.jobs import job_yaml
 
-    if out_dir.exists() and not out_dir.is_dir():
-        _cli().bad_input(f"--out {out_dir}: exists and is not a folder")
-    code = stage_code(out_dir / "code", config_yaml)
-    for job in planned:
-        path = out_dir / f"{job.name}.yml"
-        path.write_text(job_yaml(job, "./code"), encoding="utf-8")
-        console.print(f"wrote {path}")
+    texts = {out_dir / f"{job.name}.yml": job_yaml(job, "./code") for job in planned}
+    try:
+        code = stage_code(out_dir / "code", config_yaml)
+        for path, text in texts.items():
+            path.write_text(text, encoding="utf-8")
+            console.print(f"wrote {path}")
+    except OSError as e:
+        _cli().bad_input(f"--out {out_dir}: cannot write {e.filename or ''} ({e.strerror or e})")
     console.print(f"code snapshot: {code}  (nothing was sent; submit one with "
                   f"`az ml job create -f {out_dir}/{planned[0].name}.yml`)")
 
@@ -228,8 +272,8 @@ def _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds
         try:
             result = pair.submit(planned, code)
         except SubmitError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(EXIT_FAILED)
+            click.echo(f"error: {str(e).replace('PAIR', pair_id)}", err=True)
+            sys.exit(e.exit_code)
     created = [name for name, (_, new) in result.items() if new]
     console.print(f"pair [bold]{pair_id}[/] in workspace {outputs.workspace_name}: "
                   + (f"created {len(created)} job(s)" if created
@@ -269,17 +313,24 @@ def _wait(pair, names: list[str], console, poll_seconds: float) -> None:
     def render(statuses):
         return Text("\n".join(f"{name:<48} {status}" for name, status in statuses.items()))
 
-    if console.is_terminal:
-        with Live(render({n: "?" for n in names}), console=console, refresh_per_second=2) as live:
-            final = pair.wait(names, lambda s: live.update(render(s)), poll_seconds)
-    else:
-        def changed(statuses):
-            for name, status in statuses.items():
-                if last.get(name) != status:
-                    console.print(f"{time.strftime('%H:%M:%S')} {name}: {status}")
-                    last[name] = status
+    def changed(statuses):
+        for name, status in statuses.items():
+            if last.get(name) != status:
+                console.print(f"{time.strftime('%H:%M:%S')} {name}: {status}")
+                last[name] = status
 
-        final = pair.wait(names, changed, poll_seconds)
+    try:
+        if console.is_terminal:
+            with Live(render({n: "?" for n in names}), console=console,
+                      refresh_per_second=2) as live:
+                final = pair.wait(names, lambda s: live.update(render(s)), poll_seconds)
+        else:
+            final = pair.wait(names, changed, poll_seconds)
+    except KeyboardInterrupt:
+        pair_id = names[0].rsplit("-", 1)[0]
+        console.print(f"stopped following; the jobs keep running: `train status {pair_id}`, "
+                      f"`train cancel {pair_id}` (with the same --stack / --outputs-file)")
+        sys.exit(130)
     bad = {n: s for n, s in final.items() if s != "Completed"}
     if bad:
         console.print("not completed: " + ", ".join(f"{n} ({s})" for n, s in bad.items())
@@ -289,6 +340,16 @@ def _wait(pair, names: list[str], console, poll_seconds: float) -> None:
 
 
 # ----------------------------------------------------------------------------- follow
+def _checked(pair_id: str) -> str:
+    """A PAIR argument that cannot name a pair is bad input before any request."""
+    from training.jobs import JobSpecError, check_pair_id
+
+    try:
+        return check_pair_id(pair_id, "PAIR")
+    except JobSpecError as e:
+        _cli().bad_input(str(e))
+
+
 def _pair_jobs(pair, pair_id: str):
     jobs = pair.find(pair_id)
     if not jobs:
@@ -308,6 +369,8 @@ def status(pair_id, outputs):
     from training.backends.azureml import AzurePair, view
 
     console = _cli()._console()
+    if pair_id is not None:
+        _checked(pair_id)
     pair = AzurePair(_client(outputs))
     if pair_id is None:
         pairs = pair.recent_pairs()
@@ -336,6 +399,7 @@ def logs(pair_id, arm, replicate, outputs):
 
     from training.backends.azureml import AzurePair
 
+    _checked(pair_id)
     pair = AzurePair(_client(outputs))
     jobs = [j for j in _pair_jobs(pair, pair_id) if (j.tags or {}).get("arm") == arm]
     if replicate is not None:
@@ -346,7 +410,12 @@ def logs(pair_id, arm, replicate, outputs):
     try:
         pair.stream(jobs[0].name)
     except JobException as e:
-        click.echo(f"error: {jobs[0].name} did not complete: {str(e).splitlines()[0]}", err=True)
+        reason = str(e).replace("Exception :", "").strip().splitlines()
+        status = pair.get(jobs[0].name)
+        click.echo(f"error: {jobs[0].name} did not complete (status "
+                   f"{getattr(status, 'status', '?')})"
+                   + (f": {reason[0]}" if reason and reason[0] else "")
+                   + f"; its logs: {getattr(status, 'studio_url', '') or 'the studio'}", err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -360,6 +429,7 @@ def cancel(pair_id, outputs):
     from training.backends.azureml import AzurePair
 
     console = _cli()._console()
+    _checked(pair_id)
     pair = AzurePair(_client(outputs))
     results = pair.cancel(_pair_jobs(pair, pair_id))
     for name, what in results:

@@ -65,19 +65,26 @@ def _characters(path: Path) -> tuple[int, int]:
 
 def count_data(cfg) -> tuple[dict, int | None, str]:
     """(arm -> DataTokens, eval tokens or None, how they were counted). Raises OSError/DataError."""
-    from training.data import validate_files
+    from training.data import DataError, validate_files
     from training.estimate import DataTokens, tokens_from_characters
 
     files = {arm: cfg.train_file(arm) for arm in ARMS}
     if cfg.eval is not None:
         files["eval"] = cfg.eval
-    missing = [f"{k}: {p}" for k, p in files.items() if not Path(p).is_file()]
+    missing = [f"{k}: {p}" for k, p in files.items() if not Path(p).exists()]
     if missing:
         raise FileNotFoundError("data file not found: " + ", ".join(missing))
     tokenizer = _tokenizer_offline(cfg)
+    # the same checks as `train data validate`: an estimate of broken data is no estimate
+    report = validate_files([str(p) for p in files.values()], tokenizer=tokenizer)
+    if not report.ok:
+        raise DataError(["the data is not valid (`train data validate` lists every problem):",
+                         *(f"  {p}" for p in report.problems[:20])])
+    empty = [str(p) for p, f in zip(files.values(), report.files, strict=True) if not f.rows]
+    if empty:
+        raise DataError([f"no examples in {', '.join(empty)}"])
     counts = {}
     if tokenizer is not None:
-        report = validate_files([str(p) for p in files.values()], tokenizer=tokenizer)
         for key, summary in zip(files, report.files, strict=True):
             tokens = round(summary.tokens.mean * summary.rows) if summary.tokens else 0
             counts[key] = DataTokens(summary.rows, tokens)
@@ -98,16 +105,44 @@ def n_params_of(cfg) -> int:
     return model_shape(cfg.base_model, cfg.base_model_revision).n_params
 
 
-def make_estimate(cfg, outputs, mfu: float | None = None):
-    """The pair's estimate; raises ValueError (bad settings) or OSError (data)."""
-    from training.estimate import DEFAULT_MFU, DEFAULT_MFU_SOURCE, estimate_pair, pick_vm
+def pick(cfg, outputs):
+    """(VmSize, where its name came from); raises ValueError for what cannot run on it."""
+    from training.estimate import pick_vm
 
-    kind = cluster_kind(cfg, outputs)
-    vm, vm_source = pick_vm(cfg, outputs and outputs.gpu_vm_size, outputs and outputs.cpu_vm_size,
-                            kind)
+    vm, source = pick_vm(cfg, outputs and outputs.gpu_vm_size, outputs and outputs.cpu_vm_size,
+                         cluster_kind(cfg, outputs))
     if vm.is_gpu and cfg.azure.processes_per_node > vm.count:
         raise ValueError(f"azure.processes_per_node is {cfg.azure.processes_per_node} but "
-                         f"{vm.name} has {vm.count} GPU(s) per node")
+                         f"{vm.name} has {vm.count} GPU(s) per node: one process per GPU")
+    return vm, source
+
+
+def cluster_check(cfg, outputs, console) -> None:
+    """Before `train submit`/`sweep` (dry runs too): the processes fit the VM's GPUs and one arm
+    fits their memory (the memory plan), else exit 2 with the figures and cheapest fixes."""
+    from training.memory import check_vm
+    from training.model_shape import ShapeUnknown, model_shape
+
+    try:
+        vm, _ = pick(cfg, outputs)
+    except ValueError as e:
+        _cli().bad_input(str(e))
+    try:
+        shape = model_shape(cfg.base_model, cfg.base_model_revision)
+    except ShapeUnknown as e:
+        console.print(f"[yellow]note:[/] no memory plan: {e}", highlight=False)
+        return
+    check = check_vm(cfg, vm, shape)
+    if not check.fits:
+        _cli().bad_input(f"one arm does not fit {vm.name}'s GPU memory: nothing was submitted\n"
+                         + "\n".join(check.lines()))
+
+
+def make_estimate(cfg, outputs, mfu: float | None = None):
+    """The pair's estimate; raises ValueError (bad settings) or OSError (data)."""
+    from training.estimate import DEFAULT_MFU, DEFAULT_MFU_SOURCE, estimate_pair
+
+    vm, vm_source = pick(cfg, outputs)
     data, eval_tokens, token_source = count_data(cfg)
     return estimate_pair(
         cfg, vm=vm, vm_source=vm_source, n_params=n_params_of(cfg), data=data,
@@ -122,8 +157,9 @@ def render(est, console) -> None:
     console.print(f"[bold]{est.vm_size}[/] ({est.vm_source}): {est.gpus_per_arm} x "
                   f"{est.accelerator} per arm, {est.nodes_per_arm} node(s), "
                   f"{est.price_per_hour:.2f} USD/node-hour ({est.price_source})")
-    console.print(f"model: {est.n_params / 1e9:.2f}B parameters, {est.method}; FLOPs = "
-                  f"{est.flops_formula}")
+    size = (f"{est.n_params / 1e9:.2f}B" if est.n_params >= 1e9
+            else f"{est.n_params / 1e6:.2f}M")
+    console.print(f"model: {size} parameters, {est.method}; FLOPs = {est.flops_formula}")
     console.print(f"throughput: {est.peak_tflops:g} TFLOP/s peak x MFU {est.mfu:.0%} "
                   f"({est.mfu_source}); tokens {est.token_source}")
     table = Table(box=None, pad_edge=False)
@@ -157,8 +193,9 @@ def render(est, console) -> None:
               help="The stack outputs saved as JSON, instead of --stack.")
 @click.option("--pulumi-dir", type=click.Path(path_type=Path), default=Path("."),
               show_default=True, help="The folder that holds Pulumi.yaml.")
-@click.option("--mfu", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
-              help="Assumed model FLOPs utilisation [default: 0.35, see the output].")
+@click.option("--mfu", type=click.FloatRange(min=0.01, max=1), default=None,
+              callback=lambda ctx, param, v: _finite(v, "--mfu"),
+              help="Assumed model FLOPs utilisation, 0.01-1 [default: 0.35, see the output].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
 def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):
@@ -219,10 +256,19 @@ def _hosted_estimate(cfg, fmt: str) -> None:
                   + (f" (budget_usd {cfg.budget_usd:,.2f})" if cfg.budget_usd else ""))
 
 
+def _finite(value, name):
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number", param_hint=name)
+    return value
+
+
 def guarded_estimate(cfg, outputs, mfu=None):
     """make_estimate with every user mistake as exit 2."""
     from training.data import DataError
 
+    cluster_check(cfg, outputs, _cli()._console())
     try:
         return make_estimate(cfg, outputs, mfu)
     except (ValueError, OSError, DataError) as e:
@@ -243,6 +289,9 @@ def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> None:
         console.print(f"[yellow]note:[/] {', '.join(missing)} not on this machine: the budget "
                       "is checked against the worst case only")
         problems = _worst_case_problems(cfg, outputs)
+        if cfg.azure.max_run_minutes is None:
+            problems = ["budget_usd cannot be checked: the data is not on this machine (no "
+                        "estimate) and azure.max_run_minutes is not set (no worst case)"]
     else:
         problems = guarded_estimate(cfg, outputs).over_budget
     if not problems:
@@ -253,20 +302,17 @@ def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> None:
                       + "; ".join(problems))
         return
     click.echo("error: " + "; ".join(problems) + ". Nothing was submitted: lower the cost "
-               "(fewer steps, a smaller max_run_minutes) or pass --allow-over-budget "
-               "(`train estimate` shows the figures)", err=True)
+               "(fewer steps, a smaller azure.max_run_minutes), set azure.max_run_minutes, or "
+               "pass --allow-over-budget (`train estimate` shows the figures)", err=True)
     sys.exit(1)
 
 
 def _worst_case_problems(cfg, outputs) -> list[str]:
-    from training.estimate import pick_vm
-
     az = cfg.azure
     if az.max_run_minutes is None:
         return []
     try:
-        vm, _ = pick_vm(cfg, outputs and outputs.gpu_vm_size, outputs and outputs.cpu_vm_size,
-                        cluster_kind(cfg, outputs))
+        vm, _ = pick(cfg, outputs)
     except ValueError as e:
         _cli().bad_input(str(e))
     price = az.price_per_hour or vm.price_per_hour

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import click
 
-from training.cli_azure import _azure_errors, _cli, _client, _pinned, job_config, stack_options
+from training.cli_azure import (
+    _azure_errors,
+    _cli,
+    _client,
+    _out,
+    _pinned,
+    job_config,
+    stack_options,
+)
 
 
 @click.command()
@@ -20,7 +28,8 @@ from training.cli_azure import _azure_errors, _cli, _client, _pinned, job_config
 @click.option("--arm", type=click.Choice(["control", "experiment"]), default="control",
               show_default=True, help="The arm the hyperparameters are tuned on.")
 @click.option("--dry-run", is_flag=True, help="Write the sweep job as YAML to --out; send nothing.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              callback=lambda ctx, param, value: _out(value),
               help="With --dry-run: the folder for the job YAML and the code snapshot.")
 def sweep(config_path, outputs, arm, dry_run, out_dir):
     """Tune hyperparameters on ONE arm with an Azure ML sweep job (trials in parallel).
@@ -42,7 +51,15 @@ def sweep(config_path, outputs, arm, dry_run, out_dir):
     console = cli._console()
     if dry_run != (out_dir is not None):
         cli.bad_input("--dry-run and --out go together: --dry-run --out DIR")
-    cfg = _pinned(cli._load(config_path), console, required=not dry_run)
+    if dry_run:
+        from training.cli_azure import check_out_dir
+
+        check_out_dir(out_dir)
+    cfg = cli._load(config_path)
+    from training.cli_estimate import cluster_check
+
+    cluster_check(cfg, outputs, console)
+    cfg = _pinned(cfg, console, required=not dry_run)
     try:
         template = plan_sweep(cfg, outputs, jobs_mod.azure_pair_id(cfg, outputs), arm,
                               code_version())
@@ -75,6 +92,9 @@ def sweep_yaml(template, cfg, code_dir: str) -> str:
         trial["command"] = trial["command"].replace(f"${{{{inputs.{name}}}}}",
                                                     f"${{{{search_space.{name}}}}}")
     data["trial"] = trial
+    # the sweep itself keeps the name, experiment and tags that `--from-sweep` relies on
+    data = {"name": template.name, "display_name": f"{template.pair_id} sweep on {template.arm}",
+            "experiment_name": template.experiment_name, "tags": dict(template.tags), **data}
     return yaml.safe_dump(data, sort_keys=False, width=100)
 
 
@@ -85,11 +105,13 @@ TRIAL_FIELDS = ("code", "command", "environment", "environment_variables", "dist
 def _dry_run(template, cfg, config_yaml, out_dir: Path, console) -> None:
     from training.backends.azureml import stage_code
 
-    if out_dir.exists() and not out_dir.is_dir():
-        _cli().bad_input(f"--out {out_dir}: exists and is not a folder")
-    stage_code(out_dir / "code", config_yaml)
+    text = sweep_yaml(template, cfg, "./code")
     path = out_dir / f"{template.name}.yml"
-    path.write_text(sweep_yaml(template, cfg, "./code"), encoding="utf-8")
+    try:
+        stage_code(out_dir / "code", config_yaml)
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        _cli().bad_input(f"--out {out_dir}: cannot write {e.filename or ''} ({e.strerror or e})")
     console.print(f"wrote {path} (nothing was sent)")
 
 

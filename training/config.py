@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     PlainValidator,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -129,20 +130,26 @@ class SuccessCriteria(Strict):
     max_train_eval_gap: float | None = Field(None, ge=0, description="eval_loss - train_loss")
 
 
+MAX_MINUTES = 30 * 24 * 60  # a month: longer is a typo, not a plan
+
+
 class AzureSettings(Strict):
     """Where and how `train submit` runs each arm on Azure ML; both arms always get the same."""
 
     compute: str = Field("gpu", pattern=r"^[A-Za-z][A-Za-z0-9-]{1,31}$",
                          description="gpu | cpu (the stack's clusters) | a cluster name")
-    instance_count: int = Field(1, gt=0, description="nodes per arm")
-    processes_per_node: int = Field(1, gt=0, description="processes (GPUs) per node")
+    instance_count: int = Field(1, gt=0, le=100, description="nodes per arm")
+    processes_per_node: int = Field(1, gt=0, le=16, description="processes (GPUs) per node")
     shm_size: str = Field("16g", pattern=r"^[1-9][0-9]*[bkmg]$",
                           description="shared memory of the container, e.g. 16g")
     max_run_minutes: int | None = Field(
-        None, gt=0, description="hard timeout per arm: a stuck job cannot eat the budget")
+        None, gt=0, le=MAX_MINUTES,
+        description="hard timeout per arm: a stuck job cannot eat the budget")
     environment: str | None = Field(
-        None, pattern=r"^(azureml:)?[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+|@latest)$",
-        description="name:version [default: the stack's training_environment]")
+        None, pattern=r"^(azureml:)?[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$",
+        description="name:version, a fixed version: both arms must get the same environment "
+                    "(`@latest` could resolve differently for each) [default: the stack's "
+                    "training_environment]")
     experiment_name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$",
         description="Azure ML experiment [default: name]")
@@ -156,6 +163,14 @@ class AzureSettings(Strict):
         None, gt=0, description="dense peak per GPU, for a VM size the built-in table lacks")
     gpu_memory_gib: float | None = Field(
         None, gt=0, description="memory per GPU, for a VM size the built-in table lacks")
+
+    @field_validator("shm_size")
+    @classmethod
+    def _shm_size(cls, v: str) -> str:
+        scale = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}[v[-1]]
+        if int(v[:-1]) * scale > 2**40:
+            raise ValueError("at most 1024g (it is the container's shared memory)")
+        return v
 
 
 BACKENDS = ("azureml", "openai", "azure-openai")
@@ -204,7 +219,8 @@ class SearchParameter(Strict):
     the log is taken when the sweep is built)."""
 
     type: Literal["choice", "uniform", "loguniform", "quniform"]
-    values: list[int | float | str] | None = Field(None, min_length=1, description="choice")
+    values: list[bool | int | float | str] | None = Field(None, min_length=1,
+                                                          description="choice")
     min_value: float | None = None
     max_value: float | None = None
     q: float | None = Field(None, gt=0, description="quniform: the step of the grid of values")
@@ -216,8 +232,17 @@ class EarlyTermination(Strict):
     type: Literal["bandit", "median", "truncation"]
     evaluation_interval: int = Field(1, gt=0, description="evaluations between checks")
     delay_evaluation: int = Field(0, ge=0, description="evaluations before the first check")
-    slack_factor: float = Field(0.1, gt=0, description="bandit: allowed slack vs the best")
-    truncation_percentage: int = Field(20, ge=1, le=99, description="truncation: % cancelled")
+    slack_factor: float | None = Field(None, gt=0, description="bandit: slack vs the best [0.1]")
+    truncation_percentage: int | None = Field(
+        None, ge=1, le=99, description="truncation: % of runs cancelled [20]")
+
+    @model_validator(mode="after")
+    def _fields_of_type(self):
+        if self.slack_factor is not None and self.type != "bandit":
+            raise ValueError("slack_factor belongs to type bandit")
+        if self.truncation_percentage is not None and self.type != "truncation":
+            raise ValueError("truncation_percentage belongs to type truncation")
+        return self
 
 
 class SweepSettings(Strict):
@@ -230,7 +255,7 @@ class SweepSettings(Strict):
         "eval_loss", description="a metric the recipe logs; minimized")
     max_total_trials: int = Field(20, ge=1, le=1000)
     max_concurrent_trials: int = Field(4, ge=1, le=100)
-    timeout_minutes: int | None = Field(None, gt=0, description="the whole sweep")
+    timeout_minutes: int | None = Field(None, gt=0, le=MAX_MINUTES, description="the whole sweep")
     early_termination: EarlyTermination | None = None
 
 
@@ -290,9 +315,22 @@ def _format(error: ValidationError, source: str, lines: dict | None = None) -> s
             msg = "required field missing"
         elif e["type"] in _TYPE_ERRORS or e["type"].endswith("_type"):
             msg += f", got {_yaml_repr(e.get('input'))}"
+        elif e["type"] == "string_pattern_mismatch":  # words, not the regex
+            msg = (f"expected {_PATTERN_MEANING.get(str(loc[-1]), 'another spelling')}, got "
+                   f"{_yaml_repr(e.get('input'))}")
         line = _line_of(lines or {}, loc)
         out.append(f"  {field}: {msg}" + (f" (line {line})" if line else ""))
     return "\n".join(out)
+
+
+_PATTERN_MEANING = {
+    "name": "1-64 letters, digits, '_', '.', '-', starting with a letter or digit",
+    "compute": "gpu, cpu or a cluster name (2-32 letters, digits, '-', starting with a letter)",
+    "shm_size": "a size such as 16g (a number and b, k, m or g)",
+    "environment": "name:version of an Azure ML environment, e.g. paired-finetune-train:3",
+    "experiment_name": "letters, digits, '_', '.', '-', starting with a letter or digit",
+    "vm_size": "an Azure VM size such as Standard_NC24ads_A100_v4",
+}
 
 
 def _yaml_repr(value) -> str:

@@ -25,8 +25,8 @@ from training.hardware import PRICES_AS_OF, PRICES_REGION, VmSize
 # No GPU measurement of this recipe exists yet (bench/README.md); 35% is a usual figure for
 # LoRA fine-tuning of 8B models in bf16 on A100s (pretraining reaches 50-60%).
 DEFAULT_MFU = 0.35
-DEFAULT_MFU_SOURCE = ("assumed (no GPU benchmark of this recipe yet; typical LoRA fine-tuning of "
-                      "8B models on A100 in bf16)")
+DEFAULT_MFU_SOURCE = ("assumed (no GPU benchmark of this recipe yet; a usual figure for fine-tuning "
+                      "7-70B models in bf16 on A100/H100)")
 STARTUP_MINUTES = 10.0  # node allocation, image pull, model download, per job
 CHARS_PER_TOKEN = 4.0  # the rule of thumb when no tokenizer can be loaded
 
@@ -137,6 +137,8 @@ def estimate_pair(cfg: ExperimentConfig, *, vm: VmSize, vm_source: str, n_params
     az = cfg.azure
     world = az.instance_count * az.processes_per_node
     gpus = world if vm.is_gpu else az.instance_count
+    if not vm.is_gpu and mfu_source == DEFAULT_MFU_SOURCE:
+        mfu_source = "assumed (a CPU VM: the estimate is an order of magnitude at best)"
     price = price_per_hour if price_per_hour is not None else vm.price_per_hour
     price_source = ("azure.price_per_hour" if price_per_hour is not None
                     else f"list price, {PRICES_REGION}, {PRICES_AS_OF}")

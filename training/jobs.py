@@ -26,9 +26,13 @@ from dataclasses import dataclass, field
 from training.config import ARMS, ExperimentConfig
 from training.stack import StackError, StackOutputs
 
-# Azure ML job names: letters, digits, '-' and '_', starting with a letter or digit.
-JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
-PAIR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,200}$")
+# Azure ML job names: letters, digits, '-' and '_', starting with a letter or digit; the SDK
+# lower-cases them, so pair ids are lower case from the start (lookups by name then match).
+JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,254}$")
+PAIR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,200}$")
+# The tags that say which pair, arm and experiment a job is: an existing job with the same name
+# but other values is not this pair's (another config under a reused --pair-id, a sweep).
+IDENTITY_TAGS = ("pair_id", "arm", "config_sha256", "seed", "base_model_revision")
 _REFERENCE = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
 CONFIG_FILE = "pair.yaml"  # the resolved experiment file, at the root of the code snapshot
 
@@ -85,14 +89,23 @@ def azure_pair_id(cfg: ExperimentConfig, outputs: StackOutputs) -> str:
     h = hashlib.sha256(cfg.sha256().encode())
     for key, asset_id in sorted(data_asset_ids(outputs).items()):
         h.update(f"{key}={asset_id}".encode())
-    return f"{re.sub(r'[^A-Za-z0-9-]', '-', cfg.name)}-{h.hexdigest()[:10]}"
+    return f"{re.sub(r'[^a-z0-9-]', '-', cfg.name.lower())}-{h.hexdigest()[:10]}"
 
 
-def check_pair_id(pair_id: str) -> str:
-    if not PAIR_ID.match(pair_id):
-        raise JobSpecError(f"--pair-id {pair_id!r}: letters, digits, '-' and '_' only (it names "
-                           "the Azure ML jobs and the datastore folder), at most 200 characters")
+def check_pair_id(pair_id: str, what: str = "--pair-id") -> str:
+    if not PAIR_ID.match(pair_id or ""):
+        raise JobSpecError(f"{what} {pair_id!r}: lower-case letters, digits, '-' and '_' only, "
+                           "starting with a letter or digit, at most 200 characters (it names "
+                           "the Azure ML jobs and the datastore folder)")
+    if re.search(r"-sweep(-|$)", pair_id):
+        raise JobSpecError(f"{what} {pair_id!r}: '-sweep' is kept for the sweeps' job names")
     return pair_id
+
+
+def identity_mismatch(job: ArmJob, tags: dict) -> list[str]:
+    """How an existing job's tags differ from the job this pair would create (empty: same)."""
+    return [f"{key} {tags.get(key)!r} (this pair: {job.tags.get(key)!r})"
+            for key in IDENTITY_TAGS if str(tags.get(key, "")) != str(job.tags.get(key, ""))]
 
 
 def replicate_ids(pair_id: str, replicates: int) -> list[str]:

@@ -21,6 +21,14 @@ from training.config import ExperimentConfig, SweepSettings
 from training.jobs import ArmJob, JobSpecError, build_command, plan_pair
 
 BAYESIAN_TYPES = {"choice", "uniform", "quniform"}
+# What a sweep may tune: hyperparameters. Not the seed (a lucky seed is not a finding), not the
+# replicates, precision, sharding or evaluation/checkpoint cadence, not max_seq_length (it changes
+# which examples are valid).
+SWEEPABLE = ("training.learning_rate", "training.lr_scheduler", "training.warmup",
+             "training.weight_decay", "training.per_device_batch_size",
+             "training.gradient_accumulation_steps", "training.epochs", "training.max_steps",
+             "training.gradient_checkpointing", "training.packing",
+             "lora.r", "lora.alpha", "lora.dropout")
 
 
 def input_name(field: str) -> str:
@@ -47,6 +55,14 @@ def sweep_problems(cfg: ExperimentConfig) -> list[str]:
         where = f"sweep.search_space.{key}"
         if key not in fields:
             problems.append(f"{where}: not a field of training or lora")
+            continue
+        if key not in SWEEPABLE:
+            problems.append(f"{where}: not a hyperparameter a sweep may tune (one of: "
+                            f"{', '.join(SWEEPABLE)})")
+            continue
+        if key == "training.epochs" and cfg.training.max_steps:
+            problems.append(f"{where}: training.max_steps is set and wins over epochs: every "
+                            "trial would be the same")
             continue
         if sweep.sampling == "grid" and p.type != "choice":
             problems.append(f"{where}: grid sampling takes only choice (got {p.type})")
@@ -80,6 +96,11 @@ def sweep_problems(cfg: ExperimentConfig) -> list[str]:
                 problems.append(f"{where}: an integer field needs an integer q")
                 continue
             samples = [p.min_value, p.max_value]
+            if p.type == "quniform":  # Azure samples round(uniform(min, max) / q) * q
+                samples = [round(p.min_value / p.q) * p.q, round(p.max_value / p.q) * p.q]
+                if samples[0] == samples[1]:
+                    problems.append(f"{where}: with q {p.q:g} every trial gets {samples[0]:g}")
+                    continue
         for value in samples:  # the values a trial may get must pass the recipe's validation
             try:
                 apply_overrides(cfg, {key: value}, source=where)
@@ -110,7 +131,8 @@ def plan_sweep(cfg: ExperimentConfig, outputs, pair_id: str, arm: str,
     # Trials are tagged with the sweep's own id, never the pair's: `train compare PAIR` must not
     # find a trial as one of the pair's arms.
     name = sweep_name(pair_id, arm)
-    tags = {**job.tags, "pair_id": name, "sweep_of": pair_id, "tuned_on_arm": arm}
+    tags = {**job.tags, "pair_id": name, "sweep_of": pair_id, "tuned_on_arm": arm,
+            "config_sha256": cfg.sha256()}  # what --from-sweep checks the experiment against
     template = ArmJob(**{**vars(job), "name": name, "pair_id": name, "parent_pair_id": name,
                          "output_path": None, "search_inputs": search, "tags": tags})
     from training.jobs import check_references
@@ -139,10 +161,11 @@ def _policy(et):
     common = {"evaluation_interval": et.evaluation_interval,
               "delay_evaluation": et.delay_evaluation}
     if et.type == "bandit":
-        return BanditPolicy(slack_factor=et.slack_factor, **common)
+        return BanditPolicy(slack_factor=et.slack_factor or 0.1, **common)
     if et.type == "median":
         return MedianStoppingPolicy(**common)
-    return TruncationSelectionPolicy(truncation_percentage=et.truncation_percentage, **common)
+    return TruncationSelectionPolicy(truncation_percentage=et.truncation_percentage or 20,
+                                     **common)
 
 
 def build_sweep_job(template: ArmJob, sweep: SweepSettings, code_dir: str):
@@ -166,23 +189,36 @@ def build_sweep_job(template: ArmJob, sweep: SweepSettings, code_dir: str):
     return job
 
 
-def best_values(client, sweep_job_name: str) -> tuple[dict, str, str]:
+def best_values(client, sweep_job_name: str, cfg: ExperimentConfig) -> tuple[dict, str, str]:
     """(field -> value of the best trial, the arm it was tuned on, the best trial's name).
-    Raises JobSpecError when the sweep has no best trial yet."""
+    Raises JobSpecError when the sweep is not one of this experiment's, or has no usable best
+    trial."""
     from azure.core.exceptions import ResourceNotFoundError
 
     from training.overrides import parse_scalar
 
+    what = f"--from-sweep {sweep_job_name}"
     try:
         sweep = client.jobs.get(sweep_job_name)
     except ResourceNotFoundError:
-        raise JobSpecError(f"--from-sweep {sweep_job_name}: no such job in this workspace") from None
+        raise JobSpecError(f"{what}: no such job in this workspace") from None
     if getattr(sweep, "type", None) != "sweep":
-        raise JobSpecError(f"--from-sweep {sweep_job_name}: a {sweep.type} job, not a sweep")
+        raise JobSpecError(f"{what}: a {sweep.type} job, not a sweep")
+    tags = sweep.tags or {}
+    if "tuned_on_arm" not in tags or "config_sha256" not in tags:
+        raise JobSpecError(f"{what}: not a sweep made by `train sweep` (no tuned_on_arm / "
+                           "config_sha256 tags): its values cannot be traced to this experiment")
+    if tags["config_sha256"] != cfg.sha256():
+        raise JobSpecError(f"{what}: made from another experiment file (config {tags['config_sha256'][:12]}, "
+                           f"this one {cfg.sha256()[:12]}): tune this experiment with `train sweep`")
+    status = str(getattr(sweep.status, "value", sweep.status))
     best = (sweep.properties or {}).get("best_child_run_id")
     if not best:
-        raise JobSpecError(f"--from-sweep {sweep_job_name}: no best trial yet (status "
-                           f"{sweep.status}); wait for the sweep to finish")
+        raise JobSpecError(f"{what}: no best trial yet (status {status}); wait for the sweep to "
+                           "finish")
+    if status != "Completed":
+        raise JobSpecError(f"{what}: the sweep is {status}, not Completed: its best trial is the "
+                           "best of an unfinished search")
     trial = client.jobs.get(best)
     names = set(sweep.search_space or {})
     values = {}
@@ -191,5 +227,8 @@ def best_values(client, sweep_job_name: str) -> tuple[dict, str, str]:
             value = getattr(value, "_data", value)
             # the service hands literal inputs back as text: read them as the sampler wrote them
             values[field_of(name)] = parse_scalar(value) if isinstance(value, str) else value
-    arm = (sweep.tags or {}).get("tuned_on_arm", "?")
-    return values, arm, best
+    lacking = sorted(field_of(n) for n in names if field_of(n) not in values)
+    if lacking or not values:
+        raise JobSpecError(f"{what}: the best trial {best} has no value for "
+                           f"{', '.join(lacking) or 'any searched field'}")
+    return values, tags["tuned_on_arm"], best

@@ -110,13 +110,16 @@ def test_one_submission_sends_a_fair_pair(train, fake):
 
 def test_tags_timeout_and_multi_node(train, fake, tmp_path):
     cfg = write_config(tmp_path, **{"azure.max_run_minutes": 120, "azure.instance_count": 2,
-                                    "azure.processes_per_node": 8, "azure.compute": "cpu"})
-    assert train("submit", config=cfg).exit_code == 0
+                                    "azure.processes_per_node": 8, "budget_usd": 1000})
+    eight = tmp_path / "eight-gpus.json"
+    eight.write_text(json.dumps({**OUTPUTS, "gpu_vm_size": "Standard_ND96amsr_A100_v4"}))
+    result = train("submit", "--outputs-file", str(eight), config=cfg)
+    assert result.exit_code == 0, result.output
     body = next(iter(put_bodies(fake).values()))
     assert body["limits"] == {"timeout": "PT2H", "jobLimitsType": "Command"}
     assert body["distribution"]["processCountPerInstance"] == 8
     assert body["resources"]["instanceCount"] == 2
-    assert body["computeId"].endswith("/computes/cpu-cluster")
+    assert body["computeId"].endswith("/computes/gpu-cluster")
     assert "torchrun" not in body["command"]
     assert set(body["tags"]) >= {"pair_id", "arm", "config_sha256", "code_version"}
 
@@ -218,9 +221,9 @@ def test_dry_run_writes_loadable_jobs_and_sends_nothing(train, fake, tmp_path):
 
 
 def test_base_model_that_cannot_be_pinned_is_exit_2(train, fake, tmp_path):
-    cfg = write_config(tmp_path, base_model="meta-llama/Meta-Llama-3-70B")  # not cached
+    cfg = write_config(tmp_path, base_model="example-org/not-cached")
     result = train("submit", config=cfg)
-    assert result.exit_code == 2 and "Meta-Llama-3-70B" in result.output
+    assert result.exit_code == 2 and "example-org/not-cached" in result.output
     local = write_config(tmp_path, base_model=str(tmp_path))
     result = train("submit", config=local)
     assert result.exit_code == 2 and "cannot be read by an Azure ML job" in result.output
@@ -306,3 +309,112 @@ def test_logs_stream_the_arm_until_it_ends(train, fake, capfd):
     assert result.exit_code == 0, result.output
     assert fake.sent("GET", f"/runs/{name}/details")
     assert train("logs", "nope").exit_code == 2
+
+
+# ----------------------------------------------------------------------------- hostile cases
+def test_a_rollback_that_cannot_cancel_says_so(train, fake):
+    fake.fail("PUT", r"/jobs/[^/]+-experiment$", 400)
+    fake.fail("POST", r"/cancel$", 400)
+    result = train("submit")
+    assert result.exit_code == 1
+    control = next(n for n in fake.jobs if n.endswith("-control"))
+    assert f"COULD NOT CANCEL {control}" in result.output and "train cancel" in result.output
+    assert "never half a pair" not in result.output
+
+
+def test_ctrl_c_between_the_two_jobs_cancels_the_first(train, fake):
+    def interrupt(request, match):
+        raise KeyboardInterrupt
+
+    fake.routes.insert(0, ("PUT", r"/jobs/[^/]+-experiment$", interrupt))
+    result = train("submit")
+    assert result.exit_code == 130, result.output
+    control = next(n for n in fake.jobs if n.endswith("-control"))
+    assert fake.jobs[control]["properties"]["status"] == "Canceled"
+    assert "interrupted" in result.output
+
+
+def test_a_reused_pair_id_with_another_config_is_refused(train, fake, tmp_path):
+    assert train("submit", "--pair-id", "p2").exit_code == 0
+    del fake.jobs["p2-experiment"]
+    fake.requests.clear()
+    other = write_config(tmp_path, **{"training.learning_rate": 1e-5})
+    result = train("submit", "--pair-id", "p2", config=other)
+    assert result.exit_code == 2, result.output
+    assert "exists but is not this pair's" in result.output and "config_sha256" in result.output
+    assert not fake.sent("PUT")
+
+
+@pytest.mark.parametrize("pair_id", ["P1", "x-sweep", "x-sweep-control", ""])
+def test_pair_ids_that_would_collide_are_refused(train, fake, pair_id):
+    result = train("submit", "--pair-id", pair_id)
+    assert result.exit_code == 2 and "--pair-id" in result.output
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("command", [["status"], ["logs"], ["cancel"]])
+@pytest.mark.parametrize("pair_id", ["../../x", "a b", "Upper", "x?api-version=1"])
+def test_follow_commands_check_the_pair_id_before_any_request(train, fake, command, pair_id):
+    result = train(*command, pair_id)
+    assert result.exit_code == 2 and "PAIR" in result.output
+    assert fake.requests == []
+
+
+def test_cancel_finds_replicates_and_status_skips_sweeps(train, fake, tmp_path):
+    assert train("submit", "--pair-id", "p3").exit_code == 0
+    reps = write_config(tmp_path, **{"training.replicates": 2})
+    assert train("submit", "--pair-id", "p3", config=reps).exit_code == 0
+    assert len(fake.jobs) == 6
+    fake.jobs["p3-sweep-control"] = json.loads(json.dumps(fake.jobs["p3-control"]))
+    fake.jobs["p3-sweep-control"]["properties"]["tags"].update(
+        pair_id="p3-sweep-control", sweep_of="p3")
+    assert "p3-sweep-control" not in train("status").output
+    result = train("cancel", "p3")
+    assert result.exit_code == 0, result.output
+    assert {n for n, j in fake.jobs.items() if j["properties"]["status"] == "Canceled"} == {
+        "p3-control", "p3-experiment", "p3-r0-control", "p3-r0-experiment", "p3-r1-control",
+        "p3-r1-experiment"}
+
+
+def test_budget_that_cannot_be_checked_is_refused(train, fake, tmp_path):
+    cfg = write_config(tmp_path, **{"azure.max_run_minutes": None, "budget_usd": 50})
+    result = train("submit", config=cfg)
+    assert result.exit_code == 1 and "cannot be checked" in result.output
+    assert not fake.sent("PUT")
+    assert train("submit", "--allow-over-budget", config=cfg).exit_code == 0
+
+
+def test_processes_beyond_the_vms_gpus_are_exit_2_even_in_a_dry_run(train, fake, tmp_path):
+    cfg = write_config(tmp_path, **{"azure.processes_per_node": 2, "budget_usd": None})
+    for args in (["submit"], ["submit", "--dry-run", "--out", str(tmp_path / "d")]):
+        result = train(*args, config=cfg)
+        assert result.exit_code == 2 and "1 GPU(s) per node" in result.output
+    assert fake.requests == []
+
+
+def test_a_shared_eval_set_needs_the_eval_asset(fake, tmp_path):
+    path = tmp_path / "out.json"
+    assets = {k: v for k, v in OUTPUTS["data_assets"].items() if k != "eval"}
+    path.write_text(json.dumps({**OUTPUTS, "data_assets": assets}))
+    result = CliRunner().invoke(main, ["submit", "--config", str(CONFIG), "--outputs-file",
+                                       str(path)], obj={"azure_transport": fake,
+                                                        "azure_credential": FakeCredential()})
+    assert result.exit_code == 2 and "evalAsset" in result.output
+    assert fake.requests == []
+
+
+def test_dry_run_out_folders_that_cannot_be_used(train, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    foreign = tmp_path / "foreign"
+    (foreign / "code" / "training").mkdir(parents=True)
+    (foreign / "code" / "training" / "mine.txt").write_text("keep me")
+    for out, message in ((str(afile / "sub"), "cannot write there"),
+                         (str(foreign), "did not write"), ("", "empty")):
+        result = train("submit", "--dry-run", "--out", out)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+    assert (foreign / "code" / "training" / "mine.txt").read_text() == "keep me"
+    again = tmp_path / "again"
+    assert train("submit", "--dry-run", "--out", str(again)).exit_code == 0
+    assert train("submit", "--dry-run", "--out", str(again)).exit_code == 0  # its own snapshot

@@ -155,3 +155,27 @@ def test_hosted_backend_is_priced_from_billed_tokens():
     assert arm["usd"] == pytest.approx(arm["billed_tokens"] / 1e6 * arm["usd_per_million"],
                                        abs=1e-4)
     assert data["cost_usd"] == pytest.approx(arm["usd"] + data["arms"]["experiment"]["usd"])
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json\n", "not valid JSON"), ("", "no examples"), ("\n\n", "no examples"),
+])
+def test_estimate_of_broken_data_is_exit_2(tmp_path, tiny_model_path, content, message):
+    data = yaml.safe_load((REPO / "experiments" / "local.yaml").read_text())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    data["arms"]["control"]["train"] = str(bad)
+    for arm in ("experiment",):
+        data["arms"][arm]["train"] = str(REPO / "examples" / "data" / f"{arm}.jsonl")
+    data["eval"] = str(REPO / "examples" / "data" / "eval.jsonl")
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = _run(["estimate", "--config", str(path)])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.parametrize("mfu", ["nan", "inf", "0", "1.5"])
+def test_mfu_must_be_a_fraction(mfu):
+    result = _run(["estimate", "--config", str(REPO / "experiments" / "local.yaml"),
+                   "--mfu", mfu])
+    assert result.exit_code == 2 and "--mfu" in result.output

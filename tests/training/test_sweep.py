@@ -99,6 +99,18 @@ def test_the_sweep_job_body(train, fake):
     ({"max_total_trials": 0}, "sweep.max_total_trials"),
     ({"max_concurrent_trials": 101}, "sweep.max_concurrent_trials"),
     ({"early_termination": {"type": "optimistic"}}, "sweep.early_termination"),
+    ({"early_termination": {"type": "bandit", "truncation_percentage": 50}},
+     "truncation_percentage belongs to type truncation"),
+    ({"search_space": {"training.learning_rate": {"type": "quniform", "min_value": 1e-4,
+                                                  "max_value": 1e-3, "q": 0.01}}},
+     "every trial gets 0"),
+    ({"search_space": {"lora.dropout": {"type": "quniform", "min_value": 0.1, "max_value": 0.9,
+                                        "q": 0.6}}}, "dropout"),
+    ({"search_space": {"training.seed": {"type": "choice", "values": [1, 2]}}},
+     "not a hyperparameter a sweep may tune"),
+    ({"search_space": {"training.replicates": {"type": "choice", "values": [1, 2]}}},
+     "not a hyperparameter a sweep may tune"),
+    ({"timeout_minutes": 10**11}, "sweep.timeout_minutes"),
 ])
 def test_every_sweep_error_is_exit_2_before_any_request(train, fake, tmp_path, sweep, message):
     result = train("sweep", "--config", str(with_sweep(tmp_path, **sweep)))
@@ -115,6 +127,23 @@ def test_no_sweep_section_and_no_stack(tmp_path):
     assert "no sweep section" in sweep_problems(load_config(path))[0]
     result = CliRunner().invoke(main, ["sweep", "--config", str(CONFIG)])
     assert result.exit_code == 2 and "--stack" in result.output
+
+
+def test_epochs_cannot_be_swept_while_max_steps_wins(tmp_path):
+    data = yaml.safe_load(CONFIG.read_text())
+    data["training"]["max_steps"] = 100
+    data["sweep"]["search_space"] = {"training.epochs": {"type": "choice", "values": [1, 2]}}
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert "max_steps is set" in sweep_problems(load_config(path))[0]
+
+
+def test_booleans_can_be_chosen(tmp_path):
+    cfg = load_config(CONFIG)
+    data = cfg.model_dump(mode="json")
+    data["sweep"]["search_space"] = {"training.packing": {"type": "choice",
+                                                          "values": [True, False]}}
+    assert sweep_problems(parse_config(data, "x")) == []
 
 
 def test_grid_of_choices_is_valid():
@@ -140,6 +169,8 @@ def test_dry_run_sweep_yaml_round_trips(train, fake, tmp_path):
     assert "${{search_space.lora_r}}" in job.trial.command
     assert set(job.search_space) == {"training_learning_rate", "lora_r"}
     assert job.limits.max_total_trials == 12
+    assert job.name.endswith("-sweep-control") and job.experiment_name == "paired-comments"
+    assert job.tags["tuned_on_arm"] == "control" and job.tags["config_sha256"]
 
 
 def _finished_sweep(fake, train):
@@ -190,3 +221,21 @@ def test_from_sweep_without_a_best_trial_is_exit_2(train, fake):
     missing = train("submit", "--config", str(CONFIG), "--from-sweep", "nope")
     assert missing.exit_code == 2 and "no such job" in missing.output
     assert len(fake.sent("PUT")) == 1
+
+
+def test_from_sweep_refuses_what_it_cannot_trust(train, fake, tmp_path):
+    name = _finished_sweep(fake, train)
+    other = with_sweep(tmp_path)
+    data = yaml.safe_load(other.read_text())
+    data["training"]["weight_decay"] = 0.5  # another experiment
+    other.write_text(yaml.safe_dump(data))
+    result = train("submit", "--config", str(other), "--from-sweep", name)
+    assert result.exit_code == 2 and "another experiment file" in result.output
+    assert train("submit", "--config", str(CONFIG), "--from-sweep", "").exit_code == 2
+    fake.jobs[f"{name}_3"]["properties"]["inputs"].pop("lora_r")
+    lacking = train("submit", "--config", str(CONFIG), "--from-sweep", name)
+    assert lacking.exit_code == 2 and "no value for lora.r" in lacking.output
+    fake.jobs[name]["properties"]["status"] = "Failed"
+    failed = train("submit", "--config", str(CONFIG), "--from-sweep", name)
+    assert failed.exit_code == 2 and "Failed, not Completed" in failed.output
+    assert len(fake.sent("PUT")) == 1  # the sweep only

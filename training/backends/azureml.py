@@ -34,11 +34,21 @@ mlruns/
 mlflow.db
 tests/
 .git/
+.paired-finetune-snapshot
 """
 
 
 class SubmitError(Exception):
-    """A request failed after the checks passed (exit 1); the message says what was undone."""
+    """A request failed after the checks passed (exit 1); the message says what was undone.
+    `bad_input`: the pair as asked conflicts with what exists (exit 2); `interrupted`: Ctrl-C."""
+
+    def __init__(self, message: str, bad_input: bool = False, interrupted: bool = False):
+        super().__init__(message)
+        self.bad_input, self.interrupted = bad_input, interrupted
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.interrupted else 2 if self.bad_input else 1
 
 
 @dataclass
@@ -77,6 +87,9 @@ def connect(outputs: StackOutputs, credential=None, transport=None):
                     outputs.workspace_name, **kwargs)
 
 
+SNAPSHOT_MARKER = ".paired-finetune-snapshot"  # a folder this tool wrote (and may rewrite)
+
+
 def stage_code(dest: Path, config_yaml: str) -> Path:
     """The code snapshot: the `training` package and the resolved experiment file, nothing else.
 
@@ -86,11 +99,12 @@ def stage_code(dest: Path, config_yaml: str) -> Path:
     package = Path(training.__file__).resolve().parent
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / "training"
-    if target.exists():
-        shutil.rmtree(target)
+    if target.is_dir() and not target.is_symlink() and (dest / SNAPSHOT_MARKER).exists():
+        shutil.rmtree(target)  # only a snapshot this tool wrote before
     shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (dest / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
     (dest / ".amlignore").write_text(AMLIGNORE)
+    (dest / SNAPSHOT_MARKER).write_text("written by `train submit --dry-run`\n")
     return dest
 
 
@@ -132,10 +146,20 @@ class AzurePair:
         except ResourceNotFoundError:
             return None
 
-    def submit(self, jobs: list[ArmJob], code_dir: Path, on_created=None) -> dict[str, tuple]:
-        """Create the jobs that do not exist yet; all or nothing. Returns name -> (job, created)."""
+    def submit(self, jobs: list[ArmJob], code_dir: Path) -> dict[str, tuple]:
+        """Create the jobs that do not exist yet; all or nothing. Returns name -> (job, created).
+
+        An existing job counts only if its tags say it is this pair's (same pair id, arm, config,
+        seed, base model revision): a reused --pair-id or a sweep of the same name is refused."""
+        from training.jobs import identity_mismatch
 
         existing = {j.name: self.get(j.name) for j in jobs}
+        for job in jobs:
+            found = existing[job.name]
+            if found is not None and (diff := identity_mismatch(job, found.tags or {})):
+                raise SubmitError(f"a job named {job.name} exists but is not this pair's: "
+                                  + "; ".join(diff) + ". Choose another --pair-id, or drop "
+                                  "--pair-id to derive one from the config", bad_input=True)
         dead = {name: _status(job) for name, job in existing.items()
                 if job is not None and _status(job) in FAILED}
         missing = [j for j in jobs if existing[j.name] is None]
@@ -145,56 +169,72 @@ class AzurePair:
             raise SubmitError(f"the pair is incomplete and cannot be finished under the same job "
                               f"names: {listed}; `train submit --force` submits it as a new pair")
         result = {name: (job, False) for name, job in existing.items() if job is not None}
-        created = []
-        for job in missing:
-            try:
+        current = None
+        try:
+            for job in missing:
+                current = job.name
                 submitted = self.client.jobs.create_or_update(build_command(job, str(code_dir)))
-            except Exception as e:  # SDK validation errors as well as failed requests
-                undone = self._cancel_all([n for n in result if n not in dead])
-                what = (f"cancelled {', '.join(undone)}" if undone
-                        else "no other job of the pair was running")
-                raise SubmitError(
-                    f"could not create {job.name}: {_reason(e)}\n  {what}: never half a pair "
-                    f"running. Nothing else was changed; fix the cause and submit again "
-                    f"(`--force` for a new pair id).") from None
-            created.append(job.name)
-            result[job.name] = (submitted, True)
-            if on_created:
-                on_created(submitted)
-        return result
+                result[job.name] = (submitted, True)
+            return result
+        except KeyboardInterrupt:
+            # the request in flight may have been created: look, then undo everything
+            if current and current not in result and self.get(current) is not None:
+                result[current] = (None, True)
+            self._undo([n for n in result if n not in dead], "interrupted", interrupted=True)
+        except Exception as e:  # SDK validation errors as well as failed requests
+            self._undo([n for n in result if n not in dead], f"could not create {current}: "
+                       f"{_reason(e)}")
 
-    def _cancel_all(self, names: list[str]) -> list[str]:
-        done = []
+    def _undo(self, names: list[str], what: str, interrupted: bool = False):
+        """Cancel the jobs of a pair that could not be completed, and say exactly what happened."""
+        cancelled, failed = self._cancel_all(names)
+        lines = [what]
+        if cancelled:
+            lines.append(f"cancelled {', '.join(cancelled)}")
+        if failed:
+            lines.append(f"COULD NOT CANCEL {', '.join(failed)}: it is still running; cancel it "
+                         "with `train cancel PAIR` or in the studio")
+        elif cancelled:
+            lines.append("never half a pair running")
+        else:
+            lines.append("no job of the pair had been created")
+        lines.append("fix the cause and submit again (`--force` for a new pair id)")
+        raise SubmitError("\n  ".join(lines), interrupted=interrupted)
+
+    def _cancel_all(self, names: list[str]) -> tuple[list[str], list[str]]:
+        done, failed = [], []
         for name in names:
             try:
                 self.client.jobs.begin_cancel(name).result()
                 done.append(name)
-            except Exception:  # best effort: report what could not be cancelled by omission
-                continue
-        return done
+            except Exception:
+                failed.append(name)
+        return done, failed
 
     def find(self, pair_id: str, limit: int = 500) -> list:
-        """The jobs of a pair: by name first (cheap), else by the pair or parent tag."""
-        direct = [j for j in (self.get(f"{pair_id}-{arm}") for arm in ("control", "experiment"))
-                  if j is not None]
-        if direct:
-            return direct
-        jobs = []
+        """Every job of a pair: its arms by name, and its replicates by tag (a pair submitted
+        with and without replicates has both). A job whose tags name another pair (a sweep) is
+        not the pair's."""
+        jobs = {}
+        for arm in ("control", "experiment"):
+            job = self.get(f"{pair_id}-{arm}")
+            if job is not None and (job.tags or {}).get("pair_id") == pair_id:
+                jobs[job.name] = job
         for job in self.client.jobs.list(max_results=limit):
-            if job is None:
-                continue
-            tags = job.tags or {}
-            if pair_id in (tags.get("pair_id"), tags.get("parent_pair_id")):
-                jobs.append(job)
-        return sorted(jobs, key=lambda j: j.name)
+            tags = (job.tags or {}) if job is not None else {}
+            if job is not None and not tags.get("sweep_of") and pair_id in (
+                    tags.get("pair_id"), tags.get("parent_pair_id")):
+                jobs.setdefault(job.name, job)
+        return [jobs[name] for name in sorted(jobs)]
 
     def recent_pairs(self, limit: int = 500) -> dict[str, list[JobView]]:
-        """Pair id (the parent id for replicates) -> its jobs, newest pair first."""
+        """Pair id (the parent id for replicates) -> its jobs, newest pair first (sweeps are not
+        pairs)."""
         pairs: dict[str, list[JobView]] = {}
         for job in self.client.jobs.list(max_results=limit):
-            if job is None or not (job.tags or {}).get("pair_id"):
+            tags = (job.tags or {}) if job is not None else {}
+            if job is None or not tags.get("pair_id") or tags.get("sweep_of"):
                 continue
-            tags = job.tags
             pairs.setdefault(tags.get("parent_pair_id") or tags["pair_id"], []).append(view(job))
         return dict(sorted(pairs.items(), key=lambda kv: max(v.created or "" for v in kv[1]),
                            reverse=True))
