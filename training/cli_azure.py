@@ -361,11 +361,16 @@ def _pair_jobs(pair, pair_id: str):
 
 @click.command()
 @hosted_backend("status")
-@click.argument("pair_id", required=False)
+@click.argument("pair_id", metavar="[PAIR]", required=False)
 @stack_options
 @_azure_errors
 def status(pair_id, outputs):
-    """The jobs of PAIR (status, studio links); without PAIR, the recent pairs in the workspace."""
+    """The jobs of PAIR (status, studio links); without PAIR, the recent pairs in the workspace.
+
+    \b
+    train status --stack dev
+    train status paired-comments-2dbdb98c0e --outputs-file stack-outputs.json
+    """
     from training.backends.azureml import AzurePair, view
 
     console = _cli()._console()
@@ -387,14 +392,19 @@ def status(pair_id, outputs):
 
 @click.command()
 @hosted_backend("logs")
-@click.argument("pair_id")
-@click.option("--arm", type=click.Choice(ARMS), default="control", show_default=True)
+@click.argument("pair_id", metavar="PAIR")
+@click.option("--arm", type=click.Choice(ARMS), default="control", show_default=True,
+              help="Whose log to stream.")
 @click.option("--replicate", type=click.IntRange(min=0), default=None,
               help="With seed replicates: which one [default: the first].")
 @stack_options
 @_azure_errors
 def logs(pair_id, arm, replicate, outputs):
-    """Stream the rank-0 log of one arm of PAIR until its job ends."""
+    """Stream the rank-0 log of one arm of PAIR until its job ends.
+
+    \b
+    train logs paired-comments-2dbdb98c0e --arm experiment --stack dev
+    """
     from azure.ai.ml.exceptions import JobException
 
     from training.backends.azureml import AzurePair
@@ -421,11 +431,15 @@ def logs(pair_id, arm, replicate, outputs):
 
 @click.command()
 @hosted_backend("cancel")
-@click.argument("pair_id")
+@click.argument("pair_id", metavar="PAIR")
 @stack_options
 @_azure_errors
 def cancel(pair_id, outputs):
-    """Cancel every job of PAIR that has not ended (both arms, every replicate)."""
+    """Cancel every job of PAIR that has not ended (both arms, every replicate).
+
+    \b
+    train cancel paired-comments-2dbdb98c0e --stack dev
+    """
     from training.backends.azureml import AzurePair
 
     console = _cli()._console()
