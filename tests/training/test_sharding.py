@@ -146,3 +146,17 @@ def test_auto_sharding_on_cpu_is_none(tmp_path):
     cfg = load_config(write_experiment(tmp_path))
     assert cfg.training.sharding == "auto"
     assert runtime_sharding(cfg, "tiny-llama", None, world=2, cuda=False, bf16=False) == "none"
+
+
+def test_cpu_offload_needs_sharding(tmp_path):
+    from training.config import load_config
+
+    path = write_experiment(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["training"] |= {"sharding": "none", "cpu_offload": True}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"cpu_offload needs training\.sharding fsdp or auto"):
+        load_config(path)
+    data["training"]["sharding"] = "fsdp"
+    path.write_text(yaml.safe_dump(data))
+    assert load_config(path).training.cpu_offload
