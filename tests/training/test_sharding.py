@@ -83,6 +83,8 @@ def test_fsdp2_sharded_checkpoint_kill_and_resume_equals_uninterrupted(tiny_mode
     shards = sorted(p.name for p in (ckpt / "pytorch_model_fsdp_0").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]  # one shard per rank: really FSDP
     assert (ckpt / "optimizer_0").is_dir()
+    written = [f.stat().st_mtime_ns for f in ckpt.rglob("*") if f.is_file() and f.name != "COMPLETE"]
+    assert (ckpt / "COMPLETE").stat().st_mtime_ns >= max(written)  # after every rank's files
     assert not (ckpt / "model.safetensors").exists()
     assert not (resumed / "metrics.json").exists()
 
