@@ -64,7 +64,7 @@ def test_hash_ignores_data_paths_but_not_hyperparameters(tmp_path):
         ({"training": {"max_steps": 1, "lr": 0.1}}, "training.lr", "unknown field"),
         ({"arms": {"control": {"train": "c.jsonl"}}}, "arms.experiment", "required field missing"),
         ({"training": {"max_steps": 1, "precision": "fp8"}}, "training.precision", "Input should be"),
-        ({"name": "has space"}, "name", "String should match pattern"),
+        ({"name": "has space"}, "name", "expected 1-64 letters, digits"),
         (
             {"training": {"max_steps": 9, "eval_every": 3, "save_every": 4,
                           "early_stopping": {"patience": 1}}},
