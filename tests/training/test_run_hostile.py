@@ -287,7 +287,7 @@ def test_an_arm_gives_the_same_weights_in_the_pair_and_alone_and_a_late_ctrl_c_c
     from training.backends.local import threads_per_arm
 
     cfg = write_experiment(tmp_path, max_steps=4, eval_every=2, save_every=2)
-    env = {**tracking_env}
+    env = {**tracking_env, "PAIRED_FINETUNE_NO_MLFLOW": "1"}  # weights only: no tracking
     env.pop("OMP_NUM_THREADS", None)  # as a user runs it: the machine decides
     console = start(cfg, tmp_path / "pair", env, "--pair-id", "p")
     done = set()
