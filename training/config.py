@@ -259,6 +259,12 @@ class SweepSettings(Strict):
     early_termination: EarlyTermination | None = None
 
 
+# What changes the weights a run trains. Not in the hash: `name` (a label; the pair id starts with
+# it anyway), `success` and `budget_usd` (the verdict and the spending cap), `azure`, `openai` and
+# `backend` (where and how the jobs run, price overrides), `sweep` (a search, not a setting).
+WEIGHT_FIELDS = ("base_model", "base_model_revision", "method", "lora", "training")
+
+
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     base_model: str = Field(min_length=1, description="hub id, local path, or tiny-llama")
@@ -290,9 +296,13 @@ class ExperimentConfig(Strict):
         return getattr(self.arms, arm).train
 
     def sha256(self) -> str:
-        """Hash of what the pair trains with, data paths excluded (they differ between machines;
-        the data enters the pair id through its own content hash)."""
-        blob = self.model_dump(mode="json", exclude={"arms", "eval"})
+        """Hash of what determines the trained weights (WEIGHT_FIELDS): the pair id is made from it
+        and the data's content hashes, so editing the verdict's thresholds, the budget, prices or
+        where the jobs run finds the same pair instead of retraining both arms. Data paths are
+        left out too (they differ between machines; the data enters through its content hash).
+        A backend adds what it alone trains with: Azure ML the world size (`azure_pair_id`), a
+        hosted service its hyperparameters (`hosted_identity`)."""
+        blob = self.model_dump(mode="json", include=set(WEIGHT_FIELDS))
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
     def to_yaml(self) -> str:

@@ -85,8 +85,10 @@ def data_asset_ids(outputs: StackOutputs) -> dict[str, str]:
 def azure_pair_id(cfg: ExperimentConfig, outputs: StackOutputs) -> str:
     """Same resolved config (the pinned base model revision included) and same data asset
     versions -> same pair id, so submitting again finds the pair instead of training it twice.
-    Job names derive from it: letters, digits, '-'."""
+    The world size enters too: it sets the global batch, hence the weights. Job names derive from
+    it: letters, digits, '-'."""
     h = hashlib.sha256(cfg.sha256().encode())
+    h.update(f"world_size={cfg.azure.instance_count * cfg.azure.processes_per_node}".encode())
     for key, asset_id in sorted(data_asset_ids(outputs).items()):
         h.update(f"{key}={asset_id}".encode())
     return f"{re.sub(r'[^a-z0-9-]', '-', cfg.name.lower())}-{h.hexdigest()[:10]}"

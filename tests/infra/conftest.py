@@ -51,6 +51,8 @@ class Recorded:
     inputs: dict[str, Any]
     id: str
     outputs: dict[str, Any]
+    # resource options as the engine gets them: retain_on_delete, protect, delete_before_replace
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
         self.calls: list[str] = []
+        self.options: dict[tuple[str, str], dict[str, Any]] = {}  # (type, name) -> options
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         own_name = args.inputs.get(NAME_INPUT.get(args.typ, ""), args.name)
@@ -88,7 +91,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 "principalId": f"principal-{args.name}",
                 "tenantId": TENANT_ID,
             }
-        self.resources.append(Recorded(args.typ, args.name, args.inputs, resource_id, outputs))
+        options = self.options.get((args.typ, args.name), {})
+        self.resources.append(
+            Recorded(args.typ, args.name, args.inputs, resource_id, outputs, options))
         return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -117,6 +122,7 @@ def run(config: dict[str, Any], entry=None, stack: str = STACK) -> Run:
     pulumi.runtime.settings.ROOT.set(None)  # a fresh root stack for every run
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
     pulumi.runtime.set_all_config({k: _as_config_value(v) for k, v in config.items()})
+    _record_options(pulumi.runtime.settings.SETTINGS.monitor, mocks)
     result = Run(mocks.resources)
 
     @pulumi.runtime.test
@@ -129,6 +135,22 @@ def run(config: dict[str, Any], entry=None, stack: str = STACK) -> Run:
     finally:
         pulumi.runtime.set_all_config({})
     return result
+
+
+def _record_options(monitor, mocks: RecordingMocks) -> None:
+    """`Mocks.new_resource` never sees resource options; the monitor's register request carries
+    them (what the engine would act on), so record them from there."""
+    register = monitor.RegisterResource
+
+    def recording(request):
+        mocks.options[(request.type, request.name)] = {
+            "retain_on_delete": bool(request.retainOnDelete),
+            "protect": bool(request.protect),
+            "delete_before_replace": bool(request.deleteBeforeReplace),
+        }
+        return register(request)
+
+    monitor.RegisterResource = recording
 
 
 @functools.cache

@@ -333,12 +333,15 @@ def test_environment_version_changes_with_its_inputs():
     assert pinned.outputs["training_environment"] == "train-env:7"
 
 
-def test_versioned_assets_are_kept_when_replaced():
-    # Immutable versions that past runs refer to: a config bump registers a new one beside it.
-    from infra import data
-
-    source = Path(data.__file__).read_text() + Path(environment.__file__).read_text()
-    assert source.count("retain_on_delete=True") == 2
+def test_versioned_assets_are_kept_when_replaced(default_run):
+    # Immutable versions that past runs refer to: a config bump registers a new one beside it,
+    # and the old one stays in Azure (the engine gets retainOnDelete for exactly these).
+    retained = {r.name for r in default_run.resources if r.options["retain_on_delete"]}
+    versioned = {r.name for r in default_run.resources if r.type in (DATA, ENVIRONMENT)}
+    assert len(versioned) == 3 and retained == versioned
+    # the estate itself is not retained: `pulumi destroy` must remove it
+    assert not default_run.one(WORKSPACE).options["retain_on_delete"]
+    assert not default_run.one(RG).options["retain_on_delete"]
 
 
 def test_budget(default_run):
@@ -374,22 +377,19 @@ def test_budget_from_config():
     )
 
 
-def test_stack_outputs_follow_the_contract(default_run):
+def test_stack_outputs_are_what_the_training_cli_reads(default_run):
+    """The contract is between two programs: what infra exports must be exactly what `train`
+    reads (training.stack.StackOutputs), and must parse there as `pulumi stack output --json`
+    would hand it over."""
+    import json
+
+    from training.stack import StackOutputs, parse_outputs
+
     outputs = default_run.outputs
-    assert set(program.OUTPUT_KEYS) == {
-        "subscription_id",
-        "resource_group",
-        "location",
-        "workspace_name",
-        "gpu_cluster",
-        "cpu_cluster",
-        "datastore",
-        "data_assets",
-        "training_environment",
-        "gpu_vm_size",
-        "cpu_vm_size",
-    }
-    assert set(outputs) == set(program.OUTPUT_KEYS)
+    assert set(outputs) == set(program.OUTPUT_KEYS) == set(StackOutputs.model_fields)
+    parsed = parse_outputs(json.loads(json.dumps(outputs)), "pulumi stack output --json")
+    assert parsed.model_dump(mode="json") == outputs
+    assert parsed.data_assets["control"].id == "azureml:control-train:1"
     assert outputs["gpu_vm_size"] == "Standard_NC24ads_A100_v4"
     assert outputs["cpu_vm_size"] == "Standard_D4s_v3"
     assert outputs["subscription_id"] == SUBSCRIPTION_ID

@@ -55,6 +55,32 @@ def test_hash_ignores_data_paths_but_not_hyperparameters(tmp_path):
     assert a.sha256() != c.sha256()
 
 
+@pytest.mark.parametrize("edit", [
+    {"success": {"max_eval_loss": 0.5, "max_train_eval_gap": 0.1}},
+    {"budget_usd": 12.5},
+    {"azure": {"price_per_hour": 9.0, "compute": "bigger", "max_run_minutes": 30}},
+    {"openai": {"azure_endpoint": "https://x.openai.azure.com"}},
+    {"backend": "openai"},
+    {"name": "renamed"},
+    {"sweep": {"search_space": {"training.learning_rate": {"type": "choice", "values": [1e-4]}}}},
+])
+def test_the_hash_ignores_what_does_not_train_the_weights(tmp_path, edit):
+    """A changed verdict threshold, budget or price must find the same pair, not retrain it."""
+    assert parse_config(base(**edit)).sha256() == parse_config(base()).sha256()
+
+
+@pytest.mark.parametrize("edit", [
+    {"training": {"max_steps": 10, "learning_rate": 1e-4}},
+    {"training": {"max_steps": 10, "seed": 7}},
+    {"lora": {"r": 8}},
+    {"method": "full"},
+    {"base_model": "meta-llama/Meta-Llama-3-8B"},
+    {"base_model_revision": "abc123"},
+])
+def test_the_hash_follows_what_trains_the_weights(edit):
+    assert parse_config(base(**edit)).sha256() != parse_config(base()).sha256()
+
+
 @pytest.mark.parametrize(
     ("override", "field", "message"),
     [

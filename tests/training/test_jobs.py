@@ -76,6 +76,17 @@ def test_pair_id_follows_config_and_asset_versions():
     assert azure_pair_id(cfg, out).startswith("paired-comments-")
 
 
+def test_pair_id_ignores_the_verdict_budget_and_prices_but_not_the_world_size():
+    out = outputs()
+    data = config().model_dump(mode="json")
+    data["success"] = {"max_eval_loss": 0.2}
+    data["budget_usd"] = 1.0
+    data["azure"]["price_per_hour"] = 99.0
+    assert azure_pair_id(parse_config(data, "x"), out) == azure_pair_id(config(), out)
+    # more GPUs -> a bigger global batch -> other weights: another pair
+    assert azure_pair_id(config(processes_per_node=2), out) != azure_pair_id(config(), out)
+
+
 def test_replicates_share_the_config_and_differ_in_seed():
     data = config().model_dump(mode="json")
     data["training"]["replicates"] = 3

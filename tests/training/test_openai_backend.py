@@ -74,6 +74,15 @@ def quiet(*_):
     pass
 
 
+def test_the_hosted_pair_id_follows_the_services_hyperparameters_not_its_endpoint(tmp_path):
+    """cfg.sha256 leaves the openai: section out; the service's hyperparameters train the weights,
+    so they must still make another pair (a resubmission would otherwise find the old jobs)."""
+    first = prepared(tmp_path / "a").pair_id
+    assert prepared(tmp_path / "b", api_version="2024-10-21").pair_id == first
+    assert prepared(tmp_path / "c", n_epochs=3).pair_id != first
+    assert prepared(tmp_path / "d", learning_rate_multiplier=0.25).pair_id != first
+
+
 def test_one_paired_submission_sends_uploads_then_two_identical_jobs(service, tmp_path):
     prep = prepared(tmp_path)
     result = backend.submit_pair(client_for(service), prep, poll=0.01, sleep=time.sleep, say=quiet)

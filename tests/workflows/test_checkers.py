@@ -125,3 +125,41 @@ def test_check_jsonschema_catches(tmp_path, case):
     result = check_jsonschema(write_workflow(tmp_path, SCHEMA_CASES[case]))
     assert result.returncode == 1, output(result)
     assert "Schema validation errors" in result.stdout + result.stderr, output(result)
+
+
+# Faults planted in the real workflows, checked the way the project checks them (its zizmor.yml
+# included): a config that silenced an audit, or a workflow shaped so that a checker skips it,
+# would pass the synthetic cases above and fail here.
+REAL_FAULTS = {
+    "unpinned-uses": (
+        "actions/setup-python@5fda3b95a4ea91299a34e894583c3862153e4b97 # v7.0.0",
+        "actions/setup-python@v5",
+    ),
+    "artipacked": ("        with:\n          persist-credentials: false\n", ""),
+    "template-injection": (
+        "        run: make test\n",
+        '        run: echo "${{ github.event.pull_request.title }}" && make test\n',
+    ),
+}
+
+
+@pytest.mark.parametrize("audit", sorted(REAL_FAULTS))
+def test_zizmor_catches_a_fault_planted_in_the_real_ci_workflow(tmp_path, audit):
+    old, new = REAL_FAULTS[audit]
+    text = CI.read_text(encoding="utf-8")
+    assert old in text, f"the ci workflow changed: update the planted fault for {audit}"
+    path = write_workflow(tmp_path, text.replace(old, new, 1))
+    config = ZIZMOR_CONFIG if ZIZMOR_CONFIG.exists() else None
+    result = zizmor(path, config=config, persona="regular")
+    assert result.returncode != 0, output(result)
+    assert audit in result.stdout, output(result)
+
+
+def test_check_jsonschema_catches_a_fault_planted_in_the_real_deploy_workflow(tmp_path):
+    """A misspelt job key (the job would run with no timeout) in the real deploy workflow."""
+    text = DEPLOY.read_text(encoding="utf-8")
+    assert "    timeout-minutes:" in text
+    path = write_workflow(tmp_path, text.replace("    timeout-minutes:", "    timeout-minute:", 1))
+    result = check_jsonschema(path)
+    assert result.returncode == 1, output(result)
+    assert "Schema validation errors" in result.stdout + result.stderr, output(result)

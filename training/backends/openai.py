@@ -13,6 +13,7 @@ No key is ever printed, logged or written: keys stay in the environment and the 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -129,7 +130,17 @@ def prepare(cfg: ExperimentConfig, count: Callable[[str], int] | None = None,
                         "size, so arms of different sizes may train with different values; set "
                         "them in the openai: section for a strictly identical pair")
     hashes = {name: f.sha256 for name, f in report.files.items()}
-    return Prepared(cfg, pair_id or pair_id_for(cfg, hashes), files, report, warnings)
+    # the service's hyperparameters train the weights too (cfg.sha256 leaves the openai: section out)
+    identity = {**hashes, "hosted": json.dumps(hosted_identity(cfg), sort_keys=True)}
+    return Prepared(cfg, pair_id or pair_id_for(cfg, identity), files, report, warnings)
+
+
+def hosted_identity(cfg: ExperimentConfig) -> dict:
+    """What a hosted job trains with beyond `cfg.sha256()`: the service and its hyperparameters
+    (not the endpoint, the API version or the token limit)."""
+    o = cfg.openai
+    return {"backend": cfg.backend, "method": o.method, "n_epochs": o.n_epochs,
+            "batch_size": o.batch_size, "learning_rate_multiplier": o.learning_rate_multiplier}
 
 
 # ------------------------------------------------------------------------------------------ jobs
