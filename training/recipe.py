@@ -34,6 +34,7 @@ from pathlib import Path
 
 from training import eval_examples, locks, tracking
 from training.base_model import load_reference
+from training.collate import make_collator
 from training.config import ARMS, ConfigError, ExperimentConfig, load_config
 from training.data import DataError, file_sha256, load_examples
 from training.models import load_tokenizer
@@ -301,8 +302,6 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
               replicate: int = 0, parent_pair_id: str | None = None) -> int:
     import torch
     from transformers import (
-        DataCollatorForSeq2Seq,
-        DataCollatorWithFlattening,
         EarlyStoppingCallback,
         PrinterCallback,
         Trainer,
@@ -342,11 +341,8 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
     if preemption.signum is not None:
         return 128 + preemption.signum  # stopped before the first step: nothing to save
 
-    if t.packing:  # padding-free: sequences laid end to end, boundaries from position_ids
-        collator = DataCollatorWithFlattening()
-    else:
-        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100,
-                                          pad_to_multiple_of=8 if cuda else None)
+    # packed (padding-free) or padded batches; the lm_head only where the loss is (training/collate)
+    collator = make_collator(tokenizer, t.packing, cuda)
     tracked = is_main and not os.environ.get("PAIRED_FINETUNE_NO_MLFLOW")
     callbacks = make_callbacks(preemption, tracked=tracked)
     report = callbacks[-1]

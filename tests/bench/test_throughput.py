@@ -77,7 +77,7 @@ def test_llama3_8b_shape_and_mfu_arithmetic():
             cfg["num_key_value_heads"]) == (4096, 32, 128256, 8)
     assert bench.shape_config("llama3-8b", layers=2)["num_hidden_layers"] == 2
     spec = bench.arm_specs()["b"]
-    r = bench.Result(spec, loop_s=2.0, wall_s=2.5, real_tokens=2000, computed_tokens=2000, labelled_tokens=500,
+    r = bench.Result(spec, loop_s=2.0, wall_s=2.5, cpu_s=2.0, real_tokens=2000, computed_tokens=2000, labelled_tokens=500,
                      peak_bytes=0, eval_loss=1.0, train_loss=1.0, examples=[],
                      n_params=8_000_000_000, n_trainable=40_000_000)
     ours, strict = bench.mfu(r, "lora", False, peak_tflops=1000.0)
