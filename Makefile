@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test lint install clean
 
 # torch==2.13.0 goes in first: any other spec pulls gigabytes of CUDA packages. Everything else
-# resolves together in one install (see DESIGN.md about azureml-mlflow).
+# resolves together in one install: azureml-mlflow caps mlflow-skinny and azure-storage-blob, and
+# installed afterwards it would break the environment.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -1,7 +1,7 @@
 """The whole estate, declared from a validated config, and the stack outputs.
 
-The stack outputs are a contract (DESIGN.md): the training CLI reads exactly these keys from
-`pulumi stack output --json`.
+The stack outputs are a contract (docs/architecture.md): the training CLI reads exactly these keys
+from `pulumi stack output --json`.
 """
 
 from typing import Any

@@ -59,7 +59,8 @@ def data_upload(config_path, no_tokenizer, outputs):
     if not no_tokenizer:
         tokenizer = cli._exit_if_not_ready(lambda: cli._tokenizer_of(None, cfg, console), console)
     report = data_mod.validate_files(list(files.values()), tokenizer=tokenizer,
-                                     max_seq_length=cfg.training.max_seq_length)
+                                     max_seq_length=cfg.training.max_seq_length,
+                                     long_examples=cfg.training.long_examples)
     data_mod.print_report(report, console)
     if not report.ok:
         click.echo("error: the data is not valid: nothing was uploaded", err=True)
@@ -189,7 +190,7 @@ def _print_registered(done, console) -> None:
 def _register_azure(outputs, pair_id, name, replicate) -> None:
     from training import register as reg
     from training.backends.azureml import AzurePair
-    from training.cli_azure import _pair_jobs
+    from training.cli_follow import _pair_jobs
 
     cli = _cli()
     console = cli._console()

@@ -100,7 +100,8 @@ def prepare(cfg: ExperimentConfig, *, status=None, on_note=None) -> Prepared:
     cfg, pinned, tokenizer = pin_and_load_tokenizer(cfg, on_note)
     say("validating the data")
     report = data_mod.validate_files(list(files.values()), tokenizer=tokenizer,
-                                     max_seq_length=cfg.training.max_seq_length)
+                                     max_seq_length=cfg.training.max_seq_length,
+                                     long_examples=cfg.training.long_examples)
     if not report.ok:
         raise NotReady("the data is not valid: nothing was trained", report=report)
     by_role = dict(zip(files, report.files, strict=True))

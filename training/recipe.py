@@ -21,6 +21,7 @@ Output folder layout:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -29,7 +30,6 @@ import random
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 
 from training import eval_examples, locks, tracking
@@ -37,6 +37,7 @@ from training.base_model import load_reference
 from training.collate import make_collator
 from training.config import ARMS, ConfigError, ExperimentConfig, load_config
 from training.data import DataError, file_sha256, load_examples
+from training.events import EVENT_PREFIX, emit, rank  # noqa: F401 - EVENT_PREFIX: old import path
 from training.models import load_tokenizer
 from training.overrides import apply_overrides
 from training.sharding import check_enabled, fsdp_arguments, runtime_sharding, save_final_model
@@ -46,33 +47,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model 
 log = logging.getLogger("training.recipe")
 
 COMPLETE = "COMPLETE"  # written into a checkpoint folder once everything in it is on disk
-EVENT_PREFIX = "@@ "  # stdout lines the local backend turns into live progress
 
 
 # ----------------------------------------------------------------------------- small helpers
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def emit(event: str, **fields) -> None:
-    """A machine-readable progress line on rank 0 (the local backend renders these)."""
-    if rank() == 0:
-        print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
-
-
-def describe(step: int, max_steps: int, metrics: dict) -> str:
-    """The same progress as a line for people reading a job's log."""
-    parts = [f"step {step}/{max_steps}"]
-    for key, fmt in (("train_loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"),
-                     ("perplexity", "ppl {:.2f}"), ("learning_rate", "lr {:.2e}"),
-                     ("tokens_per_second", "{:,.0f} tok/s")):
-        if metrics.get(key) is not None:
-            parts.append(fmt.format(metrics[key]))
-    return "  ".join(parts)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -127,79 +106,11 @@ class Preemption:
 
 
 # ----------------------------------------------------------------------------- callbacks
-def make_callbacks(preemption: Preemption, tracked: bool):
-    import torch
-    import torch.distributed as dist
-    from transformers import TrainerCallback
+def make_callbacks(preemption: Preemption, report):
+    """The recipe's callbacks (training.trainer_callbacks), `report` (a ReportCallback) last."""
+    from training.trainer_callbacks import MarkComplete, StopOnSignal
 
-    class StopOnSignal(TrainerCallback):
-        """Turns a signal into `save now, then stop` at the next step boundary, on every rank."""
-
-        def on_step_end(self, args, state, control, **kw):
-            stop = preemption.signum is not None
-            if dist.is_available() and dist.is_initialized():
-                flag = torch.tensor([int(stop)], device=args.device)
-                dist.all_reduce(flag)  # all ranks stop at the same step, or DDP would hang
-                stop = bool(flag.item())
-            if stop:
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-    class MarkComplete(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()  # every rank's RNG state is on disk
-            if state.is_world_process_zero:
-                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                (ckpt / COMPLETE).write_text(f"step {state.global_step}\n")
-
-    class Report(TrainerCallback):
-        """Progress events, throughput and MLflow metrics (rank 0)."""
-
-        def __init__(self):
-            self.step_seconds = 0.0
-            self.leg_tokens = 0
-            self._t0 = None
-            self._tokens0 = 0
-
-        def on_train_begin(self, args, state, control, **kw):
-            self._tokens0 = state.num_input_tokens_seen
-            emit("start", step=state.global_step, max_steps=state.max_steps)
-
-        def on_step_begin(self, args, state, control, **kw):
-            self._t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            if self._t0 is not None:
-                self.step_seconds += time.perf_counter() - self._t0
-            self.leg_tokens = state.num_input_tokens_seen - self._tokens0
-
-        @property
-        def tokens_per_second(self) -> float:
-            return self.leg_tokens / self.step_seconds if self.step_seconds else 0.0
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not state.is_world_process_zero or not logs:
-                return
-            metrics = {}
-            if "loss" in logs:
-                metrics = {"train_loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
-                           "grad_norm": logs.get("grad_norm"),
-                           "tokens_per_second": self.tokens_per_second,
-                           "tokens_seen": state.num_input_tokens_seen}
-                emit("log", step=state.global_step, max_steps=state.max_steps, **metrics)
-            elif "eval_loss" in logs:
-                metrics = {"eval_loss": logs["eval_loss"], "perplexity": math.exp(logs["eval_loss"])}
-                emit("eval", step=state.global_step, max_steps=state.max_steps, **metrics)
-            else:
-                return
-            log.info(describe(state.global_step, state.max_steps, metrics))
-            if tracked:
-                tracking.log_metrics({k: v for k, v in metrics.items() if v is not None},
-                                     step=state.global_step)
-
-    return [StopOnSignal(), MarkComplete(), Report()]
+    return [StopOnSignal(preemption), MarkComplete(), report]
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -289,12 +200,16 @@ def training_arguments(cfg: ExperimentConfig, out: Path, precision: str,
     )
 
 
-def encode_rows(rows: list[dict], tokenizer, max_seq_length: int):
+def encode_rows(rows: list[dict], tokenizer, t, what: str):
+    """(rows kept, their encoding as an Arrow dataset, how many were over max_seq_length): those
+    are dropped or cut as training.long_examples says, or refused (DataError) by default."""
     from datasets import Dataset
 
-    from training.data import encode_examples
+    from training.data import fit_to_length
 
-    return Dataset.from_list(encode_examples(rows, tokenizer, max_seq_length))
+    rows, encoded, too_long = fit_to_length(rows, tokenizer, t.max_seq_length, t.long_examples,
+                                            what)
+    return rows, Dataset.from_list(encoded), too_long
 
 
 def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
@@ -333,8 +248,14 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
     set_seed(t.seed)
     model_path, revision = load_reference(cfg)  # the pinned commit; a folder's files checked
     tokenizer = load_tokenizer(model_path, revision=revision)
-    train_ds = encode_rows(train_rows, tokenizer, t.max_seq_length)
-    eval_ds = encode_rows(eval_rows, tokenizer, t.max_seq_length)
+    train_rows, train_ds, long_train = encode_rows(train_rows, tokenizer, t, str(train_file))
+    eval_rows, eval_ds, long_eval = encode_rows(eval_rows, tokenizer, t, str(eval_file or train_file))
+    if long_train or long_eval:  # they change what the arm trained on: logged with its params
+        data_params |= {"data.train_too_long": long_train, "data.eval_too_long": long_eval}
+        log.warning("%s: %d train and %d eval examples over max_seq_length %d: %s", arm,
+                    long_train, long_eval, t.max_seq_length,
+                    "dropped" if t.long_examples == "drop" else "truncated")
+        emit("long_examples", policy=t.long_examples, train=long_train, eval=long_eval)
     sharding = runtime_sharding(cfg, model_path, revision, world_size(), cuda,
                                 cuda and torch.cuda.is_bf16_supported())
     model = load_model(cfg, model_path, precision, revision=revision, sharding=sharding)
@@ -344,8 +265,10 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
     # packed (padding-free) or padded batches; the lm_head only where the loss is (training/collate)
     collator = make_collator(tokenizer, t.packing, cuda)
     tracked = is_main and not os.environ.get("PAIRED_FINETUNE_NO_MLFLOW")
-    callbacks = make_callbacks(preemption, tracked=tracked)
-    report = callbacks[-1]
+    from training.trainer_callbacks import ReportCallback
+
+    report = ReportCallback(tracked)
+    callbacks = make_callbacks(preemption, report)
     if t.early_stopping:
         callbacks.append(EarlyStoppingCallback(t.early_stopping.patience,
                                                t.early_stopping.min_delta))
@@ -368,58 +291,69 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
             "code_version": params["code_version"], "replicate": str(replicate),
             "parent_pair_id": parent_pair_id or pair_id}
 
-    def run() -> int:
+    run = (tracking.arm_run(out, cfg.name, f"{pair_id}-{arm}", tags, params) if tracked
+           else contextlib.nullcontext())
+    with run:
         if resume:
             log.warning("resuming from %s", resume)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if preemption.signum is not None:
             emit("preempted", step=trainer.state.global_step)
+            if tracked:
+                tracking.end_run("KILLED")  # stopped by a signal: not FINISHED
             return 128 + preemption.signum
-        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-        if evals and evals[-1]["step"] == trainer.state.global_step and not t.early_stopping:
-            final = evals[-1]  # the last step was just evaluated: don't pay for it twice
-        else:
-            final = trainer.evaluate()
-        # every rank: a sharded model needs all of them in its forward
-        example_losses = eval_examples.example_losses(
-            trainer.model, eval_ds.to_list(), t.per_device_batch_size, trainer.args.device)
-        history = [h for h in trainer.state.log_history if "loss" in h]
-        metrics = {
-            "train_loss": history[-1]["loss"] if history else None,
-            "eval_loss": final["eval_loss"],
-            "perplexity": math.exp(final["eval_loss"]),
-            "tokens_per_second": report.tokens_per_second,
-            "tokens_seen": trainer.state.num_input_tokens_seen,
-            "global_step": trainer.state.global_step,
-            "max_steps": trainer.state.max_steps,
-            "stopped_early": trainer.state.global_step < trainer.state.max_steps,
-            "precision": precision,
-        }
-        save_final_model(trainer, str(out / "model.tmp"), is_main)  # every rank: FSDP gathers
-        if not is_main:
-            return 0
-        tokenizer.save_pretrained(str(out / "model.tmp"))
-        shutil.rmtree(out / "model", ignore_errors=True)
-        os.replace(out / "model.tmp", out / "model")
-        if tracked:
-            tracking.log_metrics({f"final_{k}": v for k, v in metrics.items()},
-                                 step=trainer.state.global_step)
-        eval_examples.write(out / eval_examples.FILENAME,
-                            eval_examples.records(eval_rows, example_losses))
-        write_json_atomic(out / "metrics.json", metrics)  # last: its presence means "finished"
-        if tracked:
-            tracking.log_artifacts(out / "config.yaml", out / "metrics.json",
-                                   out / eval_examples.FILENAME)
-        emit("done", **metrics)
-        return 0
+        metrics, example_losses = final_metrics(trainer, report, eval_ds, t, precision)
+        write_results(trainer, tokenizer, out, metrics, eval_rows, example_losses, is_main,
+                      tracked)
+    return 0
 
-    if not tracked:
-        return run()
-    with tracking.arm_run(out, cfg.name, f"{pair_id}-{arm}", tags, params):
-        code = run()
-        if code != 0:
-            tracking.end_run("KILLED")  # stopped by a signal: not FINISHED
-        return code
+
+# ----------------------------------------------------------------------------- the end of training
+def final_metrics(trainer, report, eval_ds, t, precision: str) -> tuple[dict, list[float]]:
+    """The arm's final metrics, and each eval example's loss (computed on every rank: a sharded
+    model needs all of them in its forward)."""
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if evals and evals[-1]["step"] == trainer.state.global_step and not t.early_stopping:
+        final = evals[-1]  # the last step was just evaluated: don't pay for it twice
+    else:
+        final = trainer.evaluate()
+    example_losses = eval_examples.example_losses(
+        trainer.model, eval_ds.to_list(), t.per_device_batch_size, trainer.args.device)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    metrics = {
+        "train_loss": history[-1]["loss"] if history else None,
+        "eval_loss": final["eval_loss"],
+        "perplexity": math.exp(final["eval_loss"]),
+        "tokens_per_second": report.tokens_per_second,
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+        "precision": precision,
+    }
+    return metrics, example_losses
+
+
+def write_results(trainer, tokenizer, out: Path, metrics: dict, eval_rows: list[dict],
+                  example_losses: list[float], is_main: bool, tracked: bool) -> None:
+    """model/ (every rank: FSDP gathers the shards), then on rank 0 the per-example losses and
+    metrics.json, last: its presence means the arm finished."""
+    save_final_model(trainer, str(out / "model.tmp"), is_main)
+    if not is_main:
+        return
+    tokenizer.save_pretrained(str(out / "model.tmp"))
+    shutil.rmtree(out / "model", ignore_errors=True)
+    os.replace(out / "model.tmp", out / "model")
+    if tracked:
+        tracking.log_metrics({f"final_{k}": v for k, v in metrics.items()},
+                             step=trainer.state.global_step)
+    eval_examples.write(out / eval_examples.FILENAME,
+                        eval_examples.records(eval_rows, example_losses))
+    write_json_atomic(out / "metrics.json", metrics)
+    if tracked:
+        tracking.log_artifacts(out / "config.yaml", out / "metrics.json",
+                               out / eval_examples.FILENAME)
+    emit("done", **metrics)
 
 
 def parse_args(argv=None):

@@ -1,10 +1,11 @@
 """Small experiment files and commands for tests that train the tiny Llama for real."""
 
-import json
 import sys
 from pathlib import Path
 
 import yaml
+
+from training.events import parse_event
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "examples" / "data"
@@ -44,4 +45,4 @@ def recipe_cmd(cfg_path: Path, out: Path, arm: str, pair_id: str = "test-pair-0"
 
 def read_events(stream) -> list[dict]:
     """The `@@ {...}` progress events in what is left of a recipe's stdout."""
-    return [json.loads(line[3:]) for line in stream if line.startswith("@@ ")]
+    return [e for e in map(parse_event, stream) if e is not None]

@@ -258,3 +258,12 @@ def test_a_base_model_symlink_loop_or_broken_link(tmp_path):
         load_config(write(tmp_path, base(base_model="./loop")))
     with pytest.raises(ConfigError, match=r"base_model: no such folder: .*broken \(a broken"):
         load_config(write(tmp_path, base(base_model="./broken")))
+
+
+def test_long_examples_is_a_policy_and_part_of_the_hash():
+    assert parse_config(base()).training.long_examples == "error"
+    drop = parse_config(base(training={"max_steps": 10, "long_examples": "drop"}))
+    assert drop.training.long_examples == "drop" and drop.sha256() != parse_config(base()).sha256()
+    with pytest.raises(ConfigError, match=r"training\.long_examples"):
+        parse_config(base(training={"max_steps": 10, "long_examples": "skip"}))
+

@@ -443,6 +443,10 @@ def test_a_template_that_rewrites_earlier_turns_is_reported(tmp_path, tiny_model
     path = write_lines(tmp_path / "rows.jsonl", [MULTI, GOOD])
     report = validate_files(path, tokenizer=tokenizer)
     check_messages(report.problems, path, [(1, "chat template problem")])
+    # every row is checked, not only a file's first: what validation accepts, training encodes
+    later = write_lines(tmp_path / "later.jsonl", [GOOD, GOOD, MULTI])
+    report = validate_files(later, tokenizer=tokenizer)
+    check_messages(report.problems, later, [(3, "chat template problem")])
 
 
 def test_llama3_layout_gives_the_same_text_and_spans_as_rendering_each_turn(tiny_tokenizer):
@@ -684,3 +688,76 @@ def test_same_data_for_both_arms_or_an_arm_and_eval_warns(tmp_path):
     other.write_text(json.dumps(GOOD) + "\n")
     assert same_data_warnings({"control": summaries[0],
                                "experiment": validate_files([other]).files[0]}) == []
+
+
+# ----------------------------------------------------------------------------- long examples
+@pytest.mark.parametrize("policy", ["drop", "truncate"])
+def test_a_long_example_policy_counts_instead_of_refusing(tmp_path, tiny_tokenizer, policy):
+    path = write_lines(tmp_path / "rows.jsonl", VARIED)
+    lengths = row_lengths(VARIED, tiny_tokenizer)
+    limit = sorted(lengths)[len(lengths) // 2]
+    n_long = sum(n > limit for n in lengths)
+    assert n_long > 0
+    refused = validate_files(path, tokenizer=tiny_tokenizer, max_seq_length=limit)
+    assert len(refused.problems) == n_long  # the default, error: one problem per long row
+    report = validate_files(path, tokenizer=tiny_tokenizer, max_seq_length=limit,
+                            long_examples=policy)
+    assert report.ok and report.files[0].too_long == n_long
+    done = "dropped" if policy == "drop" else "truncated"
+    assert f"{path}: {n_long} example(s) over max_seq_length {limit} tokens: {done}" in " ".join(
+        report.warnings)
+
+
+def test_fit_to_length_drops_truncates_or_refuses_as_the_policy_says(tiny_tokenizer):
+    from training.data import fit_to_length
+
+    lengths = row_lengths(VARIED, tiny_tokenizer)
+    limit = sorted(lengths)[len(lengths) // 2]
+    long = {i for i, n in enumerate(lengths) if n > limit}
+    rows, encoded, n = fit_to_length(VARIED, tiny_tokenizer, limit, "drop")
+    assert n == len(long) and rows == [r for i, r in enumerate(VARIED) if i not in long]
+    assert encoded == [encode_example(r, tiny_tokenizer, limit) for r in rows]  # still aligned
+    rows, encoded, n = fit_to_length(VARIED, tiny_tokenizer, limit, "truncate")
+    assert n == len(long) and rows == VARIED
+    assert encoded == [encode_example(r, tiny_tokenizer, limit) for r in VARIED]
+    assert max(len(e["input_ids"]) for e in encoded) == limit
+    with pytest.raises(DataError, match=f"over max_seq_length {limit}"):
+        fit_to_length(VARIED, tiny_tokenizer, limit, "error", "train.jsonl")
+    assert fit_to_length(VARIED, tiny_tokenizer, max(lengths), "error")[2] == 0
+
+
+def _generated_rows() -> list[dict]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_validate", Path(__file__).resolve().parents[2] / "bench" / "bench_validate.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return list(bench.synthetic_rows(1000, seed=11))
+
+
+@pytest.mark.parametrize("template", ["llama3", "other"])
+def test_the_fast_counter_equals_the_encoder_on_every_bundled_and_generated_dataset(
+        tmp_path, tiny_model_path, template):
+    """validation's counter (token_counter) is a shortcut: on every dataset the project ships or
+    generates, its multiset of lengths equals the training encoder's, row for row."""
+    from training.data.token_counter import _TokenCounter
+    from training.data.validation import _scan_file
+    from training.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_path)
+    if template == "other":
+        other_template(tokenizer)
+    datasets = {p.name: p for p in sorted(EXAMPLES.glob("*.jsonl"))}
+    datasets["generated.jsonl"] = write_lines(tmp_path / "generated.jsonl", _generated_rows())
+    datasets["varied.jsonl"] = write_lines(tmp_path / "varied.jsonl", VARIED)
+    for name, path in datasets.items():
+        counter = _TokenCounter(tokenizer, None)
+        try:
+            scan = _scan_file(str(path), counter=counter)
+        finally:
+            counter.close()
+        assert not scan.problems, (name, scan.problems[:3])
+        assert counter.chat_mode == ("pieces" if template == "llama3" else "jinja")
+        expected = sorted(row_lengths(load_examples(path), tokenizer))
+        assert sorted(scan.lengths) == expected, name

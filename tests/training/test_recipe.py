@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.training.pairs import REPO, read_events, recipe_cmd, write_experiment
+from training.events import parse_event
 from training.recipe import (
     COMPLETE,
-    EVENT_PREFIX,
     choose_precision,
     latest_complete_checkpoint,
     split_holdout,
@@ -93,7 +93,7 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tiny_model_path, tm
     proc = subprocess.Popen(recipe_cmd(cfg, resumed, "control"), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=tracking_env, cwd=REPO)
     for line in proc.stdout:
-        if line.startswith(EVENT_PREFIX) and json.loads(line[3:]).get("step", 0) >= 12:
+        if (parse_event(line) or {}).get("step", 0) >= 12:
             proc.send_signal(signal.SIGTERM)
             break
     events = read_events(proc.stdout)
@@ -199,7 +199,7 @@ def test_torchrun_two_processes_only_rank0_writes(tiny_model_path, tmp_path, tra
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "[rank 1]" not in "".join(line for line in proc.stderr.splitlines() if "step " in line)
-    events = [json.loads(x[3:]) for x in proc.stdout.splitlines() if x.startswith(EVENT_PREFIX)]
+    events = [e for e in map(parse_event, proc.stdout.splitlines()) if e is not None]
     assert sum(e["event"] == "done" for e in events) == 1  # rank 1 emits nothing
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == 8

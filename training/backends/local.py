@@ -28,7 +28,7 @@ from pathlib import Path
 
 from training import locks
 from training.config import ExperimentConfig
-from training.recipe import EVENT_PREFIX
+from training.events import EVENT_PREFIX, parse_event
 
 TAIL_LINES = 15  # lines of a failed arm's output shown on the console
 
@@ -233,11 +233,9 @@ class LocalPair:
             for line in proc.stdout:
                 logfile.write(line)
                 if line.startswith(EVENT_PREFIX):
-                    try:
-                        event = json.loads(line[len(EVENT_PREFIX):])
-                    except json.JSONDecodeError:
-                        continue
-                    self._apply(state, event)
+                    event = parse_event(line)
+                    if event is not None:
+                        self._apply(state, event)
                 elif line.strip():
                     state.tail.append(line.rstrip("\n"))
             state.returncode = proc.wait()

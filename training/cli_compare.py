@@ -1,0 +1,134 @@
+"""`train compare`: the verdict on a pair, from the local MLflow store or the stack's workspace.
+
+Registered on the `train` group by `training.cli`; `train run` prints the same verdict
+(`print_verdict`) when both arms are done.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from training.cli_azure import EXIT_BAD_INPUT, _cli
+
+
+@click.command()
+@click.argument("pair", required=False)
+@click.option("--tracking-uri", default=None,
+              help="MLflow store [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].")
+@click.option("--stack", default=None, help="Read the runs from this Pulumi stack's workspace.")
+@click.option("--outputs-file", type=click.Path(path_type=Path), default=None,
+              help="The stack outputs saved as JSON (instead of --stack).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
+              default="table", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the loss curves and per-example differences to this PNG.")
+def compare(pair, tracking_uri, stack, outputs_file, fmt, plot_path):
+    """The verdict on PAIR: fairness, health of each arm, paired statistics, success criteria.
+
+    PAIR is a pair id (or the parent id of seed replicates) as `train run` or `train submit`
+    printed it; without it, the recent pairs are listed. Exit 0 when the pair is fair, finished
+    and meets every success criterion; 1 when not; 2 for bad input (no such pair or arm).
+    """
+    if sum(x is not None for x in (tracking_uri, stack, outputs_file)) > 1:
+        _cli().bad_input("pass at most one of --tracking-uri, --stack, --outputs-file")
+    if plot_path is not None and plot_path.suffix.lower() != ".png":
+        _cli().bad_input(f"--plot {plot_path}: the figure is written as PNG (name it *.png)")
+    uri, outputs = _compare_uri(tracking_uri, stack, outputs_file)
+    if pair is None:
+        _list_pairs(uri, fmt)
+        return
+    sys.exit(print_verdict(uri, pair, fmt, plot_path, outputs=outputs))
+
+
+def _compare_uri(tracking_uri, stack, outputs_file):
+    """(tracking URI, stack outputs or None): the local store, or the stack's workspace's."""
+    from training.tracking import tracking_uri as resolve_uri
+
+    if stack is None and outputs_file is None:
+        uri = resolve_uri(tracking_uri)
+        db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+        if db is not None and not Path(db).is_file():
+            _cli().bad_input(f"no MLflow store at {db}: train a pair first (`train run`) or pass "
+                      "--tracking-uri")
+        return uri, None
+    from training.stack import StackError, load_outputs
+
+    try:
+        outputs = load_outputs(stack, outputs_file)
+    except StackError as e:
+        _cli().bad_input(str(e))
+    from training.cli_azure import _azure_errors, _client
+
+    @_azure_errors  # a login problem exits 2, a failed request 1, each as one line
+    def workspace_uri() -> str:
+        return _client(outputs).workspaces.get(outputs.workspace_name).mlflow_tracking_uri
+
+    return workspace_uri(), outputs
+
+
+def _list_pairs(uri: str, fmt: str) -> None:
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from training.compare import client_for, list_pairs, store_error
+
+    try:
+        pairs = list_pairs(client_for(uri))
+    except MlflowException as e:
+        _cli().bad_input(str(store_error(uri, e)))
+    if fmt == "json":
+        click.echo(json.dumps(pairs, indent=2))
+        return
+    if not pairs:
+        click.echo(f"no pairs in {uri}")
+        return
+    click.echo(f"recent pairs in {uri} (train compare PAIR for the verdict):")
+    for p in pairs:
+        arms = "  ".join(f"{a}: {'/'.join(s.lower() for s in st) or '-'}"
+                         for a, st in p["arms"].items())
+        click.echo(f"  {p['pair_id']:<40} {p['name']:<28} {p['started']}  {arms}")
+
+
+def print_verdict(uri: str, pair: str, fmt: str, plot_path: Path | None = None, console=None,
+             outputs=None) -> int:
+    """Print the verdict of a pair; returns its exit code (2 for bad input, printed)."""
+    import json
+
+    from training import compare_render
+    from training.compare import CompareError, compare, example_diffs
+
+    try:
+        report, runs = compare(uri, pair, outputs=outputs)
+    except CompareError as e:
+        click.echo(f"error: {e}", err=True)
+        return EXIT_BAD_INPUT
+    if plot_path is not None:
+        from training.compare_plot import plot
+
+        plot(report, runs, example_diffs(runs), plot_path)
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2))
+    elif fmt == "markdown":
+        click.echo(compare_render.markdown(report))
+    else:
+        compare_render.print_table(report, console or _stdout_console())
+    if plot_path is not None:
+        click.echo(f"plot: {plot_path}", err=True)
+    return report["verdict"]["exit_code"]
+
+
+def _stdout_console():
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, soft_wrap=True, width=120)
+    return console
+
+
+COMMANDS = [compare]

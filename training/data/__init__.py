@@ -1,0 +1,56 @@
+"""Training data: rows and their validation, the training encoding, and the report.
+
+The package in the order data flows through it:
+
+- `rows`: the three row formats (chat, prompt/completion, text), their structural checks and
+  reading JSONL line by line (``path:line`` problems).
+- `validation`: `validate_files` (every file streamed once: problems, warnings, summaries, exact
+  token counts) and `load_examples` (the rows that training reads, after the same checks).
+- `token_counter`: exact token counts for validation, fast enough for millions of rows; equal to
+  the encoder's lengths by test.
+- `llama3`: Llama-3's chat markup without jinja, and the check that a template renders like it.
+- `encoding`: `encode_examples`, the training view of rows (``input_ids`` and ``labels``, only
+  what the model should learn labelled).
+- `report`: `print_report`, the tables and histogram that `train data validate` prints.
+
+Nothing heavy is imported here: the CLI imports this package for ``train data validate`` without
+a tokenizer. The names below are the package's interface; import them from ``training.data``.
+"""
+
+from training.data.encoding import (
+    IGNORE_INDEX,
+    LONG_EXAMPLE_POLICIES,
+    _chat_text_and_spans,
+    _chat_text_and_spans_jinja,
+    encode_example,
+    encode_examples,
+    fit_to_length,
+)
+from training.data.report import REPORT_LIMIT, print_report
+from training.data.rows import (
+    CHAT,
+    FORMATS,
+    PROMPT_COMPLETION,
+    ROLES,
+    TEXT,
+    DataError,
+    detect_format,
+    file_sha256,
+)
+from training.data.token_counter import _TokenCounter
+from training.data.validation import (
+    FileSummary,
+    LengthStats,
+    ValidationReport,
+    load_examples,
+    same_data_warnings,
+    validate_files,
+)
+
+__all__ = [
+    "CHAT", "FORMATS", "IGNORE_INDEX", "LONG_EXAMPLE_POLICIES", "PROMPT_COMPLETION", "REPORT_LIMIT", "ROLES", "TEXT",
+    "DataError", "FileSummary", "LengthStats", "ValidationReport", "_TokenCounter",
+    "_chat_text_and_spans", "_chat_text_and_spans_jinja", "detect_format", "encode_example",
+    "encode_examples", "file_sha256", "fit_to_length", "load_examples", "print_report", "same_data_warnings",
+    "validate_files",
+]

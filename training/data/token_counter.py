@@ -1,0 +1,283 @@
+"""Exact token counts for validation, built for millions of rows.
+
+Chat rows in the Llama-3 format are laid out by string formatting (checked against the tokenizer's
+template first), cut at the template's special tokens into pieces that the tokenizer would encode
+independently anyway, and the distinct pieces are encoded in batches by the Rust tokenizer on a
+worker thread while the caller parses the next lines. Any other chat template is rendered by
+``apply_chat_template`` and its assistant spans checked on every row (slower, equally exact).
+Counts equal ``len(encode_example(row, ...)["input_ids"])`` before truncation: the tests check
+that on every bundled and generated dataset.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import TYPE_CHECKING
+
+from training.data.encoding import (
+    LONG_EXAMPLE_POLICIES,
+    _chat_text_and_spans,
+    _chat_text_and_spans_jinja,
+)
+from training.data.llama3 import (
+    _EOT,
+    _HEADER_END,
+    _HEADER_START,
+    _PROBES,
+    _render_llama3,
+    _renders_like_llama3,
+    _same_as_template,
+)
+from training.data.rows import CHAT, PROMPT_COMPLETION, ROLES
+
+if TYPE_CHECKING:
+    from training.data.validation import _FileScan
+
+_BATCH_ROWS = 4096  # rows per tokenizer batch
+_PIECE_CACHE_MAX = 100_000  # repeated pieces whose token counts are remembered across batches
+
+
+def _plain_backend(tokenizer):
+    """A copy of the fast tokenizer's Rust tokenizer without truncation or padding, or None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain
+
+
+class _TokenCounter:
+    """Counts the tokens of valid rows exactly as `encode_example` would, in batches.
+
+    A row becomes a constant (its special tokens, and pieces already counted) plus pieces of text
+    still to count. Distinct pieces of a batch are encoded together; while the worker thread
+    encodes one batch (the Rust tokenizer releases the GIL), the caller parses the next."""
+
+    def __init__(self, tokenizer, max_seq_length: int | None, long_examples: str = "error"):
+        if long_examples not in LONG_EXAMPLE_POLICIES:
+            raise ValueError(f"long_examples must be one of {', '.join(LONG_EXAMPLE_POLICIES)}, "
+                             f"got {long_examples!r}")
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.long_examples = long_examples
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self.backend = _plain_backend(tokenizer)
+        self.encode = getattr(self.backend, "encode_batch_fast", None) or getattr(
+            self.backend, "encode_batch", None
+        )
+        self.cache: dict[str, int] = {}
+        self.chat_mode = self._chat_mode()  # "pieces" | "render" | "jinja"
+        self.specials = _special_finder(tokenizer)
+        self.executor = None
+        if self.backend is not None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="count-tokens")
+        self.inflight: deque = deque()
+        self.scan: _FileScan | None = None
+        self._new_batch()
+
+    # -- chat rendering plans
+
+    def _count_one(self, text: str) -> int:
+        return self._count([text])[0]
+
+    def _count(self, texts: list[str]) -> list[int]:
+        if self.backend is not None:
+            return [len(e) for e in self.encode(texts, add_special_tokens=False)]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def _chat_mode(self) -> str:
+        """How to count chat rows: "pieces" (Llama-3 markup, counted piece by piece), "render" (Llama-3
+        markup, whole text counted) or "jinja" (any other template, rendered by apply_chat_template)."""
+        tok = self.tokenizer
+        if not _renders_like_llama3(tok):
+            return "jinja"
+        bos = tok.bos_token or ""
+        # Added tokens are cut out before the rest of the text is normalised and pre-tokenised, so
+        # the pieces between markup tokens are encoded independently of each other: as long as each
+        # markup string is one plain added token (no stripping of neighbouring spaces).
+        if self.backend is None:
+            return "render"
+        markup = [_HEADER_START, _HEADER_END, _EOT] + ([bos] if bos else [])
+        added = {t.content: t for t in self.backend.get_added_tokens_decoder().values()}
+        for s in markup:
+            t = added.get(s)
+            if t is None or t.lstrip or t.rstrip or t.single_word or t.normalized:
+                return "render"
+        for messages in _PROBES:
+            const, pieces = self._chat_pieces(messages, bos)
+            whole = self._count_one(_render_llama3(messages, bos))
+            if const + sum(self._count(pieces)) != whole:
+                return "render"
+        self.chat_const = 1 if bos else 0
+        self.role_counts = dict(zip(ROLES, self._count(list(ROLES)), strict=True))
+        return "pieces"
+
+    def _chat_pieces(self, messages: list[dict], bos: str) -> tuple[int, list[str]]:
+        pieces = []
+        for m in messages:
+            pieces.append(m["role"])
+            pieces.append("\n\n" + m["content"].strip())
+        return (1 if bos else 0) + 3 * len(messages), pieces
+
+    def _first_chat_row(self, number: int, messages: list[dict]) -> None:
+        """Per file: the fast rendering matches the template (else every row goes through jinja,
+        where `add` checks each row's assistant spans as the encoder will locate them)."""
+        if self.chat_mode != "jinja" and not _same_as_template(messages, self.tokenizer):
+            self.chat_mode = "jinja"
+        if self.chat_mode == "jinja":
+            return
+        try:
+            _chat_text_and_spans(messages, self.tokenizer)
+        except ValueError as e:
+            self.scan.problem(number, str(e))
+
+    # -- batching
+
+    def _new_batch(self) -> None:
+        self.pieces: dict[str, int] = {}  # distinct pieces of this batch -> index
+        self.repeated: set[int] = set()  # indices of pieces seen more than once in this batch
+        self.rows: list[tuple[int, int, list[int]]] = []  # (line, tokens so far, pieces to add)
+
+    def start(self, scan: _FileScan) -> None:
+        self.scan = scan
+        self.first_chat = True
+
+    def add(self, number: int, row: dict, fmt: str) -> None:
+        specials = self.specials
+        if fmt == CHAT:
+            messages = row["messages"]
+            if self.first_chat:
+                self.first_chat = False
+                self._first_chat_row(number, messages)
+            if specials is not None:
+                for j, m in enumerate(messages, 1):
+                    if specials[0] in m["content"]:
+                        self._check_specials(number, m["content"], f"message {j}")
+            if self.chat_mode == "pieces":
+                const = self.chat_const + 3 * len(messages)
+                role_counts = self.role_counts
+                pieces = []
+                for m in messages:
+                    const += role_counts[m["role"]]
+                    pieces.append("\n\n" + m["content"].strip())
+            elif self.chat_mode == "render":
+                const, pieces = 0, [_render_llama3(messages, self.tokenizer.bos_token or "")]
+            else:
+                # every row, not only the first: a template may render one row in a way the
+                # encoder cannot mask, and training would find out late
+                try:
+                    text, _ = _chat_text_and_spans_jinja(messages, self.tokenizer)
+                except ValueError as e:
+                    self.scan.problem(number, str(e))
+                    return
+                except Exception as e:
+                    self.scan.problem(number, f"chat template error: {e}")
+                    return
+                const, pieces = 0, [text]
+        elif fmt == PROMPT_COMPLETION:
+            if specials is not None:
+                self._check_specials(number, row["prompt"], "prompt")
+                self._check_specials(number, row["completion"], "completion")
+            const, pieces = len(self.bos) + 1, [row["prompt"], row["completion"]]
+        else:
+            if specials is not None:
+                self._check_specials(number, row["text"], "text")
+            const, pieces = len(self.bos) + 1, [row["text"]]
+
+        cache, batch = self.cache, self.pieces
+        todo = []
+        for piece in pieces:
+            n = cache.get(piece)
+            if n is not None:
+                const += n
+                continue
+            i = batch.get(piece)
+            if i is None:
+                i = batch[piece] = len(batch)
+            else:
+                self.repeated.add(i)
+            todo.append(i)
+        if todo:
+            self.rows.append((number, const, todo))
+            if len(self.rows) >= _BATCH_ROWS:
+                self._submit()
+        else:
+            self._done(number, const)
+
+    def _check_specials(self, number: int, text: str, where: str) -> None:
+        prefix, pattern = self.specials
+        if prefix in text:
+            m = pattern.search(text)
+            if m:
+                self.scan.warnings.append(
+                    (number, f"{where} contains the special token {m.group()!r} as text")
+                )
+
+    def _submit(self) -> None:
+        texts = list(self.pieces)
+        if self.executor is not None:
+            work = self.executor.submit(self._count, texts)
+        else:
+            work = self._count(texts)
+        self.inflight.append((work, texts, self.repeated, self.rows))
+        self._new_batch()
+        while len(self.inflight) > 1:
+            self._resolve()
+
+    def _resolve(self) -> None:
+        work, texts, repeated, rows = self.inflight.popleft()
+        counts = work if isinstance(work, list) else work.result()
+        cache = self.cache
+        if len(cache) < _PIECE_CACHE_MAX:  # remember pieces that repeat (system prompts)
+            cache.update((texts[i], counts[i]) for i in repeated)
+        for number, const, todo in rows:
+            n = const
+            for i in todo:
+                n += counts[i]
+            self._done(number, n)
+
+    def _done(self, number: int, n: int) -> None:
+        self.scan.lengths.append(n)
+        if self.max_seq_length is not None and n > self.max_seq_length:
+            if self.long_examples == "error":
+                self.scan.problem(number, f"{n} tokens, over max_seq_length {self.max_seq_length}")
+            else:
+                self.scan.too_long += 1
+
+    def finish(self) -> None:
+        """Count what is left of the current file."""
+        if self.rows:
+            self._submit()
+        while self.inflight:
+            self._resolve()
+        if self.scan is not None and self.scan.too_long:
+            done = "dropped" if self.long_examples == "drop" else "truncated"
+            self.scan.warnings.append((0, f"{self.scan.too_long} example(s) over max_seq_length "
+                                          f"{self.max_seq_length} tokens: {done} in training "
+                                          f"(training.long_examples: {self.long_examples})"))
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _special_finder(tokenizer) -> tuple[str, re.Pattern] | None:
+    """(common prefix, regex) that finds special tokens' strings in text, or None."""
+    specials = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    specials.update(t.content for t in decoder.values() if getattr(t, "special", False))
+    specials = sorted((s for s in specials if s), key=len, reverse=True)
+    if not specials:
+        return None
+    prefix = min(specials, key=len)
+    for s in specials:
+        while not s.startswith(prefix):
+            prefix = prefix[:-1]
+    return prefix, re.compile("|".join(map(re.escape, specials)))

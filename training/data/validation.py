@@ -1,0 +1,356 @@
+"""`validate_files`: every file streamed once, every problem as ``path:line: what``, a summary
+per file, and (with a tokenizer) each example's exact token count; `load_examples` for training.
+
+Checks before any money is spent: bad JSON or UTF-8, rows of the wrong shape, mixed formats,
+duplicates (warnings), and with a tokenizer examples over ``max_seq_length`` tokens. Counting is
+`training.data.token_counter`'s job; this module reads and reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.data.rows import (
+    _SURROGATE_ESCAPE,
+    CHAT,
+    DataError,
+    _check_row,
+    _lines,
+    _parse,
+    _row_key,
+    _surrogate_problem,
+)
+from training.data.token_counter import _TokenCounter
+
+
+@dataclass
+class LengthStats:
+    """Token lengths of a file's examples, as `encode_example` produces them (before truncation)."""
+
+    min: int
+    median: int
+    p95: int
+    max: int
+    mean: float
+    # (low, high, count): examples with low <= length <= high, ten bins over [min, max].
+    histogram: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+@dataclass
+class FileSummary:
+    """One file: ``format`` is the majority format (None when no row has one), ``sha256`` None when the
+    file could not be read, ``tokens`` None without a tokenizer (or without a countable row)."""
+
+    path: str
+    rows: int  # examples: non-blank lines
+    format: str | None
+    sha256: str | None
+    tokens: LengthStats | None = None
+    bad_rows: int = 0  # rows with at least one problem
+    duplicates: int = 0  # rows that repeat an earlier row of the same file
+    content_key: int | None = None  # equal for files with the same rows (order, repeats aside)
+    too_long: int = 0  # examples over max_seq_length, dropped or cut (training.long_examples)
+
+
+@dataclass
+class ValidationReport:
+    problems: list[str] = field(default_factory=list)  # "path:line: what is wrong": errors, exit 2
+    warnings: list[str] = field(default_factory=list)  # e.g. "path:12: duplicate of line 3"
+    files: list[FileSummary] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+
+# --------------------------------------------------------------------------------------------------
+# One pass over one file
+
+
+class _FileScan:
+    """What one pass over one file found."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows = 0
+        self.sha256: str | None = None
+        self.problems: list[tuple[int, str]] = []  # (line, message); line 0: the whole file
+        self.warnings: list[tuple[int, str]] = []
+        self.bad_lines: set[int] = set()
+        self.format_lines: dict[str, list[int]] = {}
+        self.duplicates = 0
+        self.lengths = array("l")
+        self.examples: list[dict] = []
+        self.first_line: tuple[int, bytes] | None = None  # (number, first non-blank character)
+        self.content_key: int | None = None  # the same rows in any order give the same key
+        self.too_long = 0  # examples over max_seq_length that the policy drops or cuts
+
+    def problem(self, line: int, message: str) -> None:
+        self.problems.append((line, message))
+        if line:
+            self.bad_lines.add(line)
+
+    def majority_format(self) -> str | None:
+        if not self.format_lines:
+            return None
+        return max(self.format_lines, key=lambda f: len(self.format_lines[f]))  # ties: first seen
+
+    def finish(self) -> None:
+        """File-level checks once every line is read."""
+        if self.sha256 is not None and self.rows == 0:
+            self.problem(0, "empty file, no examples")
+        if len(self.format_lines) > 1:
+            major = self.majority_format()
+            for fmt, lines in self.format_lines.items():
+                if fmt == major:
+                    continue
+                for line in lines:
+                    self.problem(
+                        line,
+                        f"{fmt} row in a file of {major} rows (line {self.format_lines[major][0]} "
+                        "is one): a file must use one format",
+                    )
+
+    def messages(self, what: str) -> list[str]:
+        entries = self.problems if what == "problems" else self.warnings
+        entries.sort(key=lambda e: e[0])  # stable: a line's messages keep their order
+        return [f"{self.path}:{line}: {m}" if line else f"{self.path}: {m}" for line, m in entries]
+
+    def summary(self) -> FileSummary:
+        return FileSummary(
+            path=self.path,
+            rows=self.rows,
+            format=self.majority_format(),
+            sha256=self.sha256,
+            tokens=_length_stats(self.lengths) if self.lengths else None,
+            bad_rows=len(self.bad_lines),
+            duplicates=self.duplicates,
+            content_key=self.content_key,
+            too_long=self.too_long,
+        )
+
+
+def _scan_file(path: str, *, counter: _TokenCounter | None = None, keep: bool = False) -> _FileScan:
+    from training.paths import file_problem
+
+    scan = _FileScan(path)
+    if os.path.isdir(path):
+        scan.problem(0, "is a directory, not a JSONL file")
+        return scan
+    problem = file_problem(path)  # a FIFO would block open() forever: never opened
+    if problem is not None:
+        scan.problem(0, problem)
+        return scan
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after a streaming loop
+    except FileNotFoundError:
+        scan.problem(0, "no such file")
+        return scan
+    except OSError as e:
+        scan.problem(0, f"cannot read: {e.strerror or e}")
+        return scan
+    digest = hashlib.sha256()
+    seen: dict[int, int] = {}
+    format_lines = scan.format_lines
+    if counter is not None:
+        counter.start(scan)
+    try:
+        with f:
+            for number, line in _lines(f, digest):
+                if not line or line.isspace():
+                    continue
+                scan.rows += 1
+                if scan.first_line is None:
+                    scan.first_line = number, line.lstrip(b" \t\r\xef\xbb\xbf")[:1]
+                row, error = _parse(number, line)
+                if error is None and _SURROGATE_ESCAPE.search(line):
+                    error = _surrogate_problem(row)
+                if error is not None:
+                    scan.problem(number, error)
+                    continue
+                fmt, errors = _check_row(row)
+                if fmt is not None:
+                    lines = format_lines.get(fmt)
+                    if lines is None:
+                        lines = format_lines[fmt] = []
+                    lines.append(number)
+                if errors:
+                    for error in errors:
+                        scan.problem(number, error)
+                    continue
+                key = _row_key(row, fmt)
+                first = seen.setdefault(key, number)
+                if first != number:
+                    scan.duplicates += 1
+                    scan.warnings.append((number, f"duplicate of line {first}"))
+                if counter is not None:
+                    counter.add(number, row, fmt)
+                if fmt == CHAT and row["messages"][-1]["role"] != "assistant":
+                    role = row["messages"][-1]["role"]
+                    scan.warnings.append((number, f"conversation ends with a {role} turn: "
+                                          "nothing after the last assistant turn is learned"))
+                if keep:
+                    scan.examples.append(row)
+    except OSError as e:
+        scan.problem(0, f"cannot read: {e.strerror or e}")
+        digest = None
+    finally:
+        if counter is not None:
+            counter.finish()
+    scan.sha256 = digest.hexdigest() if digest is not None else None
+    scan.content_key = hash(frozenset(seen)) if seen else None
+    _whole_file_json(scan)
+    scan.finish()
+    return scan
+
+
+_WHOLE_FILE_LIMIT = 64 << 20  # bytes: larger files are not read again to recognise one document
+
+
+def _whole_file_json(scan: _FileScan) -> None:
+    """A file that is one JSON document (an array of rows, or an object over many lines) gets
+    one message instead of an error for every line."""
+    if scan.first_line is None or scan.first_line[1] not in (b"[", b"{"):
+        return
+    first = scan.first_line[0]
+    first_problems = [m for line, m in scan.problems if line == first]
+    if not first_problems:
+        return  # the first line is a good row
+    # the first line is a whole value of its own (e.g. `[1, 2]`) among other rows: check by line
+    if scan.rows > 1 and not first_problems[0].startswith("not valid JSON"):
+        return
+    if scan.first_line[1] == b"[":
+        what = "a JSON array, not JSONL"
+    else:
+        try:
+            if os.path.getsize(scan.path) > _WHOLE_FILE_LIMIT:
+                return
+            with open(scan.path, "rb") as f:
+                json.loads(f.read().decode("utf-8-sig"))
+        except (OSError, ValueError, RecursionError):
+            return
+        what = "one JSON object over several lines, not JSONL"
+    jq = "'.[]'" if scan.first_line[1] == b"[" else "."
+    scan.problems = [(0, f"{what}: write one JSON object per line (e.g. jq -c {jq} "
+                         f"{scan.path} > rows.jsonl)")]
+    scan.bad_lines = set()
+
+
+def load_examples(path) -> list[dict]:
+    """The rows of a JSONL file, after the structural checks of `validate_files` (no tokenizer).
+
+    Raises DataError listing every problem (``path:line: what``). Duplicates are not an error."""
+    scan = _scan_file(str(path), keep=True)
+    if scan.problems:
+        raise DataError(scan.messages("problems"))
+    return scan.examples
+
+
+def _expand(paths) -> Iterator[tuple[str, str | None]]:
+    """(path, problem) per file to check; a directory stands for its *.jsonl files."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for p in paths:
+        p = str(p)
+        if os.path.isdir(p):
+            files = sorted(str(x) for x in Path(p).glob("*.jsonl"))
+            if not files:
+                yield p, "no .jsonl files in this directory"
+            for x in files:
+                yield x, None
+        else:
+            yield p, None
+
+
+def validate_files(paths, tokenizer=None, max_seq_length: int | None = None,
+                   long_examples: str = "error") -> ValidationReport:
+    """Check JSONL files (a directory stands for its *.jsonl files), streaming each once.
+
+    Problems (errors): bad JSON or UTF-8, rows of the wrong shape or types, unknown formats, empty
+    content, unknown or empty roles, conversations with no assistant turn (or starting with one),
+    files that mix formats, empty or missing files, and with a tokenizer and ``max_seq_length``
+    examples longer than ``max_seq_length`` tokens. Warnings: duplicate rows (naming the earlier
+    line) and text that contains a special token's string. With a tokenizer every file's summary
+    has token length statistics, equal to ``len(encode_example(row, ...)["input_ids"])`` before
+    truncation. ``long_examples`` (training.long_examples): with ``drop`` or ``truncate`` an
+    example over ``max_seq_length`` is not a problem; each file's count of them is a warning and
+    its summary's ``too_long``."""
+    report = ValidationReport()
+    counter = (_TokenCounter(tokenizer, max_seq_length, long_examples)
+               if tokenizer is not None else None)
+    try:
+        for path, problem in _expand(paths):
+            if problem is not None:
+                report.problems.append(f"{path}: {problem}")
+                continue
+            scan = _scan_file(path, counter=counter)
+            report.problems += scan.messages("problems")
+            report.warnings += scan.messages("warnings")
+            report.files.append(scan.summary())
+    finally:
+        if counter is not None:
+            counter.close()
+    return report
+
+
+def same_data_warnings(files: dict[str, FileSummary]) -> list[str]:
+    """Warnings for roles of a pair given the same data: both arms (the pair compares nothing) or
+    an arm and the eval set (eval loss measures memorisation). `files` maps a role (control,
+    experiment, eval) to its summary; the same file, the same bytes, or the same rows in another
+    order all count."""
+    warnings = []
+    roles = list(files)
+    for i, a in enumerate(roles):
+        for b in roles[i + 1:]:
+            fa, fb = files[a], files[b]
+            if os.path.realpath(fa.path) == os.path.realpath(fb.path):
+                how = f"the same file ({fa.path})"
+            elif fa.sha256 and fa.sha256 == fb.sha256:
+                how = f"identical files ({fa.path} and {fb.path})"
+            elif fa.content_key is not None and fa.content_key == fb.content_key:
+                how = f"the same rows in another order ({fa.path} and {fb.path})"
+            else:
+                continue
+            why = ("the pair compares nothing" if {a, b} == {"control", "experiment"}
+                   else "eval loss would measure memorisation, not generalisation")
+            warnings.append(f"{a} and {b} are {how}: {why}")
+    return warnings
+
+
+def _percentile(ordered: list[int], q: float) -> int:
+    """Nearest-rank percentile of a sorted list."""
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil
+    return ordered[int(rank) - 1]
+
+
+def _length_stats(lengths: list[int]) -> LengthStats:
+    ordered = sorted(lengths)
+    low, high = ordered[0], ordered[-1]
+    bins = 10 if high > low else 1
+    width = max(1, -(-(high - low + 1) // bins))
+    counts = [0] * bins
+    for n in ordered:
+        counts[min((n - low) // width, bins - 1)] += 1
+    histogram = [
+        (low + i * width, min(high, low + (i + 1) * width - 1), c)
+        for i, c in enumerate(counts)
+        if low + i * width <= high
+    ]
+    return LengthStats(
+        min=low,
+        median=_percentile(ordered, 50),
+        p95=_percentile(ordered, 95),
+        max=high,
+        mean=sum(ordered) / len(ordered),
+        histogram=histogram,
+    )
