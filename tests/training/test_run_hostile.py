@@ -180,7 +180,8 @@ def test_a_second_run_of_an_arm_is_refused_naming_the_running_one(tmp_path, tiny
     holder = hold_in_child(tmp_path / "runs" / "p" / "experiment")  # an arm being trained
     try:
         code, output = run_cli("run", "--config", cfg, "--output-dir", tmp_path / "runs",
-                               "--pair-id", "p")
+                               "--pair-id", "p", "--tracking-uri",
+                               f"sqlite:///{tmp_path / 'mlflow.db'}")  # not a leaked global
     finally:
         holder.kill()
         holder.wait()
