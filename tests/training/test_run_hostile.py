@@ -186,7 +186,8 @@ def test_a_second_run_of_an_arm_is_refused_naming_the_running_one(tmp_path, tiny
         holder.kill()
         holder.wait()
     assert code == 2, output
-    assert first_line(output).startswith(
+    error = next(line for line in output.splitlines() if line.startswith("error:"))
+    assert error.startswith(
         f"error: {tmp_path / 'runs' / 'p' / 'experiment'} is being trained by pid {holder.pid} on ")
     assert "wait for it to end" in output
     assert not (tmp_path / "runs" / "p" / "pair.json").exists()  # nothing written
