@@ -409,8 +409,8 @@ def largest_batch(args, tokenizer, model_ref, limit: int = 64) -> int:
     """The largest per-device batch of packed max-length examples (the worst case) that trains a
     step without running out of GPU memory: doubling, then bisection."""
     import torch
-    from transformers import DataCollatorWithFlattening
 
+    from training.collate import make_collator as recipe_collator
     from training.recipe import choose_precision, load_model
 
     spec = ArmSpec("fit", "fit", 1, 1, True, False)
@@ -423,7 +423,7 @@ def largest_batch(args, tokenizer, model_ref, limit: int = 64) -> int:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6)
-    collate = DataCollatorWithFlattening()
+    collate = recipe_collator(tokenizer, True, True)  # packed; every position labelled here
     ids = list(range(10, 10 + args.max_seq_length))
 
     def fits(b: int) -> bool:
