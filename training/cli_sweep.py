@@ -93,7 +93,8 @@ def sweep_yaml(template, cfg, code_dir: str) -> str:
                                                     f"${{{{search_space.{name}}}}}")
     data["trial"] = trial
     # the sweep itself keeps the name, experiment and tags that `--from-sweep` relies on
-    data = {"name": template.name, "display_name": f"{template.pair_id} sweep on {template.arm}",
+    data = {"name": template.name,
+            "display_name": f"{template.tags['sweep_of']} sweep on {template.arm}",
             "experiment_name": template.experiment_name, "tags": dict(template.tags), **data}
     return yaml.safe_dump(data, sort_keys=False, width=100)
 

@@ -183,7 +183,7 @@ def build_sweep_job(template: ArmJob, sweep: SweepSettings, code_dir: str):
                    timeout=sweep.timeout_minutes * 60 if sweep.timeout_minutes else None,
                    trial_timeout=template.timeout_s)
     job.name = template.name
-    job.display_name = f"{template.pair_id} sweep on {template.arm}"
+    job.display_name = f"{template.tags['sweep_of']} sweep on {template.arm}"
     job.experiment_name = template.experiment_name
     job.tags = dict(template.tags)
     return job
