@@ -329,7 +329,9 @@ def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
                   "choose another --pair-id")
     uri = resolve_uri(tracking_uri)
     try:
-        _ensure_experiment(uri, cfg.name)
+        from training.tracking import ensure_experiment
+
+        ensure_experiment(uri, cfg.name)
     except Exception as e:  # a bad URI, an unwritable sqlite file, a store that is down
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         bad_input(f"MLflow tracking URI {uri}: {first}")
@@ -366,29 +368,6 @@ def _check_memory(cfg, arms: int, console) -> None:
     if not check.fits:
         bad_input("the arm does not fit this machine's memory: nothing was trained\n"
                   + check.message())
-
-
-def _ensure_experiment(uri: str, name: str) -> None:
-    """Create the MLflow experiment here, once: two arms creating it at once would race."""
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    # a store that is down fails this check in seconds, not after minutes of retries (the arms
-    # keep MLflow's own retries)
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
-    try:
-        if mlflow.get_experiment_by_name(name) is None:
-            mlflow.create_experiment(name)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 # ----------------------------------------------------------------------------- Azure ML

@@ -160,3 +160,26 @@ def log_artifacts(*paths: Path) -> None:
 
     for path in paths:
         mlflow.log_artifact(str(path))
+
+
+def ensure_experiment(uri: str, name: str) -> None:
+    """Create the MLflow experiment here, once: two arms creating it at once would race."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    # a store that is down fails this check in seconds, not after minutes of retries (the arms
+    # keep MLflow's own retries)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        if mlflow.get_experiment_by_name(name) is None:
+            mlflow.create_experiment(name)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

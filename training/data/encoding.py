@@ -65,7 +65,8 @@ def _chat_text_and_spans_jinja(
         prefix = tokenizer.apply_chat_template(
             messages[:i], tokenize=False, add_generation_prompt=True
         )
-        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        last = i == len(messages) - 1  # messages[:i + 1] is the whole: rendered already
+        upto = text if last else tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (upto.startswith(prefix) and text.startswith(upto)):
             raise ValueError(
                 f"chat template problem: rendering messages[:{i}] with add_generation_prompt=True "
