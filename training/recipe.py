@@ -26,17 +26,17 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import signal
 import sys
 from pathlib import Path
 
 from training import eval_examples, locks, tracking
+from training.arm_data import prepare_arm_data, split_holdout  # noqa: F401 - old import path
 from training.base_model import load_reference
 from training.collate import make_collator
 from training.config import ARMS, ConfigError, ExperimentConfig, load_config
-from training.data import DataError, file_sha256, load_examples
+from training.data import DataError
 from training.events import EVENT_PREFIX, emit, rank  # noqa: F401 - EVENT_PREFIX: old import path
 from training.models import load_tokenizer
 from training.overrides import apply_overrides
@@ -77,15 +77,6 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
         return None
     done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).exists()]
     return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
-
-
-def split_holdout(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Each arm's own eval holdout when no shared eval set is configured."""
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(rows) * fraction))
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
 class Preemption:
@@ -200,22 +191,11 @@ def training_arguments(cfg: ExperimentConfig, out: Path, precision: str,
     )
 
 
-def encode_rows(rows: list[dict], tokenizer, t, what: str):
-    """(rows kept, their encoding as an Arrow dataset, how many were over max_seq_length): those
-    are dropped or cut as training.long_examples says, or refused (DataError) by default."""
-    from datasets import Dataset
-
-    from training.data import fit_to_length
-
-    rows, encoded, too_long = fit_to_length(rows, tokenizer, t.max_seq_length, t.long_examples,
-                                            what)
-    return rows, Dataset.from_list(encoded), too_long
-
-
 def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
               train_file: Path, eval_file: Path | None, preemption: Preemption,
               replicate: int = 0, parent_pair_id: str | None = None) -> int:
     import torch
+    from accelerate import PartialState
     from transformers import (
         EarlyStoppingCallback,
         PrinterCallback,
@@ -235,27 +215,13 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(cfg.to_yaml())
 
-    # Data: the same encoding for both arms; each arm's own holdout only without a shared eval set.
-    train_rows = load_examples(train_file)
-    eval_rows = load_examples(eval_file) if eval_file else None
-    data_params = {"data.train_sha256": file_sha256(train_file), "data.train_rows": len(train_rows)}
-    if eval_rows is None:
-        train_rows, eval_rows = split_holdout(train_rows, t.eval_fraction, t.seed)
-        data_params["data.eval"] = f"holdout {t.eval_fraction} of train"
-    else:
-        data_params |= {"data.eval_sha256": file_sha256(eval_file), "data.eval_rows": len(eval_rows)}
-
     set_seed(t.seed)
     model_path, revision = load_reference(cfg)  # the pinned commit; a folder's files checked
     tokenizer = load_tokenizer(model_path, revision=revision)
-    train_rows, train_ds, long_train = encode_rows(train_rows, tokenizer, t, str(train_file))
-    eval_rows, eval_ds, long_eval = encode_rows(eval_rows, tokenizer, t, str(eval_file or train_file))
-    if long_train or long_eval:  # they change what the arm trained on: logged with its params
-        data_params |= {"data.train_too_long": long_train, "data.eval_too_long": long_eval}
-        log.warning("%s: %d train and %d eval examples over max_seq_length %d: %s", arm,
-                    long_train, long_eval, t.max_seq_length,
-                    "dropped" if t.long_examples == "drop" else "truncated")
-        emit("long_examples", policy=t.long_examples, train=long_train, eval=long_eval)
+    # the state the Trainer uses: with it the data is encoded once per node, then memory-mapped
+    state = PartialState(cpu=not cuda, backend="gloo" if world_size() > 1 and not cuda else None)
+    data = prepare_arm_data(t, tokenizer, arm, out, train_file, eval_file, state)
+    train_ds, eval_ds, eval_rows, data_params = data.train, data.eval, data.eval_rows, data.params
     sharding = runtime_sharding(cfg, model_path, revision, world_size(), cuda,
                                 cuda and torch.cuda.is_bf16_supported())
     model = load_model(cfg, model_path, precision, revision=revision, sharding=sharding)
