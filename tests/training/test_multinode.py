@@ -54,7 +54,7 @@ def test_two_nodes_of_eight_give_the_recipe_a_world_of_sixteen(tmp_path, tiny_mo
     cfg = write_experiment(tmp_path, azure={"instance_count": 2, "processes_per_node": 8,
                                             "vm_size": "Standard_ND96amsr_A100_v4"})
     outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(OUTPUTS))
+    outputs.write_text(json.dumps({**OUTPUTS, "gpu_vm_size": "Standard_ND96amsr_A100_v4"}))
     out = tmp_path / "jobs"
     result = CliRunner().invoke(main, ["submit", "--config", str(cfg), "--outputs-file",
                                        str(outputs), "--dry-run", "--out", str(out)])
