@@ -218,6 +218,7 @@ def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):
             outputs = load_outputs(stack, outputs_file, pulumi_dir)
         except StackError as e:
             cli.bad_input(str(e))
+    cluster_check(cfg, outputs, cli._console())  # `train submit` checks it before its guard
     est = guarded_estimate(cfg, outputs, mfu)
     if fmt == "json":
         click.echo(json.dumps(est.to_dict(), indent=2))
@@ -268,7 +269,6 @@ def guarded_estimate(cfg, outputs, mfu=None):
     """make_estimate with every user mistake as exit 2."""
     from training.data import DataError
 
-    cluster_check(cfg, outputs, _cli()._console())
     try:
         return make_estimate(cfg, outputs, mfu)
     except (ValueError, OSError, DataError) as e:
@@ -308,19 +308,14 @@ def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> None:
 
 
 def _worst_case_problems(cfg, outputs) -> list[str]:
-    az = cfg.azure
-    if az.max_run_minutes is None:
-        return []
+    from training.estimate import worst_case_problems, worst_case_usd
+
     try:
         vm, _ = pick(cfg, outputs)
     except ValueError as e:
         _cli().bad_input(str(e))
-    price = az.price_per_hour or vm.price_per_hour
-    worst = az.max_run_minutes / 60 * az.instance_count * price * 2 * cfg.training.replicates
-    if worst > cfg.budget_usd:
-        return [f"the worst case {worst:,.2f} USD (max_run_minutes) exceeds budget_usd "
-                f"{cfg.budget_usd:,.2f}"]
-    return []
+    price = cfg.azure.price_per_hour or vm.price_per_hour
+    return worst_case_problems(worst_case_usd(cfg, price), cfg.budget_usd)
 
 
 COMMANDS = [estimate]

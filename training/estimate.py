@@ -81,9 +81,7 @@ class PairEstimate:
         if self.cost_usd > self.budget_usd:
             out.append(f"the estimate {self.cost_usd:,.2f} USD exceeds budget_usd "
                        f"{self.budget_usd:,.2f}")
-        if self.worst_case_usd is not None and self.worst_case_usd > self.budget_usd:
-            out.append(f"the worst case {self.worst_case_usd:,.2f} USD (max_run_minutes) exceeds "
-                       f"budget_usd {self.budget_usd:,.2f}")
+        out += worst_case_problems(self.worst_case_usd, self.budget_usd)
         return out
 
     def to_dict(self) -> dict:
@@ -160,8 +158,7 @@ def estimate_pair(cfg: ExperimentConfig, *, vm: VmSize, vm_source: str, n_params
 
     replicates = cfg.training.replicates
     cost = sum(a.cost_usd for a in arms) * replicates
-    worst = (az.max_run_minutes / 60 * az.instance_count * price * 2 * replicates
-             if az.max_run_minutes else None)
+    worst = worst_case_usd(cfg, price)
     return PairEstimate(
         vm_size=vm.name, vm_source=vm_source, gpus_per_arm=gpus, nodes_per_arm=az.instance_count,
         accelerator=vm.accelerator.name, peak_tflops=vm.accelerator.peak_tflops, mfu=mfu,
@@ -169,6 +166,22 @@ def estimate_pair(cfg: ExperimentConfig, *, vm: VmSize, vm_source: str, n_params
         n_params=n_params, method=cfg.method, flops_formula=formula, token_source=token_source,
         replicates=replicates, arms=arms, cost_usd=cost, worst_case_usd=worst,
         budget_usd=cfg.budget_usd)
+
+
+def worst_case_usd(cfg: ExperimentConfig, price_per_hour: float) -> float | None:
+    """The hard cap: every job of the pair runs to azure.max_run_minutes (None: no cap)."""
+    az = cfg.azure
+    if not az.max_run_minutes:
+        return None
+    return (az.max_run_minutes / 60 * az.instance_count * price_per_hour * 2
+            * cfg.training.replicates)
+
+
+def worst_case_problems(worst: float | None, budget_usd: float | None) -> list[str]:
+    if worst is None or budget_usd is None or worst <= budget_usd:
+        return []
+    return [f"the worst case {worst:,.2f} USD (max_run_minutes) exceeds budget_usd "
+            f"{budget_usd:,.2f}"]
 
 
 def tokens_from_characters(characters: int) -> int:
