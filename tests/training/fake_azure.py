@@ -111,8 +111,24 @@ def _error(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
+class InProcessTransport(HttpTransport):
+    """An azure-core transport with nothing to open or close: subclasses answer `send`."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        pass
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+
 @dataclass
-class FakeAzureML(HttpTransport):
+class FakeAzureML(InProcessTransport):
     """The route table, the recorded requests and the jobs the fake workspace holds."""
 
     jobs: dict = field(default_factory=dict)
@@ -161,18 +177,6 @@ class FakeAzureML(HttpTransport):
         self.jobs[name]["properties"]["status"] = status
 
     # -- the transport
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        pass
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
-
     def send(self, request, **kwargs):
         url = urlparse(request.url)
         body = None

@@ -21,9 +21,7 @@ from email.utils import formatdate
 from urllib.parse import parse_qs, unquote, urlparse
 from xml.etree import ElementTree
 
-from azure.core.pipeline.transport import HttpTransport
-
-from tests.training.fake_azure import _Response, _Socket
+from tests.training.fake_azure import InProcessTransport, _Response, _Socket
 
 
 @dataclass
@@ -81,7 +79,7 @@ def _error(request, status: int, code: str, message: str = ""):
 
 
 @dataclass
-class FakeBlobStorage(HttpTransport):
+class FakeBlobStorage(InProcessTransport):
     blobs: dict = field(default_factory=dict)
     requests: list = field(default_factory=list)
     staged: dict = field(default_factory=dict)
@@ -103,18 +101,6 @@ class FakeBlobStorage(HttpTransport):
         return [r for r in self.requests if method is None or r.method == method]
 
     # -- the transport
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        pass
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
-
     def send(self, request, **kwargs):
         url = urlparse(request.url)
         account = url.hostname.split(".", 1)[0]
