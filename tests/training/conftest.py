@@ -1,6 +1,7 @@
 """Fixtures shared by the training tests: the built-in tiny Llama, built once per session."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,46 @@ def hub_cache(tmp_path, monkeypatch):
     (repo / "refs" / "main").write_text(HUB_COMMIT)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     return HUB_COMMIT
+
+
+@pytest.fixture
+def fake():
+    """A fake Azure ML workspace at the HTTP boundary (tests/training/fake_azure.py)."""
+    from tests.training.fake_azure import FakeAzureML
+
+    return FakeAzureML()
+
+
+@pytest.fixture
+def outputs_file(tmp_path):
+    """The fake workspace's stack outputs, saved as `pulumi stack output --json` prints them."""
+    import json
+
+    from tests.training.fake_azure import OUTPUTS
+
+    path = tmp_path / "stack-outputs.json"
+    path.write_text(json.dumps(OUTPUTS))
+    return str(path)
+
+
+@pytest.fixture
+def train(fake, outputs_file):
+    """Run `train ...` against the fake workspace; returns the click result. `submit` gets the
+    production example as its config unless one is given."""
+    from click.testing import CliRunner
+
+    from tests.training.fake_azure import FakeCredential
+    from training.cli import main
+
+    example = Path(__file__).resolve().parents[2] / "experiments" / "paired-comments.yaml"
+
+    def invoke(*args, config=example):
+        argv = list(args)
+        if argv[0] == "submit" and "--config" not in argv:
+            argv += ["--config", str(config)]
+        if "--stack" not in argv and "--outputs-file" not in argv:
+            argv += ["--outputs-file", outputs_file]
+        return CliRunner().invoke(main, argv, obj={"azure_transport": fake,
+                                                   "azure_credential": FakeCredential()})
+
+    return invoke

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.training.fake_azure import OUTPUTS, FakeAzureML, FakeCredential
+from tests.training.fake_azure import OUTPUTS, FakeCredential
 from training.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,34 +24,6 @@ from tests.training.conftest import HUB_COMMIT as PINNED  # noqa: E402
 @pytest.fixture(autouse=True)
 def _pinned(hub_cache):
     """submit pins the example's base model to the cached commit."""
-
-
-@pytest.fixture
-def fake():
-    return FakeAzureML()
-
-
-@pytest.fixture
-def outputs_file(tmp_path):
-    path = tmp_path / "stack-outputs.json"
-    path.write_text(json.dumps(OUTPUTS))
-    return str(path)
-
-
-@pytest.fixture
-def train(fake, outputs_file):
-    """Run `train ...` with the fake workspace; returns the click result."""
-
-    def invoke(*args, config=CONFIG):
-        argv = list(args)
-        if argv[0] == "submit" and "--config" not in argv:
-            argv += ["--config", str(config)]
-        if "--stack" not in argv and "--outputs-file" not in argv:
-            argv += ["--outputs-file", outputs_file]
-        return CliRunner().invoke(main, argv, obj={"azure_transport": fake,
-                                                   "azure_credential": FakeCredential()})
-
-    return invoke
 
 
 def put_bodies(fake):

@@ -8,7 +8,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.training.fake_azure import OUTPUTS, FakeAzureML, FakeCredential
 from training.cli import main
 from training.config import load_config, parse_config
 from training.sweep import sweep_problems
@@ -20,24 +19,6 @@ CONFIG = REPO / "experiments" / "paired-comments.yaml"
 @pytest.fixture(autouse=True)
 def _pinned(hub_cache):
     """The example's base model pins to the cached commit (tests are offline)."""
-
-
-@pytest.fixture
-def fake():
-    return FakeAzureML()
-
-
-@pytest.fixture
-def train(fake, tmp_path):
-    outputs = tmp_path / "out.json"
-    outputs.write_text(json.dumps(OUTPUTS))
-
-    def invoke(*args):
-        return CliRunner().invoke(main, [*args, "--outputs-file", str(outputs)],
-                                  obj={"azure_transport": fake,
-                                       "azure_credential": FakeCredential()})
-
-    return invoke
 
 
 def with_sweep(tmp_path, **sweep):
