@@ -488,6 +488,40 @@ def table(a: Result, b: Result, extra: dict | None = None) -> str:
                      for r in rows)
 
 
+def gpu_rows(args, results) -> dict:
+    """MFU (both conventions) and GPU utilisation of each result, as table rows."""
+    import torch
+
+    if args.device != "cuda":
+        return {}
+    rows = {}
+    peak = gpu_peak_tflops(torch.cuda.get_device_name(0))
+    if peak:
+        for r in results:
+            r.mfu = mfu(r, args.method, args.gradient_checkpointing, peak)
+        rows["MFU (train estimate's)"] = tuple(f"{r.mfu[0]:.1%}" for r in results)
+        rows["MFU (6Nt+4Nf)"] = tuple(f"{r.mfu[1]:.1%}" for r in results)
+    rows["GPU utilisation"] = tuple(f"{r.gpu_util:.0f}%" if r.gpu_util is not None else "n/a"
+                                    for r in results)
+    return rows
+
+
+def report_one(args, b: Result) -> int:
+    """`--arms b`: (b)'s numbers alone, to set beside an earlier run's (b)."""
+    print()
+    lines = [("useful tokens/s", f"{b.tokens_per_second:,.0f}"),
+             ("useful tokens", f"{b.real_tokens:,}"),
+             ("peak memory", human_bytes(b.peak_bytes)),
+             ("final train loss", f"{b.train_loss:.4f}"),
+             ("eval loss (shared)", f"{b.eval_loss:.4f}"),
+             ("training loop", f"{b.loop_s:.1f} s")]
+    lines += [(k, v[0]) for k, v in gpu_rows(args, (b,)).items()]
+    width = max(len(k) for k, _ in lines)
+    print("\n".join(f"{k:<{width}}  {v:>12}" for k, v in lines))
+    print(f"(b) useful tokens/s: {b.tokens_per_second:.0f}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -526,6 +560,12 @@ def parse_args(argv=None):
                    help="rounds; the order alternates (a b, b a, ...) against a drifting load")
     p.add_argument("--find-batch", action=argparse.BooleanOptionalAction, default=None,
                    help="search the largest per-device batch that fits [default: on with cuda]")
+    p.add_argument("--arms", choices=("ab", "b"), default="ab",
+                   help="b: only the recipe's arm (to compare a variant of it, e.g. --liger, "
+                        "with an earlier run's (b) on the same machine)")
+    p.add_argument("--liger", action="store_true",
+                   help="Liger kernels (RMSNorm, SwiGLU, RoPE; the loss stays the recipe's) on "
+                        "every model this run builds; CUDA with liger-kernel installed")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     gpu = args.device == "cuda"
@@ -543,6 +583,8 @@ def parse_args(argv=None):
     args.find_batch = gpu if args.find_batch is None else args.find_batch
     if args.find_batch and not gpu:
         p.error("--find-batch needs --device cuda")
+    if args.liger and not gpu:
+        p.error("--liger needs --device cuda (its kernels are Triton)")
     for name in ("updates", "max_seq_length", "eval_examples", "eval_batch", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -573,6 +615,14 @@ def main(argv=None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if args.liger:  # patches the Llama modules, so every model built after this uses them
+        try:
+            from liger_kernel.transformers import apply_liger_kernel_to_llama
+        except ImportError:
+            print("error: --liger needs the liger-kernel package", file=sys.stderr)
+            return 2
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
     from training.base_model import reference
     from training.models import TINY_LLAMA, load_tokenizer
 
@@ -595,7 +645,8 @@ def main(argv=None) -> int:
               else f"cpu, {torch.get_num_threads()} threads")
     print(f"# {device}; torch {torch.__version__}; model {args.model} ({args.method}); "
           f"{args.updates} updates x {EXAMPLES_PER_UPDATE} examples; max length "
-          f"{args.max_seq_length}; load {os.getloadavg()[0]:.2f}", flush=True)
+          f"{args.max_seq_length}; load {os.getloadavg()[0]:.2f}"
+          f"{'; Liger kernels' if args.liger else ''}", flush=True)
     print(f"# train lengths: mean {statistics.fmean(lengths):.0f}, median "
           f"{lengths[len(lengths) // 2]}, p90 {lengths[int(len(lengths) * 0.9)]}, max {lengths[-1]}"
           f" ({sum(x >= args.max_seq_length for x in lengths)} cut at the max)", flush=True)
@@ -614,10 +665,14 @@ def main(argv=None) -> int:
             fit = min(best_batch, EXAMPLES_PER_UPDATE)
         args.micro_batch = max(d for d in range(1, fit + 1) if EXAMPLES_PER_UPDATE % d == 0)
     specs = arm_specs(args.micro_batch)
+    print(f"# (b): per-device batch {args.micro_batch} x accumulation "
+          f"{EXAMPLES_PER_UPDATE // args.micro_batch}", flush=True)
     runs: dict[str, list[Result]] = {"a": [], "b": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for key in ("ab" if r % 2 == 0 else "ba"):
+                if key not in args.arms:
+                    continue
                 res = run_arm(args, specs[key], data, tokenizer, model_ref, Path(tmp))
                 runs[key].append(res)
                 print(f"# round {r + 1} ({key}): loop {res.loop_s:.1f} s (CPU {res.cpu_s:.1f} s), "
@@ -625,21 +680,14 @@ def main(argv=None) -> int:
                       f"{res.tokens_per_second:,.0f} useful tok/s, eval {res.eval_loss:.4f}, "
                       f"load {os.getloadavg()[0]:.2f}", flush=True)
 
+    if args.arms == "b":
+        return report_one(args, min(runs["b"], key=lambda x: x.loop_s))
     a, b = (min(runs[k], key=lambda x: x.loop_s) for k in "ab")  # the least disturbed of each
     if a.examples != b.examples:
         print("error: (a) and (b) did not see the same examples in the same order",
               file=sys.stderr)
         return 1
-    extra = {}
-    if args.device == "cuda":
-        peak = gpu_peak_tflops(torch.cuda.get_device_name(0))
-        if peak:
-            for r in (a, b):
-                r.mfu = mfu(r, args.method, args.gradient_checkpointing, peak)
-            extra["MFU (train estimate's)"] = (f"{a.mfu[0]:.1%}", f"{b.mfu[0]:.1%}")
-            extra["MFU (6Nt+4Nf)"] = (f"{a.mfu[1]:.1%}", f"{b.mfu[1]:.1%}")
-        extra["GPU utilisation"] = tuple(f"{r.gpu_util:.0f}%" if r.gpu_util is not None else "n/a"
-                                         for r in (a, b))
+    extra = gpu_rows(args, (a, b))
     print()
     print(table(a, b, extra))
     print(f"same examples in the same order: yes ({len(a.examples)} examples)")
