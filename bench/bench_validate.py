@@ -2,11 +2,12 @@
 
 Writes N synthetic chat rows (default a million) to a temporary JSONL file, then times
 `training.data.validate_files` without a tokenizer (parse and structural checks), with the tiny
-Llama's tokenizer (exact token counts of every example), and optionally with the generic jinja
-path that any non-Llama-3 chat template takes. Prints rows/s and compares with the target.
+Llama's tokenizer (exact token counts of every example, by the counter's Llama-3 shortcut), and
+optionally with the training encoder on every row (`encode_chats`: the path that any template
+other than Llama-3's markup takes). Prints rows/s and compares with the target.
 
     .venv/bin/python bench/bench_validate.py                 # 1,000,000 rows
-    .venv/bin/python bench/bench_validate.py --rows 200000 --jinja
+    .venv/bin/python bench/bench_validate.py --rows 200000 --encoder
 """
 
 from __future__ import annotations
@@ -114,9 +115,11 @@ def main(argv=None) -> int:
         help="target for a million rows with the tokenizer",
     )
     parser.add_argument(
+        "--encoder",
         "--jinja",
+        dest="encoder",
         action="store_true",
-        help="also time the generic path (apply_chat_template for every row)",
+        help="also time the training encoder on every row (the path of any non-Llama-3 template)",
     )
     args = parser.parse_args(argv)
 
@@ -153,12 +156,12 @@ def main(argv=None) -> int:
             f"  tokens per row: min {stats.min} p50 {stats.median} p95 {stats.p95} max {stats.max} "
             f"mean {stats.mean:.1f}; {stats.mean * n / 1e6:,.1f} M tokens counted"
         )
-        if args.jinja:
+        if args.encoder:
             original = data._TokenCounter._chat_mode
-            data._TokenCounter._chat_mode = lambda self: "jinja"  # as for any non-Llama-3 template
+            data._TokenCounter._chat_mode = lambda self: "encoder"  # any non-Llama-3 template
             try:
-                jinja, _ = timed(
-                    "with tokenizer, jinja per row",
+                encoded, _ = timed(
+                    "with tokenizer, encoder per row",
                     n,
                     args.target_seconds,
                     lambda: data.validate_files(
@@ -167,8 +170,8 @@ def main(argv=None) -> int:
                 )
             finally:
                 data._TokenCounter._chat_mode = original
-            assert jinja.files[0].tokens == stats, "the jinja path counts differently"
-            print("  jinja path: same lengths")
+            assert encoded.files[0].tokens == stats, "the encoder counts differently"
+            print("  encoder: same lengths")
     return 0
 
 

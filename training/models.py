@@ -16,7 +16,7 @@ from pathlib import Path
 
 TINY_LLAMA = "tiny-llama"
 # Bump when the recipe below changes: the cache folder is keyed on it.
-TINY_LLAMA_VERSION = "1"
+TINY_LLAMA_VERSION = "2"
 
 BOS, EOT, PAD = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_pad|>"
 HEADER_START, HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
@@ -24,11 +24,16 @@ SPECIAL_TOKENS = [BOS, "<|end_of_text|>", HEADER_START, HEADER_END, EOT, PAD]
 
 # Llama-3's chat format. Base (non-instruct) Llama-3 checkpoints ship no chat template; they get
 # this one so that both base and instruct models are trained on the same turn structure.
+# `{% generation %}` marks what the model learns to write (each assistant turn's content and end
+# of turn): `apply_chat_template(..., return_assistant_tokens_mask=True)` returns it as a mask,
+# as TRL does for assistant-only loss. The markers render nothing.
 LLAMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
-    "{{ message['content'] | trim }}{{ '<|eot_id|>' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] | trim }}{{ '<|eot_id|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] | trim }}{{ '<|eot_id|>' }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )

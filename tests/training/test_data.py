@@ -13,8 +13,6 @@ import pytest
 from training.data import (
     DataError,
     ValidationReport,
-    _chat_text_and_spans,
-    _chat_text_and_spans_jinja,
     detect_format,
     encode_example,
     encode_examples,
@@ -449,12 +447,22 @@ def test_a_template_that_rewrites_earlier_turns_is_reported(tmp_path, tiny_model
     check_messages(report.problems, later, [(3, "chat template problem")])
 
 
-def test_llama3_layout_gives_the_same_text_and_spans_as_rendering_each_turn(tiny_tokenizer):
-    """The direct Llama-3 layout is only a shortcut for the template-rendering method."""
+def test_generation_markers_and_the_prefix_fallback_give_the_same_labels(tiny_model_path):
+    """The project's template marks the assistant's part with {% generation %}: the markers render
+    nothing, and the labels from the assistant mask equal those of the one fallback (rendering
+    prefixes) that a template without markers takes."""
+    from training.data.encoding import has_generation_markers
+    from training.models import LLAMA3_CHAT_TEMPLATE, load_tokenizer
+
+    marked = load_tokenizer(tiny_model_path)
+    assert marked.chat_template == LLAMA3_CHAT_TEMPLATE and has_generation_markers(marked)
+    plain = load_tokenizer(tiny_model_path)
+    plain.chat_template = re.sub(r"\{% (end)?generation %\}", "", LLAMA3_CHAT_TEMPLATE)
+    assert not has_generation_markers(plain)
     for row in VARIED:
-        assert _chat_text_and_spans(row["messages"], tiny_tokenizer) == _chat_text_and_spans_jinja(
-            row["messages"], tiny_tokenizer
-        )
+        assert marked.apply_chat_template(row["messages"], tokenize=False) == (
+            plain.apply_chat_template(row["messages"], tokenize=False))
+    assert encode_examples(VARIED, marked, 10_000) == encode_examples(VARIED, plain, 10_000)
 
 
 def test_encode_examples_equals_encode_example_row_by_row(tiny_tokenizer):
@@ -758,6 +766,6 @@ def test_the_fast_counter_equals_the_encoder_on_every_bundled_and_generated_data
         finally:
             counter.close()
         assert not scan.problems, (name, scan.problems[:3])
-        assert counter.chat_mode == ("pieces" if template == "llama3" else "jinja")
+        assert counter.chat_mode == ("pieces" if template == "llama3" else "encoder")
         expected = sorted(row_lengths(load_examples(path), tokenizer))
         assert sorted(scan.lengths) == expected, name

@@ -6,11 +6,13 @@ The package in the order data flows through it:
   reading JSONL line by line (``path:line`` problems).
 - `validation`: `validate_files` (every file streamed once: problems, warnings, summaries, exact
   token counts) and `load_examples` (the rows that training reads, after the same checks).
-- `token_counter`: exact token counts for validation, fast enough for millions of rows; equal to
-  the encoder's lengths by test.
-- `llama3`: Llama-3's chat markup without jinja, and the check that a template renders like it.
 - `encoding`: `encode_examples`, the training view of rows (``input_ids`` and ``labels``, only
-  what the model should learn labelled).
+  what the model should learn labelled; chat labels from the template's ``{% generation %}``
+  markers). Training and validation both encode with it.
+- `token_counter`: exact token counts for validation, fast enough for millions of rows: the
+  encoder, or for Llama-3's markup a shortcut equal to the encoder's lengths by test.
+- `llama3`: Llama-3's chat markup without jinja (the counter's shortcut), and the check that a
+  template renders like it.
 - `report`: `print_report`, the tables and histogram that `train data validate` prints.
 
 Nothing heavy is imported here: the CLI imports this package for ``train data validate`` without
@@ -20,8 +22,8 @@ a tokenizer. The names below are the package's interface; import them from ``tra
 from training.data.encoding import (
     IGNORE_INDEX,
     LONG_EXAMPLE_POLICIES,
-    _chat_text_and_spans,
     _chat_text_and_spans_jinja,
+    encode_chats,
     encode_example,
     encode_examples,
     fit_to_length,
@@ -50,7 +52,7 @@ from training.data.validation import (
 __all__ = [
     "CHAT", "FORMATS", "IGNORE_INDEX", "LONG_EXAMPLE_POLICIES", "PROMPT_COMPLETION", "REPORT_LIMIT", "ROLES", "TEXT",
     "DataError", "FileSummary", "LengthStats", "ValidationReport", "_TokenCounter",
-    "_chat_text_and_spans", "_chat_text_and_spans_jinja", "detect_format", "encode_example",
+    "_chat_text_and_spans_jinja", "detect_format", "encode_chats", "encode_example",
     "encode_examples", "file_sha256", "fit_to_length", "load_examples", "print_report", "same_data_warnings",
     "validate_files",
 ]

@@ -1,56 +1,84 @@
 """The training view of a row: ``input_ids`` and ``labels``, where only what the model should learn
-is labelled (assistant turns, completions, whole texts) and the rest is -100.
+is labelled (assistant turns, completions, whole texts) and the rest is -100. One encoder for
+every row, used by training and by validation alike:
 
-Assistant turns are located by rendering the conversation up to each turn with the template (any
-template whose earlier turns do not change with later ones); for Llama-3's template, verified by
-rendering probe conversations and each call's first conversation, the same text and spans are laid
-out directly, without jinja.
+- chat: the tokenizer's chat template. A template that marks what the model writes with
+  ``{% generation %}`` ... ``{% endgeneration %}`` (the project's Llama-3 template does, around each
+  assistant turn's content and end of turn) gives the labels as
+  ``apply_chat_template(..., return_assistant_tokens_mask=True)``, as TRL does. A template without
+  the markers (a base model's own) falls back to rendering the conversation up to each turn to
+  locate the assistant turns (any template whose earlier turns do not change with later ones).
+- prompt/completion: bos + prompt (masked) + completion + eos; text: bos + text + eos.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from bisect import bisect_left
 
-from training.data.llama3 import (
-    _EOT,
-    _HEADER_END,
-    _HEADER_START,
-    _renders_like_llama3,
-    _same_as_template,
-)
 from training.data.rows import CHAT, PROMPT_COMPLETION, TEXT, DataError, detect_format
 
 IGNORE_INDEX = -100
 LONG_EXAMPLE_POLICIES = ("error", "drop", "truncate")  # training.long_examples
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")  # as transformers looks for it
+_CHAT_BATCH = 4096  # conversations per apply_chat_template call
 
 
-def _chat_text_and_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns (content and the
-    template's end of turn). Llama-3's format is laid out directly (same text, same spans); any
-    other template goes through `_chat_text_and_spans_jinja`."""
-    if not _renders_like_llama3(tokenizer):
-        return _chat_text_and_spans_jinja(messages, tokenizer)
-    if messages and messages[0]["role"] == "assistant":
-        raise ValueError("chat template: a conversation cannot start with an assistant turn")
-    parts = [tokenizer.bos_token or ""]
-    pos = len(parts[0])
-    spans = []
-    for m in messages:
-        header = f"{_HEADER_START}{m['role']}{_HEADER_END}\n\n"
-        turn = f"{header}{m['content'].strip()}{_EOT}"
-        if m["role"] == "assistant":
-            spans.append((pos + len(header), pos + len(turn)))
-        parts.append(turn)
-        pos += len(turn)
-    return "".join(parts), spans
+def has_generation_markers(tokenizer) -> bool:
+    """Whether the tokenizer's chat template marks the assistant's tokens (``{% generation %}``)."""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and _GENERATION_TAG.search(template) is not None
+
+
+def encode_chats(conversations: list[list[dict]], tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of each conversation, untruncated: the template's text, labelled on the
+    assistant turns (content and the template's end of turn). Raises ValueError for a template
+    that cannot be used, naming the problem."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "the tokenizer has no chat template: load it with training.models.load_tokenizer"
+        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("chat rows need a fast (Rust) tokenizer: the loss mask is located through "
+                         "its character offsets")
+    for messages in conversations:
+        if messages and messages[0]["role"] == "assistant":
+            raise ValueError("chat template: a conversation cannot start with an assistant turn")
+    if not conversations:
+        return []
+    if not has_generation_markers(tokenizer):
+        return _encode_chats_by_prefixes(conversations, tokenizer)
+    out = []
+    for i in range(0, len(conversations), _CHAT_BATCH):
+        enc = tokenizer.apply_chat_template(
+            conversations[i:i + _CHAT_BATCH], tokenize=True, return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
+        for ids, mask in zip(enc["input_ids"], enc["assistant_masks"], strict=True):
+            out.append((ids, [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]))
+    return out
+
+
+def _encode_chats_by_prefixes(conversations, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """The fallback for a template without generation markers: spans from `_chat_text_and_spans_jinja`,
+    labels on the tokens inside them."""
+    rendered = [_chat_text_and_spans_jinja(messages, tokenizer) for messages in conversations]
+    enc = tokenizer([text for text, _ in rendered], add_special_tokens=False,
+                    return_offsets_mapping=True)
+    return [
+        (ids, _label_spans(ids, offsets, spans))
+        for ids, offsets, (_, spans) in zip(
+            enc["input_ids"], enc["offset_mapping"], rendered, strict=True)
+    ]
 
 
 def _chat_text_and_spans_jinja(
     messages: list[dict], tokenizer
 ) -> tuple[str, list[tuple[int, int]]]:
-    """For any template: assistant turn i spans from the end of messages[:i] rendered with the
-    generation prompt to the end of messages[:i+1] rendered, both prefixes of the whole."""
+    """For a template without generation markers: assistant turn i spans from the end of
+    messages[:i] rendered with the generation prompt to the end of messages[:i+1] rendered, both
+    prefixes of the whole."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             "the tokenizer has no chat template: load it with training.models.load_tokenizer"
@@ -73,7 +101,8 @@ def _chat_text_and_spans_jinja(
                 f"and messages[:{i + 1}] do not give prefixes of the whole rendered conversation, "
                 "so assistant turns cannot be located for the loss mask (the template rewrites "
                 "earlier turns depending on later ones, or its generation prompt differs from how "
-                "it renders an assistant turn)"
+                "it renders an assistant turn; a template that marks the assistant's part with "
+                "{% generation %} ... {% endgeneration %} needs no such rendering)"
             )
         if len(upto) > len(prefix):
             spans.append((len(prefix), len(upto)))
@@ -97,32 +126,19 @@ def _start(offset: tuple[int, int]) -> int:
 
 
 def encode_examples(rows: list[dict], tokenizer, max_seq_length: int) -> list[dict]:
-    """`encode_example` for many rows at once: the same result, with one tokenizer call per kind
-    of text (much faster on large datasets)."""
+    """`encode_example` for many rows at once: the same result, with batched tokenizer calls (one
+    per kind of row and chat batch)."""
     if max_seq_length is None or max_seq_length < 1:
         raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
     formats = [detect_format(row) for row in rows]
-    first_chat = next(
-        (r["messages"] for r, f in zip(rows, formats, strict=True) if f == CHAT), None
-    )
-    if first_chat is not None and _renders_like_llama3(tokenizer):
-        _same_as_template(first_chat, tokenizer)  # one check against jinja per call
-    chats = [
-        _chat_text_and_spans(r["messages"], tokenizer)
-        for r, f in zip(rows, formats, strict=True)
-        if f == CHAT
-    ]
+    chats = iter(encode_chats(
+        [r["messages"] for r, f in zip(rows, formats, strict=True) if f == CHAT], tokenizer))
     plain: list[str] = []
     for row, fmt in zip(rows, formats, strict=True):
         if fmt == PROMPT_COMPLETION:
             plain += [row["prompt"], row["completion"]]
         elif fmt == TEXT:
             plain.append(row["text"])
-    if chats:
-        enc = tokenizer(
-            [text for text, _ in chats], add_special_tokens=False, return_offsets_mapping=True
-        )
-        chat_ids, chat_offsets = enc["input_ids"], enc["offset_mapping"]
     if plain:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token to end examples with")
@@ -130,12 +146,9 @@ def encode_examples(rows: list[dict], tokenizer, max_seq_length: int) -> list[di
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id]
     out = []
-    c = 0
     for fmt in formats:
         if fmt == CHAT:
-            input_ids = list(chat_ids[c])
-            labels = _label_spans(input_ids, chat_offsets[c], chats[c][1])
-            c += 1
+            input_ids, labels = next(chats)
         elif fmt == PROMPT_COMPLETION:
             prompt, completion = list(next(plain_ids)), list(next(plain_ids))
             input_ids = bos + prompt + completion + eos
@@ -151,7 +164,7 @@ def encode_example(row: dict, tokenizer, max_seq_length: int) -> dict:
     """``{"input_ids": [...], "labels": [...]}`` for one row, truncated to ``max_seq_length``.
 
     - chat: the tokenizer's chat template; only assistant turns (content and end-of-turn token)
-      are labelled, in every turn of a multi-turn conversation.
+      are labelled, in every turn of a multi-turn conversation (`encode_chats`).
     - prompt/completion: bos + prompt (masked) + completion + eos (both labelled).
     - text: bos + text + eos, all labelled.
     Masked positions are -100. Use `encode_examples` for many rows."""

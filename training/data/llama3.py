@@ -1,6 +1,7 @@
 """Llama-3's chat markup laid out without jinja, and the check that a tokenizer's template renders
-exactly like it (probe conversations, cached per template). Both the token counter and the
-encoder rely on it: a template that fails the check goes through ``apply_chat_template``.
+exactly like it (probe conversations, cached per template). Only the token counter's shortcut
+uses it (training encodes with the template itself): a template that fails the check is counted
+by the encoder.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def _renders_like_llama3(tokenizer) -> bool:
 
 def _same_as_template(messages: list[dict], tokenizer) -> bool:
     """Whether `_render_llama3` renders this conversation as the template does; if not, the
-    template is no longer taken for Llama-3's (here and in `encode_examples`)."""
+    template is no longer taken for Llama-3's."""
     try:
         same = tokenizer.apply_chat_template(messages, tokenize=False) == _render_llama3(
             messages, tokenizer.bos_token or ""

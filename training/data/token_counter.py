@@ -1,12 +1,13 @@
 """Exact token counts for validation, built for millions of rows.
 
-Chat rows in the Llama-3 format are laid out by string formatting (checked against the tokenizer's
-template first), cut at the template's special tokens into pieces that the tokenizer would encode
-independently anyway, and the distinct pieces are encoded in batches by the Rust tokenizer on a
-worker thread while the caller parses the next lines. Any other chat template is rendered by
-``apply_chat_template`` and its assistant spans checked on every row (slower, equally exact).
-Counts equal ``len(encode_example(row, ...)["input_ids"])`` before truncation: the tests check
-that on every bundled and generated dataset.
+Chat rows are counted by the training encoder itself (`encode_chats`, in batches), so what
+validation accepts is what training can encode, row by row. One shortcut, for speed: a template
+that renders exactly like Llama-3's markup (checked on probes and on each file's first chat row)
+is laid out by string formatting, cut at the template's special tokens into pieces that the
+tokenizer would encode independently anyway, and the distinct pieces are encoded in batches by the
+Rust tokenizer on a worker thread while the caller parses the next lines. Counts equal
+``len(encode_example(row, ...)["input_ids"])`` before truncation: the tests check that on every
+bundled and generated dataset.
 """
 
 from __future__ import annotations
@@ -15,11 +16,7 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING
 
-from training.data.encoding import (
-    LONG_EXAMPLE_POLICIES,
-    _chat_text_and_spans,
-    _chat_text_and_spans_jinja,
-)
+from training.data.encoding import LONG_EXAMPLE_POLICIES, encode_chats
 from training.data.llama3 import (
     _EOT,
     _HEADER_END,
@@ -71,7 +68,7 @@ class _TokenCounter:
             self.backend, "encode_batch", None
         )
         self.cache: dict[str, int] = {}
-        self.chat_mode = self._chat_mode()  # "pieces" | "render" | "jinja"
+        self.chat_mode = self._chat_mode()  # "pieces" | "encoder"
         self.specials = _special_finder(tokenizer)
         self.executor = None
         if self.backend is not None:
@@ -80,6 +77,7 @@ class _TokenCounter:
             self.executor = ThreadPoolExecutor(1, thread_name_prefix="count-tokens")
         self.inflight: deque = deque()
         self.scan: _FileScan | None = None
+        self.chats: list[tuple[int, list[dict]]] = []
         self._new_batch()
 
     # -- chat rendering plans
@@ -93,28 +91,26 @@ class _TokenCounter:
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def _chat_mode(self) -> str:
-        """How to count chat rows: "pieces" (Llama-3 markup, counted piece by piece), "render" (Llama-3
-        markup, whole text counted) or "jinja" (any other template, rendered by apply_chat_template)."""
+        """How to count chat rows: "pieces" (Llama-3 markup, counted piece by piece) or "encoder"
+        (any other template or tokenizer: `encode_chats`, as training encodes them)."""
         tok = self.tokenizer
-        if not _renders_like_llama3(tok):
-            return "jinja"
+        if self.backend is None or not _renders_like_llama3(tok):
+            return "encoder"
         bos = tok.bos_token or ""
         # Added tokens are cut out before the rest of the text is normalised and pre-tokenised, so
         # the pieces between markup tokens are encoded independently of each other: as long as each
         # markup string is one plain added token (no stripping of neighbouring spaces).
-        if self.backend is None:
-            return "render"
         markup = [_HEADER_START, _HEADER_END, _EOT] + ([bos] if bos else [])
         added = {t.content: t for t in self.backend.get_added_tokens_decoder().values()}
         for s in markup:
             t = added.get(s)
             if t is None or t.lstrip or t.rstrip or t.single_word or t.normalized:
-                return "render"
+                return "encoder"
         for messages in _PROBES:
             const, pieces = self._chat_pieces(messages, bos)
             whole = self._count_one(_render_llama3(messages, bos))
             if const + sum(self._count(pieces)) != whole:
-                return "render"
+                return "encoder"
         self.chat_const = 1 if bos else 0
         self.role_counts = dict(zip(ROLES, self._count(list(ROLES)), strict=True))
         return "pieces"
@@ -126,17 +122,31 @@ class _TokenCounter:
             pieces.append("\n\n" + m["content"].strip())
         return (1 if bos else 0) + 3 * len(messages), pieces
 
-    def _first_chat_row(self, number: int, messages: list[dict]) -> None:
-        """Per file: the fast rendering matches the template (else every row goes through jinja,
-        where `add` checks each row's assistant spans as the encoder will locate them)."""
-        if self.chat_mode != "jinja" and not _same_as_template(messages, self.tokenizer):
-            self.chat_mode = "jinja"
-        if self.chat_mode == "jinja":
-            return
+    def _first_chat_row(self, messages: list[dict]) -> None:
+        """Per file: the fast rendering matches the template (else every row goes through the
+        encoder, which checks each row as training will encode it)."""
+        if self.chat_mode == "pieces" and not _same_as_template(messages, self.tokenizer):
+            self.chat_mode = "encoder"
+
+    def _encode_chats(self) -> None:
+        """Count the pending chat rows with the training encoder; a row it refuses is a problem
+        on that row's line."""
+        pending, self.chats = self.chats, []
         try:
-            _chat_text_and_spans(messages, self.tokenizer)
-        except ValueError as e:
-            self.scan.problem(number, str(e))
+            encoded = encode_chats([m for _, m in pending], self.tokenizer)
+        except Exception:
+            for number, messages in pending:  # find which rows failed, and why
+                try:
+                    [(ids, _)] = encode_chats([messages], self.tokenizer)
+                except ValueError as e:
+                    self.scan.problem(number, str(e))
+                except Exception as e:
+                    self.scan.problem(number, f"chat template error: {e}")
+                else:
+                    self._done(number, len(ids))
+            return
+        for (number, _), (ids, _) in zip(pending, encoded, strict=True):
+            self._done(number, len(ids))
 
     # -- batching
 
@@ -148,6 +158,7 @@ class _TokenCounter:
     def start(self, scan: _FileScan) -> None:
         self.scan = scan
         self.first_chat = True
+        self.chats: list[tuple[int, list[dict]]] = []  # (line, messages) for the encoder
 
     def add(self, number: int, row: dict, fmt: str) -> None:
         specials = self.specials
@@ -155,7 +166,7 @@ class _TokenCounter:
             messages = row["messages"]
             if self.first_chat:
                 self.first_chat = False
-                self._first_chat_row(number, messages)
+                self._first_chat_row(messages)
             if specials is not None:
                 for j, m in enumerate(messages, 1):
                     if specials[0] in m["content"]:
@@ -167,20 +178,13 @@ class _TokenCounter:
                 for m in messages:
                     const += role_counts[m["role"]]
                     pieces.append("\n\n" + m["content"].strip())
-            elif self.chat_mode == "render":
-                const, pieces = 0, [_render_llama3(messages, self.tokenizer.bos_token or "")]
             else:
-                # every row, not only the first: a template may render one row in a way the
-                # encoder cannot mask, and training would find out late
-                try:
-                    text, _ = _chat_text_and_spans_jinja(messages, self.tokenizer)
-                except ValueError as e:
-                    self.scan.problem(number, str(e))
-                    return
-                except Exception as e:
-                    self.scan.problem(number, f"chat template error: {e}")
-                    return
-                const, pieces = 0, [text]
+                # every row goes through the encoder: a template may render one row in a way
+                # that cannot be masked, and training would find out late
+                self.chats.append((number, messages))
+                if len(self.chats) >= _BATCH_ROWS:
+                    self._encode_chats()
+                return
         elif fmt == PROMPT_COMPLETION:
             if specials is not None:
                 self._check_specials(number, row["prompt"], "prompt")
@@ -253,6 +257,8 @@ class _TokenCounter:
 
     def finish(self) -> None:
         """Count what is left of the current file."""
+        if self.chats:
+            self._encode_chats()
         if self.rows:
             self._submit()
         while self.inflight:
