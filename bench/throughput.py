@@ -155,13 +155,14 @@ class Recording:
         return batch
 
 
-def make_collator(spec: ArmSpec, tokenizer, max_len: int, cuda: bool = False):
+def make_collator(spec: ArmSpec, tokenizer, max_len: int, cuda: bool = False,
+                  all_logits: bool = False):
     from transformers import DataCollatorForSeq2Seq
 
     from training.collate import make_collator as recipe_collator
 
     if not spec.loss_on_every_token:  # (b): the recipe's own collator
-        return recipe_collator(tokenizer, spec.packing, cuda)
+        return recipe_collator(tokenizer, spec.packing, cuda, labelled_logits_only=not all_logits)
     # the guide: every example padded to the max length; pad positions carry no loss
     return DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=max_len,
                                   label_pad_token_id=-100)
@@ -344,11 +345,14 @@ def run_arm(args, spec: ArmSpec, data, tokenizer, model_ref, out: Path) -> Resul
     cfg = experiment_config(args, spec, args.base_model_name)
     precision = choose_precision("auto", cuda, cuda and torch.cuda.is_bf16_supported())
     train_ds = data["a_train"] if spec.loss_on_every_token else data["b_train"]
-    collator = Recording(make_collator(spec, tokenizer, args.max_seq_length, cuda))
+    collator = Recording(make_collator(spec, tokenizer, args.max_seq_length, cuda,
+                                       args.all_logits))
     set_seed(args.seed)  # the same initial weights (and LoRA init) for both arms
     with random_weights(args.model, args.layers) if args.model in RANDOM_SHAPES \
             else contextlib.nullcontext():
         model = load_model(cfg, model_ref, precision)
+    if args.cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(True)
     targs = training_arguments(cfg, out / spec.name, precision)
     targs.set_evaluate("no")
     targs.set_save("no")
@@ -566,6 +570,11 @@ def parse_args(argv=None):
     p.add_argument("--liger", action="store_true",
                    help="Liger kernels (RMSNorm, SwiGLU, RoPE; the loss stays the recipe's) on "
                         "every model this run builds; CUDA with liger-kernel installed")
+    p.add_argument("--all-logits", action="store_true",
+                   help="(b) projects every position onto the vocabulary, not only the labelled")
+    p.add_argument("--cudnn-attention", action="store_true",
+                   help="put SDPA's cuDNN backend back after the recipe's load_model turned it off "
+                        "(to measure what that costs)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     gpu = args.device == "cuda"

@@ -13,6 +13,7 @@ from tests.training.pairs import REPO, read_events, recipe_cmd, write_experiment
 from training.events import parse_event
 from training.recipe import (
     COMPLETE,
+    attention_backends,
     choose_precision,
     latest_complete_checkpoint,
     split_holdout,
@@ -42,6 +43,24 @@ def test_precision_the_hardware_lacks_is_a_config_error(requested, cuda, bf16):
 
     with pytest.raises(ConfigError, match=r"training\.precision"):
         choose_precision(requested, cuda=cuda, bf16_supported=bf16)
+
+
+def test_cuda_attention_leaves_out_cudnn_and_cpu_is_untouched():
+    """cuDNN's SDPA re-plans for every new packed length (bench/README.md: 2.6x slower on an
+    H100); the other backends stay on, and a CPU run changes nothing."""
+    import torch
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        attention_backends(cuda=False)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        attention_backends(cuda=True)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled()
+        assert torch.backends.cuda.mem_efficient_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
 
 
 def test_only_complete_checkpoints_are_resumed_from(tmp_path):
