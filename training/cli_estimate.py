@@ -195,7 +195,7 @@ def render(est, console) -> None:
               show_default=True, help="The folder that holds Pulumi.yaml.")
 @click.option("--mfu", type=click.FloatRange(min=0.01, max=1), default=None,
               callback=lambda ctx, param, v: _finite(v, "--mfu"),
-              help="Assumed model FLOPs utilisation, 0.01-1 [default: 0.35, see the output].")
+              help="Assumed model FLOPs utilisation, 0.01-1 [default: 0.14, measured on an H100 (bench/README.md)].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
 def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):

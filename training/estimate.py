@@ -22,11 +22,13 @@ from dataclasses import asdict, dataclass
 from training.config import ExperimentConfig
 from training.hardware import PRICES_AS_OF, PRICES_REGION, VmSize
 
-# No GPU measurement of this recipe exists yet (bench/README.md); 35% is a usual figure for
-# LoRA fine-tuning of 8B models in bf16 on A100s (pretraining reaches 50-60%).
-DEFAULT_MFU = 0.35
-DEFAULT_MFU_SOURCE = ("assumed (no GPU benchmark of this recipe yet; a usual figure for fine-tuning "
-                      "7-70B models in bf16 on A100/H100)")
+# Measured, not assumed: bench/throughput.py --device cuda (bench/README.md), this recipe's defaults
+# (LoRA, per-device batch 4, packing) on an H100 with a Llama-3-8B-shaped model: 13.6% by this
+# module's FLOPs convention. Small packed micro-batches keep the GPU partly idle; larger ones and
+# longer examples do better (16% at batch 8), hence `--mfu` for a measured figure of your own.
+DEFAULT_MFU = 0.14
+DEFAULT_MFU_SOURCE = ("measured: bench/throughput.py --device cuda, H100 80GB, Llama-3-8B-shaped "
+                      "LoRA, per-device batch 4, packed, 2026-11-27 (bench/README.md)")
 STARTUP_MINUTES = 10.0  # node allocation, image pull, model download, per job
 CHARS_PER_TOKEN = 4.0  # the rule of thumb when no tokenizer can be loaded
 
