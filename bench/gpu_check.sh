@@ -5,8 +5,10 @@
 #
 # 1. bench/throughput.py --device cuda: (a) the guide's recipe against (b) this project's, Llama-3-8B
 #    shape, random weights, LoRA, bf16, seq 2048, packing, the largest per-device batch that fits;
-# 2. (b) again with gradient checkpointing and 16 examples per micro-batch (one micro-step per update);
-# 3. (b) again with Liger kernels (RMSNorm, SwiGLU, RoPE), when liger-kernel is importable.
+# 2. (b) alone at per-device batch 4 (the recipe's default: train estimate's MFU) and 8;
+# 3. (b) alone with SDPA's cuDNN backend put back (what the recipe's attention_backends saves);
+# 4. (b) alone with gradient checkpointing and 16 examples per micro-batch;
+# 5. (b) alone with Liger kernels (RMSNorm, SwiGLU, RoPE), when liger-kernel is importable.
 # Each step's output goes to OUTDIR/<step>.txt; a failed step does not stop the next.
 # BENCH_ARGS replaces the device arguments, e.g. for a dry run of the script on a CPU:
 #     BENCH_ARGS="--device cpu --model mini --updates 1 --max-seq-length 256" bash bench/gpu_check.sh /tmp/o
@@ -25,16 +27,20 @@ torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__vers
 
 # shellcheck disable=SC2086  # $args is a list of arguments
 timeout 330 "$python" bench/throughput.py $args --repeats 1 2>&1 | tee "$out/main.txt"
-micro=$(grep -oP '# \(b\): per-device batch \K[0-9]+' "$out/main.txt" || echo 4)
+micro=$(grep -oP '# \(b\): per-device batch \K[0-9]+' "$out/main.txt" || echo 2)
 
-# shellcheck disable=SC2086
-timeout 150 "$python" bench/throughput.py $args --repeats 1 --arms b --no-find-batch \
-  --gradient-checkpointing --micro-batch 16 2>&1 | tee "$out/checkpointing.txt"
-
-if "$python" -c "import liger_kernel" 2>/dev/null; then
+b_alone() {  # (b) alone, no batch search: name, then throughput.py's extra arguments
+  local name=$1; shift
   # shellcheck disable=SC2086
-  timeout 150 "$python" bench/throughput.py $args --repeats 1 --arms b --no-find-batch \
-    --liger --micro-batch "$micro" 2>&1 | tee "$out/liger.txt"
+  timeout 150 "$python" bench/throughput.py $args --repeats 1 --arms b --no-find-batch "$@" 2>&1 \
+    | tee "$out/$name.txt"
+}
+b_alone batch4 --micro-batch 4
+b_alone batch8 --micro-batch 8
+b_alone cudnn --micro-batch "$micro" --cudnn-attention
+b_alone checkpointing --micro-batch 16 --gradient-checkpointing
+if "$python" -c "import liger_kernel" 2>/dev/null; then
+  b_alone liger --micro-batch 4 --liger
 else
-  echo "liger-kernel is not installed: step 3 skipped" | tee "$out/liger.txt"
+  echo "liger-kernel is not installed: step 5 skipped" | tee "$out/liger.txt"
 fi
