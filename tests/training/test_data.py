@@ -465,6 +465,17 @@ def test_generation_markers_and_the_prefix_fallback_give_the_same_labels(tiny_mo
     assert encode_examples(VARIED, marked, 10_000) == encode_examples(VARIED, plain, 10_000)
 
 
+def test_chat_rows_need_a_chat_template_and_a_fast_tokenizer():
+    from types import SimpleNamespace
+
+    from training.data import encode_chats
+
+    for tokenizer, why in [(SimpleNamespace(chat_template=None, is_fast=True), "no chat template"),
+                           (SimpleNamespace(chat_template="{{ x }}", is_fast=False), "fast")]:
+        with pytest.raises(ValueError, match=why):
+            encode_chats([GOOD["messages"]], tokenizer)
+
+
 def test_encode_examples_equals_encode_example_row_by_row(tiny_tokenizer):
     rows = [
         *VARIED,
