@@ -18,6 +18,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# The tests read the CLI's console as a user's piped output (`train run 2>log`): rich tables at the
+# CLI's own width for output that is not a terminal. A terminal size inherited from whoever started
+# pytest would wrap them differently; pytest-xdist starts its workers with COLUMNS=80 and LINES=24.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 
 class NetworkBlocked(RuntimeError):
@@ -57,6 +62,14 @@ def _guarded_getaddrinfo(host, *args, **kwargs):
     if host is not None and not _is_local((host if isinstance(host, str) else host.decode(), 0)):
         raise NetworkBlocked(f"test tried to resolve {host!r}")
     return _real_getaddrinfo(host, *args, **kwargs)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test`), the tests that train start first: the workers then end
+    together on short tests instead of one waiting for the other's last minute-long test. Each
+    worker collects the same order; a serial run keeps the file order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
 
 
 @pytest.fixture(autouse=True)
