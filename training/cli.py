@@ -182,17 +182,32 @@ class _LateStop:
 
 class _interruptible:
     """While preparing: SIGTERM behaves like Ctrl-C (KeyboardInterrupt, exit 130 by the caller),
-    not a silent death; the previous handler comes back afterwards."""
+    not a silent death; the previous handlers come back afterwards. A signal that lands while
+    Python runs a finalizer or weakref callback (the import system's module locks, while the heavy
+    libraries load) cannot raise there ("Exception ignored in ..."): it is remembered, and
+    `check()` (before anything is written) or the end of the block raises it."""
+
+    pending = False
 
     def __enter__(self):
         def interrupt(signum, frame):
+            _interruptible.pending = True
             raise KeyboardInterrupt
 
-        self.previous = signal.signal(signal.SIGTERM, interrupt)
+        _interruptible.pending = False
+        self.previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self.previous)
+    def __exit__(self, exc_type, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        if exc_type is None:
+            _interruptible.check()
+
+    @staticmethod
+    def check() -> None:
+        if _interruptible.pending:
+            raise KeyboardInterrupt
 
 
 def _load(config_path: Path) -> ExperimentConfig:
@@ -327,6 +342,7 @@ def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
     if pair_dir.is_symlink() and not inside(pair_dir, output_dir):
         bad_input(f"{pair_dir} is a symlink out of --output-dir {output_dir}: remove it or "
                   "choose another --pair-id")
+    _interruptible.check()  # a Ctrl-C that could not raise while preparing: nothing written yet
     uri = resolve_uri(tracking_uri)
     try:
         from training.tracking import ensure_experiment
