@@ -29,11 +29,11 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collects no test: that fails here like any other non-zero exit.
 # Two pytest-xdist workers (CI has 2 cores; most tests that train wait on a subprocess, one core
-# each). loadgroup keeps a module marked xdist_group on one worker, so its module fixture (the
-# pairs test_compare trains) is built once. `make test TEST_WORKERS=0` runs the suite serially.
+# each). tests/conftest.py schedules them: test_compare's module (its fixture trains the pairs)
+# on one worker, every other test on its own. `make test TEST_WORKERS=0` runs the suite serially.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db .pytest_cache .ruff_cache

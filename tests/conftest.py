@@ -72,6 +72,24 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
 
 
+# Modules whose module-scoped fixture is expensive: under pytest-xdist each runs whole on one
+# worker, so the fixture is built once (test_compare's trains several pairs). pytest-xdist's own
+# xdist_group mark does not take effect with pytest 9 (it renames item._nodeid, which pytest 9 no
+# longer reads), hence this scheduler: these modules as one unit, every other test on its own.
+KEEP_TOGETHER = {"tests/training/test_compare.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class KeepModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in KEEP_TOGETHER else nodeid
+
+    return KeepModulesTogether(config, log)
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)

@@ -20,8 +20,8 @@ from training import compare
 from training.compare import ArmRun
 
 SHORT = {"max_steps": 4, "eval_every": 2, "save_every": 4}
-# under pytest-xdist the whole module runs on one worker: the pairs of `store` are trained once
-pytestmark = pytest.mark.xdist_group("compare-store")
+# under pytest-xdist the whole module runs on one worker (KEEP_TOGETHER in tests/conftest.py):
+# the pairs of `store` are trained once
 
 
 def cli(env, *args, check=None):
