@@ -463,27 +463,33 @@ def human_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+def arm_cells(r: Result) -> dict[str, str]:
+    """One arm's column of the table: label -> formatted value."""
+    return {"useful tokens/s": f"{r.tokens_per_second:,.0f}",
+            "useful tokens": f"{r.real_tokens:,}",
+            "tokens computed": f"{r.computed_tokens:,}",
+            "padding share": f"{r.padding_share:.1%}",
+            "tokens with loss": f"{r.labelled_tokens:,}",
+            "peak memory": human_bytes(r.peak_bytes),
+            "final train loss": f"{r.train_loss:.4f}",
+            "eval loss (shared)": f"{r.eval_loss:.4f}",
+            "training loop": f"{r.loop_s:.1f} s",
+            "wall time (train())": f"{r.wall_s:.1f} s",
+            "loop CPU time": f"{r.cpu_s:.1f} s"}
+
+
 def table(a: Result, b: Result, extra: dict | None = None) -> str:
+    ratios = {"useful tokens/s": f"{b.tokens_per_second / a.tokens_per_second:.2f}",
+              "useful tokens": f"{b.real_tokens / a.real_tokens:.2f}",
+              "tokens computed": f"{b.computed_tokens / a.computed_tokens:.2f}",
+              "peak memory": f"{b.peak_bytes / a.peak_bytes:.2f}" if a.peak_bytes else "",
+              "eval loss (shared)": f"{b.eval_loss - a.eval_loss:+.4f}",
+              "training loop": f"{b.loop_s / a.loop_s:.2f}",
+              "wall time (train())": f"{b.wall_s / a.wall_s:.2f}",
+              "loop CPU time": f"{b.cpu_s / a.cpu_s:.2f}" if a.cpu_s else ""}
+    cells_a, cells_b = arm_cells(a), arm_cells(b)
     rows = [("", "(a) guide", "(b) recipe", "b/a")]
-    rows.append(("useful tokens/s", f"{a.tokens_per_second:,.0f}", f"{b.tokens_per_second:,.0f}",
-                 f"{b.tokens_per_second / a.tokens_per_second:.2f}"))
-    rows.append(("useful tokens", f"{a.real_tokens:,}", f"{b.real_tokens:,}",
-                 f"{b.real_tokens / a.real_tokens:.2f}"))
-    rows.append(("tokens computed", f"{a.computed_tokens:,}", f"{b.computed_tokens:,}",
-                 f"{b.computed_tokens / a.computed_tokens:.2f}"))
-    rows.append(("padding share", f"{a.padding_share:.1%}", f"{b.padding_share:.1%}", ""))
-    rows.append(("tokens with loss", f"{a.labelled_tokens:,}", f"{b.labelled_tokens:,}", ""))
-    rows.append(("peak memory", human_bytes(a.peak_bytes), human_bytes(b.peak_bytes),
-                 f"{b.peak_bytes / a.peak_bytes:.2f}" if a.peak_bytes else ""))
-    rows.append(("final train loss", f"{a.train_loss:.4f}", f"{b.train_loss:.4f}", ""))
-    rows.append(("eval loss (shared)", f"{a.eval_loss:.4f}", f"{b.eval_loss:.4f}",
-                 f"{b.eval_loss - a.eval_loss:+.4f}"))
-    rows.append(("training loop", f"{a.loop_s:.1f} s", f"{b.loop_s:.1f} s",
-                 f"{b.loop_s / a.loop_s:.2f}"))
-    rows.append(("wall time (train())", f"{a.wall_s:.1f} s", f"{b.wall_s:.1f} s",
-                 f"{b.wall_s / a.wall_s:.2f}"))
-    rows.append(("loop CPU time", f"{a.cpu_s:.1f} s", f"{b.cpu_s:.1f} s",
-                 f"{b.cpu_s / a.cpu_s:.2f}" if a.cpu_s else ""))
+    rows += [(k, cells_a[k], cells_b[k], ratios.get(k, "")) for k in cells_a]
     for key, (va, vb) in (extra or {}).items():
         rows.append((key, va, vb, ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -501,10 +507,10 @@ def gpu_rows(args, results) -> dict:
     rows = {}
     peak = gpu_peak_tflops(torch.cuda.get_device_name(0))
     if peak:
-        for r in results:
-            r.mfu = mfu(r, args.method, args.gradient_checkpointing, peak)
-        rows["MFU (train estimate's)"] = tuple(f"{r.mfu[0]:.1%}" for r in results)
-        rows["MFU (6Nt+4Nf)"] = tuple(f"{r.mfu[1]:.1%}" for r in results)
+        ours, strict = zip(*(mfu(r, args.method, args.gradient_checkpointing, peak)
+                             for r in results), strict=True)
+        rows["MFU (train estimate's)"] = tuple(f"{x:.1%}" for x in ours)
+        rows["MFU (6Nt+4Nf)"] = tuple(f"{x:.1%}" for x in strict)
     rows["GPU utilisation"] = tuple(f"{r.gpu_util:.0f}%" if r.gpu_util is not None else "n/a"
                                     for r in results)
     return rows
@@ -513,12 +519,9 @@ def gpu_rows(args, results) -> dict:
 def report_one(args, b: Result) -> int:
     """`--arms b`: (b)'s numbers alone, to set beside an earlier run's (b)."""
     print()
-    lines = [("useful tokens/s", f"{b.tokens_per_second:,.0f}"),
-             ("useful tokens", f"{b.real_tokens:,}"),
-             ("peak memory", human_bytes(b.peak_bytes)),
-             ("final train loss", f"{b.train_loss:.4f}"),
-             ("eval loss (shared)", f"{b.eval_loss:.4f}"),
-             ("training loop", f"{b.loop_s:.1f} s")]
+    cells = arm_cells(b)
+    lines = [(k, cells[k]) for k in ("useful tokens/s", "useful tokens", "peak memory",
+                                     "final train loss", "eval loss (shared)", "training loop")]
     lines += [(k, v[0]) for k, v in gpu_rows(args, (b,)).items()]
     width = max(len(k) for k, _ in lines)
     print("\n".join(f"{k:<{width}}  {v:>12}" for k, v in lines))
