@@ -11,10 +11,13 @@ from training.data.validation import LengthStats, ValidationReport
 REPORT_LIMIT = 50
 
 
-def _listing(console, title: str, style: str, entries: list[str]) -> None:
+def _listing(console, noun: str, style: str, entries: list[str]) -> None:
+    """`N problems:` (or `1 problem:`) and the first REPORT_LIMIT entries; nothing if none."""
     from rich.text import Text
 
-    console.print(Text(f"{len(entries)} {title}:", style=style))
+    if not entries:
+        return
+    console.print(Text(f"{len(entries)} {noun if len(entries) == 1 else noun + 's'}:", style=style))
     for entry in entries[:REPORT_LIMIT]:
         console.print(Text("  " + entry))
     if len(entries) > REPORT_LIMIT:
@@ -36,20 +39,8 @@ def print_report(report: ValidationReport, console) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    if report.problems:
-        _listing(
-            console,
-            "problems" if len(report.problems) != 1 else "problem",
-            "bold red",
-            report.problems,
-        )
-    if report.warnings:
-        _listing(
-            console,
-            "warnings" if len(report.warnings) != 1 else "warning",
-            "yellow",
-            report.warnings,
-        )
+    _listing(console, "problem", "bold red", report.problems)
+    _listing(console, "warning", "yellow", report.warnings)
     if report.files:
         table = Table(title="Data files", title_justify="left", box=box.SIMPLE_HEAD)
         table.add_column("file", overflow="fold", min_width=12, ratio=1)
