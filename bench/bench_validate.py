@@ -2,11 +2,15 @@
 
 Writes N synthetic chat rows (default a million) to a temporary JSONL file, then times
 `training.data.validate_files` without a tokenizer (parse and structural checks), with the tiny
-Llama's tokenizer (exact token counts of every example, by the counter's Llama-3 shortcut), and
-optionally with the training encoder on every row (`encode_chats`: the path that any template
-other than Llama-3's markup takes). Prints rows/s and compares with the target.
+Llama's tokenizer (exact token counts of every example, by the counter's Llama-3 shortcut, its
+pieces counted by `fast_bpe`), optionally with the Hugging Face tokenizer counting the pieces
+(`--hf-tokenizer`: the path of a tokenizer `fast_bpe` does not reproduce, and the figure before
+it), and optionally with the training encoder on every row (`encode_chats`: the path that any
+template other than Llama-3's markup takes). Prints rows/s and compares with the target; every
+path must count the same lengths.
 
     .venv/bin/python bench/bench_validate.py                 # 1,000,000 rows
+    .venv/bin/python bench/bench_validate.py --hf-tokenizer  # and the same without fast_bpe
     .venv/bin/python bench/bench_validate.py --rows 200000 --encoder
 """
 
@@ -121,6 +125,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="also time the training encoder on every row (the path of any non-Llama-3 template)",
     )
+    parser.add_argument(
+        "--hf-tokenizer",
+        action="store_true",
+        help="also time the counter with the Hugging Face tokenizer counting the pieces (no fast_bpe)",
+    )
     args = parser.parse_args(argv)
 
     from training import data
@@ -156,6 +165,24 @@ def main(argv=None) -> int:
             f"  tokens per row: min {stats.min} p50 {stats.median} p95 {stats.p95} max {stats.max} "
             f"mean {stats.mean:.1f}; {stats.mean * n / 1e6:,.1f} M tokens counted"
         )
+        if args.hf_tokenizer:
+            from training.data import token_counter
+
+            original = token_counter.fast_counter
+            token_counter.fast_counter = lambda backend: None
+            try:
+                slow, _ = timed(
+                    "with tokenizer, without fast_bpe",
+                    n,
+                    args.target_seconds,
+                    lambda: data.validate_files(
+                        [path], tokenizer=tokenizer, max_seq_length=args.max_seq_length
+                    ),
+                )
+            finally:
+                token_counter.fast_counter = original
+            assert slow.files[0].tokens == stats, "the Hugging Face tokenizer counts differently"
+            print("  without fast_bpe: same lengths")
         if args.encoder:
             original = data._TokenCounter._chat_mode
             data._TokenCounter._chat_mode = lambda self: "encoder"  # any non-Llama-3 template

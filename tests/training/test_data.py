@@ -755,11 +755,13 @@ def _generated_rows() -> list[dict]:
     return list(bench.synthetic_rows(1000, seed=11))
 
 
-@pytest.mark.parametrize("template", ["llama3", "other"])
+@pytest.mark.parametrize("template,counting", [("llama3", "inline"), ("llama3", "process"),
+                                               ("other", "inline")])
 def test_the_fast_counter_equals_the_encoder_on_every_bundled_and_generated_dataset(
-        tmp_path, tiny_model_path, template):
+        tmp_path, tiny_model_path, template, counting):
     """validation's counter (token_counter) is a shortcut: on every dataset the project ships or
-    generates, its multiset of lengths equals the training encoder's, row for row."""
+    generates, its multiset of lengths equals the training encoder's, row for row; also when a
+    long file's counts come from a counting process (forced here from the first batch)."""
     from training.data.token_counter import _TokenCounter
     from training.data.validation import _scan_file
     from training.models import load_tokenizer
@@ -771,12 +773,41 @@ def test_the_fast_counter_equals_the_encoder_on_every_bundled_and_generated_data
     datasets["generated.jsonl"] = write_lines(tmp_path / "generated.jsonl", _generated_rows())
     datasets["varied.jsonl"] = write_lines(tmp_path / "varied.jsonl", VARIED)
     for name, path in datasets.items():
-        counter = _TokenCounter(tokenizer, None)
+        counter = _TokenCounter(tokenizer, None,
+                                process_after_batches=1 if counting == "process" else 8)
         try:
             scan = _scan_file(str(path), counter=counter)
         finally:
             counter.close()
         assert not scan.problems, (name, scan.problems[:3])
         assert counter.chat_mode == ("pieces" if template == "llama3" else "encoder")
+        assert counter.fast is not None and counter.fast.enabled, "fast_bpe counted the pieces"
+        if counting == "process" and template == "llama3":
+            assert counter.process_failed is False and counter.batches >= 1
         expected = sorted(row_lengths(load_examples(path), tokenizer))
         assert sorted(scan.lengths) == expected, name
+
+
+def test_a_counting_process_that_dies_leaves_the_counts_exact(tmp_path, tiny_tokenizer):
+    """The counting process killed (out of memory, say) between two files: the second file's
+    batches are counted in this process, and its lengths are still the encoder's."""
+    import multiprocessing
+
+    from training.data.token_counter import _TokenCounter
+    from training.data.validation import _scan_file
+
+    first = write_lines(tmp_path / "first.jsonl", _generated_rows())
+    second = write_lines(tmp_path / "second.jsonl", VARIED)
+    counter = _TokenCounter(tiny_tokenizer, None, process_after_batches=1)
+    try:
+        _scan_file(str(first), counter=counter)
+        children = multiprocessing.active_children()
+        assert counter.process is not None and children
+        for child in children:
+            child.kill()
+            child.join()
+        scan = _scan_file(str(second), counter=counter)
+    finally:
+        counter.close()
+    assert counter.process_failed and counter.process is None
+    assert sorted(scan.lengths) == sorted(row_lengths(load_examples(second), tiny_tokenizer))

@@ -11,6 +11,8 @@ The package in the order data flows through it:
   markers). Training and validation both encode with it.
 - `token_counter`: exact token counts for validation, fast enough for millions of rows: the
   encoder, or for Llama-3's markup a shortcut equal to the encoder's lengths by test.
+- `fast_bpe`: the counter's text counts for byte-level BPE tokenizers (GPT-2's and Llama-3's
+  kind) by tiktoken with the tokenizer's own merges, checked against the tokenizer.
 - `llama3`: Llama-3's chat markup without jinja (the counter's shortcut), and the check that a
   template renders like it.
 - `report`: `print_report`, the tables and histogram that `train data validate` prints.

@@ -4,7 +4,8 @@ Chat rows are counted by the training encoder itself (`encode_chats`, in batches
 validation accepts is what training can encode, row by row. One shortcut, for speed: a template
 that renders exactly like Llama-3's markup (checked on probes and on each file's first chat row)
 is laid out by string formatting, cut at the template's special tokens into pieces that the
-tokenizer would encode independently anyway, and the distinct pieces are encoded in batches by the
+tokenizer would encode independently anyway, and the distinct pieces are counted in batches: by
+`fast_bpe` (tiktoken with the tokenizer's own merges) where it reproduces the tokenizer, else by the
 Rust tokenizer on a worker thread while the caller parses the next lines. Counts equal
 ``len(encode_example(row, ...)["input_ids"])`` before truncation: the tests check that on every
 bundled and generated dataset.
@@ -17,6 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from training.data.encoding import LONG_EXAMPLE_POLICIES, encode_chats
+from training.data.fast_bpe import count_in_process, counting_process, fast_counter
 from training.data.llama3 import (
     _EOT,
     _HEADER_END,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 _BATCH_ROWS = 4096  # rows per tokenizer batch
 _PIECE_CACHE_MAX = 100_000  # repeated pieces whose token counts are remembered across batches
+_PROCESS_AFTER_BATCHES = 8  # a file this long (8 x 4096 rows) pays for a counting process (~1 s)
 
 
 def _plain_backend(tokenizer):
@@ -55,7 +58,8 @@ class _TokenCounter:
     still to count. Distinct pieces of a batch are encoded together; while the worker thread
     encodes one batch (the Rust tokenizer releases the GIL), the caller parses the next."""
 
-    def __init__(self, tokenizer, max_seq_length: int | None, long_examples: str = "error"):
+    def __init__(self, tokenizer, max_seq_length: int | None, long_examples: str = "error",
+                 process_after_batches: int = _PROCESS_AFTER_BATCHES):
         if long_examples not in LONG_EXAMPLE_POLICIES:
             raise ValueError(f"long_examples must be one of {', '.join(LONG_EXAMPLE_POLICIES)}, "
                              f"got {long_examples!r}")
@@ -67,14 +71,23 @@ class _TokenCounter:
         self.encode = getattr(self.backend, "encode_batch_fast", None) or getattr(
             self.backend, "encode_batch", None
         )
+        # tiktoken's BPE with this tokenizer's merges, where it counts the same (fast_bpe.py)
+        self.fast = fast_counter(self.backend) if self.backend is not None else None
         self.cache: dict[str, int] = {}
         self.chat_mode = self._chat_mode()  # "pieces" | "encoder"
         self.specials = _special_finder(tokenizer)
         self.executor = None
-        if self.backend is not None:
+        # the Rust tokenizer releases the GIL for a whole batch, so a worker thread encodes while
+        # the caller parses; the fast counter releases it once per text and is faster inline
+        if self.backend is not None and self.fast is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self.executor = ThreadPoolExecutor(1, thread_name_prefix="count-tokens")
+        # ... so a long file's fast counts go to a process of their own instead (fast_bpe.py)
+        self.process = None
+        self.process_failed = False
+        self.process_after_batches = process_after_batches
+        self.batches = 0
         self.inflight: deque = deque()
         self.scan: _FileScan | None = None
         self.chats: list[tuple[int, list[dict]]] = []
@@ -86,6 +99,8 @@ class _TokenCounter:
         return self._count([text])[0]
 
     def _count(self, texts: list[str]) -> list[int]:
+        if self.fast is not None:
+            return self.fast(texts)
         if self.backend is not None:
             return [len(e) for e in self.encode(texts, add_special_tokens=False)]
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -226,7 +241,20 @@ class _TokenCounter:
 
     def _submit(self) -> None:
         texts = list(self.pieces)
-        if self.executor is not None:
+        if self.fast is not None:
+            self.batches += 1
+            if (self.process is None and not self.process_failed
+                    and self.batches >= self.process_after_batches):
+                self.process = counting_process(self.backend)
+            work = None
+            if self.process is not None:
+                try:
+                    work = self.process.submit(count_in_process, texts)
+                except Exception:  # the counting process died: count here from now on
+                    self._stop_process(failed=True)
+            if work is None:
+                work = self._count(texts)
+        elif self.executor is not None:
             work = self.executor.submit(self._count, texts)
         else:
             work = self._count(texts)
@@ -237,7 +265,16 @@ class _TokenCounter:
 
     def _resolve(self) -> None:
         work, texts, repeated, rows = self.inflight.popleft()
-        counts = work if isinstance(work, list) else work.result()
+        if isinstance(work, list):
+            counts = work
+        elif self.fast is not None:
+            try:
+                counts = work.result()
+            except Exception:  # the counting process died or could not start: count here
+                self._stop_process(failed=True)
+                counts = self._count(texts)
+        else:
+            counts = work.result()
         cache = self.cache
         if len(cache) < _PIECE_CACHE_MAX:  # remember pieces that repeat (system prompts)
             cache.update((texts[i], counts[i]) for i in repeated)
@@ -246,6 +283,12 @@ class _TokenCounter:
             for i in todo:
                 n += counts[i]
             self._done(number, n)
+
+    def _stop_process(self, failed: bool = False) -> None:
+        if self.process is not None:
+            self.process.shutdown(wait=True, cancel_futures=True)
+            self.process = None
+        self.process_failed = self.process_failed or failed
 
     def _done(self, number: int, n: int) -> None:
         self.scan.lengths.append(n)
@@ -270,6 +313,7 @@ class _TokenCounter:
                                           f"(training.long_examples: {self.long_examples})"))
 
     def close(self) -> None:
+        self._stop_process()
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
