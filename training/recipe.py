@@ -124,7 +124,11 @@ def load_model(cfg: ExperimentConfig, model_path: str, precision: str,
     attention_backends(torch.cuda.is_available())
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    kwargs = {"attn_implementation": "sdpa"}  # exact with padding-free batches
+    # use_cache=False: with a KV cache (the default of most configs, Llama's included)
+    # transformers does not look for packed rows in `position_ids`, and every example of a packed
+    # row would attend to the examples before it. Training never reads the cache; `generate`
+    # asks for one itself.
+    kwargs = {"attn_implementation": "sdpa", "use_cache": False}
     if cfg.method == "qlora":
         if not torch.cuda.is_available():
             raise ConfigError("method: qlora needs a CUDA GPU (bitsandbytes 4-bit); use lora on CPU")

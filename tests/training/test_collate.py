@@ -60,3 +60,40 @@ def test_same_loss_and_gradients_with_only_the_labelled_logits(collator):
         torch.testing.assert_close(gk, g, rtol=1e-5, atol=1e-7)
     logits = model(**{k: v for k, v in kept.items() if k != "labels"}).logits
     assert logits.shape[-2] == n  # only the labelled positions reached the lm_head
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_packed_rows_train_exactly_like_padded_batches_with_the_recipes_model(
+        tiny_model_path, tiny_tokenizer, method):
+    """Packing changes how the examples are laid out, never what each one sees: the recipe's
+    model (`load_model`) gives the same loss and gradients on a packed row as on a padded batch
+    of the same examples. (A model config with use_cache on made each packed example attend to
+    the ones before it; the logits moved by up to 1.0.)"""
+    from training.collate import make_collator
+    from training.config import ExperimentConfig
+    from training.recipe import load_model
+
+    cfg = ExperimentConfig.model_validate({
+        "name": "packing", "base_model": "tiny-llama", "method": method,
+        "training": {"epochs": 1}, "lora": {"dropout": 0.0},
+        "arms": {"control": {"train": "c.jsonl"}, "experiment": {"train": "e.jsonl"}}})
+    model = load_model(cfg, tiny_model_path, "fp32")
+    model.train()
+    feats = [{"input_ids": [5 + i] * (4 + 3 * i) + list(range(30, 38)),
+              "labels": [IGNORE] * (4 + 3 * i) + list(range(30, 38))} for i in range(4)]
+    packed = make_collator(None, packing=True, cuda=False)([dict(f) for f in feats])
+    padded_ = make_collator(tiny_tokenizer, packing=False, cuda=False)([dict(f) for f in feats])
+    assert packed["input_ids"].shape[0] == 1 and padded_["input_ids"].shape[0] == 4
+    n = torch.tensor(int(packed["shift_labels"].numel()))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for batch in (packed, padded_):
+        model.zero_grad()
+        loss = model(**batch, num_items_in_batch=n).loss
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in trained]))
+    (loss_packed, grads_packed), (loss_padded, grads_padded) = results
+    assert loss_packed == pytest.approx(loss_padded, rel=1e-5)
+    for g, gp in zip(grads_padded, grads_packed, strict=True):
+        torch.testing.assert_close(gp, g, rtol=1e-4, atol=1e-6)
+
