@@ -353,6 +353,8 @@ def run_arm(args, spec: ArmSpec, data, tokenizer, model_ref, out: Path) -> Resul
         model = load_model(cfg, model_ref, precision)
     if args.cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(True)
+    if args.masked_attention:
+        model.set_attn_implementation("sdpa")
     targs = training_arguments(cfg, out / spec.name, precision)
     targs.set_evaluate("no")
     targs.set_save("no")
@@ -578,6 +580,9 @@ def parse_args(argv=None):
     p.add_argument("--cudnn-attention", action="store_true",
                    help="put SDPA's cuDNN backend back after the recipe's load_model turned it off "
                         "(to measure what that costs)")
+    p.add_argument("--masked-attention", action="store_true",
+                   help="SDPA over each whole packed row with a block-diagonal mask, instead of "
+                        "the recipe's per-example attention on CPU (to measure what that saves)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     gpu = args.device == "cuda"

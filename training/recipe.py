@@ -124,11 +124,15 @@ def load_model(cfg: ExperimentConfig, model_path: str, precision: str,
     attention_backends(torch.cuda.is_available())
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    # use_cache=False: with a KV cache (the default of most configs, Llama's included)
-    # transformers does not look for packed rows in `position_ids`, and every example of a packed
-    # row would attend to the examples before it. Training never reads the cache; `generate`
-    # asks for one itself.
-    kwargs = {"attn_implementation": "sdpa", "use_cache": False}
+    # use_cache=False, as the Trainer sets it for training: with a KV cache (most configs'
+    # default) transformers does not look for packed rows in `position_ids`, so a forward pass
+    # outside the Trainer would let each packed example attend to the ones before it.
+    # On CPU each example of a packed row attends only to itself (training/attention.py) instead
+    # of SDPA over the whole row with a block-diagonal mask: the same numbers, less work.
+    from training.attention import register
+
+    attention = "sdpa" if torch.cuda.is_available() else register()
+    kwargs = {"attn_implementation": attention, "use_cache": False}
     if cfg.method == "qlora":
         if not torch.cuda.is_available():
             raise ConfigError("method: qlora needs a CUDA GPU (bitsandbytes 4-bit); use lora on CPU")

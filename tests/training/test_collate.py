@@ -67,8 +67,8 @@ def test_packed_rows_train_exactly_like_padded_batches_with_the_recipes_model(
         tiny_model_path, tiny_tokenizer, method):
     """Packing changes how the examples are laid out, never what each one sees: the recipe's
     model (`load_model`) gives the same loss and gradients on a packed row as on a padded batch
-    of the same examples. (A model config with use_cache on made each packed example attend to
-    the ones before it; the logits moved by up to 1.0.)"""
+    of the same examples, also outside a Trainer (which turns the KV cache off itself; with the
+    config's use_cache on, each packed example attended to the ones before it)."""
     from training.collate import make_collator
     from training.config import ExperimentConfig
     from training.recipe import load_model
