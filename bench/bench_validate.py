@@ -165,14 +165,22 @@ def main(argv=None) -> int:
             f"  tokens per row: min {stats.min} p50 {stats.median} p95 {stats.p95} max {stats.max} "
             f"mean {stats.mean:.1f}; {stats.mean * n / 1e6:,.1f} M tokens counted"
         )
-        if args.hf_tokenizer:
-            from training.data import token_counter
+        from training.data import token_counter
 
-            original = token_counter.fast_counter
-            token_counter.fast_counter = lambda backend: None
+        # (label, object, attribute, replacement, what a difference would mean)
+        variants = []
+        if args.hf_tokenizer:
+            variants.append(("without fast_bpe", token_counter, "fast_counter",
+                             lambda backend: None, "the Hugging Face tokenizer"))
+        if args.encoder:  # the path of any non-Llama-3 template
+            variants.append(("encoder per row", data._TokenCounter, "_chat_mode",
+                             lambda self: "encoder", "the encoder"))
+        for label, owner, name, replacement, who in variants:
+            original = getattr(owner, name)
+            setattr(owner, name, replacement)
             try:
-                slow, _ = timed(
-                    "with tokenizer, without fast_bpe",
+                other, _ = timed(
+                    f"with tokenizer, {label}",
                     n,
                     args.target_seconds,
                     lambda: data.validate_files(
@@ -180,25 +188,9 @@ def main(argv=None) -> int:
                     ),
                 )
             finally:
-                token_counter.fast_counter = original
-            assert slow.files[0].tokens == stats, "the Hugging Face tokenizer counts differently"
-            print("  without fast_bpe: same lengths")
-        if args.encoder:
-            original = data._TokenCounter._chat_mode
-            data._TokenCounter._chat_mode = lambda self: "encoder"  # any non-Llama-3 template
-            try:
-                encoded, _ = timed(
-                    "with tokenizer, encoder per row",
-                    n,
-                    args.target_seconds,
-                    lambda: data.validate_files(
-                        [path], tokenizer=tokenizer, max_seq_length=args.max_seq_length
-                    ),
-                )
-            finally:
-                data._TokenCounter._chat_mode = original
-            assert encoded.files[0].tokens == stats, "the encoder counts differently"
-            print("  encoder: same lengths")
+                setattr(owner, name, original)
+            assert other.files[0].tokens == stats, f"{who} counts differently"
+            print(f"  {label}: same lengths")
     return 0
 
 
