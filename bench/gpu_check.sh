@@ -8,7 +8,9 @@
 # 2. (b) alone at per-device batch 4 (the recipe's default: train estimate's MFU) and 8;
 # 3. (b) alone with SDPA's cuDNN backend put back (what the recipe's attention_backends saves);
 # 4. (b) alone with gradient checkpointing and 16 examples per micro-batch;
-# 5. (b) alone with Liger kernels (RMSNorm, SwiGLU, RoPE), when liger-kernel is importable.
+# 5. (b) alone with Liger kernels (RMSNorm, SwiGLU, RoPE), when liger-kernel is importable;
+# 6. (b) alone with per-example attention on packed rows (training/attention.py) instead of SDPA
+#    with a block-diagonal mask, at batch 4 and 8 (compare with step 2).
 # Each step's output goes to OUTDIR/<step>.txt; a failed step does not stop the next.
 # BENCH_ARGS replaces the device arguments, e.g. for a dry run of the script on a CPU:
 #     BENCH_ARGS="--device cpu --model mini --updates 1 --max-seq-length 256" bash bench/gpu_check.sh /tmp/o
@@ -44,3 +46,5 @@ if "$python" -c "import liger_kernel" 2>/dev/null; then
 else
   echo "liger-kernel is not installed: step 5 skipped" | tee "$out/liger.txt"
 fi
+b_alone packed4 --micro-batch 4 --packed-attention
+b_alone packed8 --micro-batch 8 --packed-attention

@@ -355,6 +355,11 @@ def run_arm(args, spec: ArmSpec, data, tokenizer, model_ref, out: Path) -> Resul
         torch.backends.cuda.enable_cudnn_sdp(True)
     if args.masked_attention:
         model.set_attn_implementation("sdpa")
+    if args.packed_attention:
+        from training import attention
+
+        attention.CUDA = True
+        model.set_attn_implementation(attention.register())
     targs = training_arguments(cfg, out / spec.name, precision)
     targs.set_evaluate("no")
     targs.set_save("no")
@@ -583,6 +588,9 @@ def parse_args(argv=None):
     p.add_argument("--masked-attention", action="store_true",
                    help="SDPA over each whole packed row with a block-diagonal mask, instead of "
                         "the recipe's per-example attention on CPU (to measure what that saves)")
+    p.add_argument("--packed-attention", action="store_true",
+                   help="the recipe's per-example attention on packed rows on CUDA too "
+                        "(training/attention.py; the recipe keeps SDPA there until this is measured)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     gpu = args.device == "cuda"
@@ -600,6 +608,8 @@ def parse_args(argv=None):
     args.find_batch = gpu if args.find_batch is None else args.find_batch
     if args.find_batch and not gpu:
         p.error("--find-batch needs --device cuda")
+    if args.masked_attention and args.packed_attention:
+        p.error("--masked-attention and --packed-attention are opposites: pick one")
     if args.liger and not gpu:
         p.error("--liger needs --device cuda (its kernels are Triton)")
     for name in ("updates", "max_seq_length", "eval_examples", "eval_batch", "repeats"):

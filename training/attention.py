@@ -17,6 +17,28 @@ from __future__ import annotations
 from itertools import pairwise
 
 NAME = "packed_sdpa"
+# On CUDA the recipe keeps SDPA until a GPU measurement shows this is faster there
+# (`bench/throughput.py --device cuda --packed-attention` sets it; bench/gpu_check.sh step 6).
+CUDA = False
+_bounds_cache: tuple = (None, None)  # (weakref to one forward's position_ids, its segment bounds)
+
+
+def _segment_bounds(position_ids) -> list[int] | None:
+    """[0, start of example 2, ..., T] of a packed row, or None if the row is one sequence.
+    Computed once per forward pass (every layer gets the same `position_ids` object), so a GPU
+    waits for it once, not once per layer."""
+    import weakref
+
+    import torch
+
+    global _bounds_cache
+    ref, bounds = _bounds_cache
+    if ref is not None and ref() is position_ids:
+        return bounds
+    starts = torch.nonzero(position_ids[0] == 0).flatten().tolist()
+    bounds = [*starts, position_ids.shape[1]] if len(starts) > 1 and starts[0] == 0 else None
+    _bounds_cache = (weakref.ref(position_ids), bounds)
+    return bounds
 
 
 def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -26,15 +48,14 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    packed = (position_ids is not None and query.shape[0] == 1 and not query.is_cuda
-              and not (dropout and module.training) and key.shape[2] == query.shape[2])
-    if packed:
-        starts = torch.nonzero(position_ids[0] == 0).flatten().tolist()
-        packed = len(starts) > 1 and starts[0] == 0
-    if not packed:
+    bounds = None
+    if (position_ids is not None and query.shape[0] == 1 and (CUDA or not query.is_cuda)
+            and not (dropout and module.training) and key.shape[2] == query.shape[2]
+            and position_ids.shape[-1] == query.shape[2]):
+        bounds = _segment_bounds(position_ids)
+    if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, position_ids=position_ids, **kwargs)
-    bounds = [*starts, query.shape[2]]
     gqa = query.shape[1] != key.shape[1]
     outputs = [
         torch.nn.functional.scaled_dot_product_attention(
