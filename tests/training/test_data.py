@@ -641,6 +641,19 @@ def test_a_whole_file_json_array_gets_one_message(tmp_path, text):
                                          "object per line")
 
 
+@pytest.mark.parametrize("row,problem", [
+    ({"text": ""}, "text is empty"),
+    ({"foo": 1}, "text"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "assistant"),
+])
+def test_a_one_row_file_with_a_bad_row_gets_that_row_s_problem(tmp_path, row, problem):
+    path = write_lines(tmp_path / "one.jsonl", [row])
+    report = validate_files([path])
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(f"{path}:1: ") and problem in report.problems[0]
+    assert "several lines" not in report.problems[0]
+
+
 def test_a_pretty_printed_object_gets_one_message(tmp_path):
     path = tmp_path / "row.json"
     path.write_text(json.dumps(GOOD, indent=2))

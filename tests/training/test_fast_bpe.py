@@ -4,6 +4,7 @@ steps aside wherever that is not certain."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -123,3 +124,46 @@ def test_a_sampled_disagreement_recounts_with_the_tokenizer_and_turns_the_fast_p
     assert counter(texts) == _reference(backend, texts)
     assert not counter.enabled
     assert counter(TEXTS) == _reference(backend, TEXTS)
+
+
+def test_a_vocabulary_that_ignores_merges_keeps_the_tokenizer():
+    """With ignore_merges a word in the vocabulary is one token whatever the merges say: here
+    'cbc' is one, but 'bcbc...' splits by the merges in ways tiktoken's ranking does not follow
+    (it counted 9 where the tokenizer gives 12)."""
+    tok = _byte_level(["bc", "cb", "cbc"], [("b", "c"), ("c", "b"), ("cb", "c")])
+    spec = json.loads(tok.to_str())
+    spec["model"]["ignore_merges"] = True
+    ignoring = Tokenizer.from_str(json.dumps(spec))
+    assert fast_counter(ignoring) is None
+    assert fast_counter(tok) is None or fast_counter(tok)(["bcbcbc cbcb"]) == _reference(
+        tok, ["bcbcbc cbcb"])
+
+
+def test_the_counting_process_does_not_run_the_callers_script_again(tmp_path):
+    """A script without a __main__ guard runs once, and the counting process ignores the
+    Ctrl-C that its parent handles."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran"
+    script = tmp_path / "unguarded.py"
+    script.write_text(f"""
+import multiprocessing
+from tokenizers import Tokenizer, models, pre_tokenizers
+from training.data.fast_bpe import count_in_process, counting_process
+with open({str(marker)!r}, "a") as f:
+    f.write("ran\\n")
+tok = Tokenizer(models.BPE({{c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}}, []))
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+pool = counting_process(tok)
+counts, enabled = pool.submit(count_in_process, ["abc", "de f"]).result()
+[child] = multiprocessing.active_children()
+ignored = [line for line in open(f"/proc/{{child.pid}}/status") if line.startswith("SigIgn")]
+pool.shutdown()
+print(counts, enabled, int(ignored[0].split()[1], 16) & 2)
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, cwd=str(Path(__file__).resolve().parents[2]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "[3, 4] True 2"
+    assert marker.read_text() == "ran\n"

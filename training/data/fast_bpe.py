@@ -68,6 +68,11 @@ def _mergeable_ranks(model: dict) -> dict[bytes, int] | None:
     of byte-level tokens or two merges make the same token (tiktoken ranks tokens, not pairs)."""
     if model.get("type") != "BPE" or model.get("dropout") or model.get("byte_fallback"):
         return None
+    if model.get("ignore_merges"):
+        # a word found in the vocabulary is one token whatever the merges say; tiktoken's whole
+        # piece lookup agrees, but its merging of the rest ranks tokens, which such a vocabulary
+        # (entries no merge builds) breaks in ways the checks below cannot see
+        return None
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         return None
     to_byte = {c: b for b, c in _bytes_to_unicode().items()}
@@ -190,18 +195,49 @@ def _start_process_counter(tokenizer_json: str) -> None:
     _PROCESS_COUNTER = fast_counter(Tokenizer.from_str(tokenizer_json))
 
 
-def count_in_process(texts: list[str]) -> list[int]:
+def _ready() -> None:
+    """A first task, so that the process starts at once (see `counting_process`)."""
+
+
+def count_in_process(texts: list[str]) -> tuple[list[int], bool]:
+    """The counts, and whether the fast path is still on (a sampled disagreement turns it off
+    here; the parent then turns its own off too)."""
     if _PROCESS_COUNTER is None:
         raise RuntimeError("the counting process could not build its counter")
-    return _PROCESS_COUNTER(texts)
+    return _PROCESS_COUNTER(texts), _PROCESS_COUNTER.enabled
 
 
 def counting_process(backend):
-    """A one-process pool that runs `count_in_process` with this tokenizer (spawned: no forked
-    copies of the tokenizer's or torch's threads)."""
+    """A one-process pool that runs `count_in_process` with this tokenizer, started now.
+
+    Spawned (no forked copies of the tokenizer's or torch's threads), but without the usual
+    re-import of the caller's `__main__`: a script without an ``if __name__ == "__main__"`` guard
+    would otherwise run again inside the counting process. SIGINT is ignored while it starts
+    (from the main thread; a process inherits an ignored signal), so it never prints a traceback
+    for a Ctrl-C meant for the parent; a Ctrl-C in those few milliseconds is lost."""
     import multiprocessing
+    import signal
+    import sys
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_process_counter,
-                               initargs=(backend.to_str(),))
+    main = sys.modules.get("__main__")
+    hidden = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__")
+              if main is not None and k in main.__dict__}
+    if main is not None:
+        main.__spec__ = None  # multiprocessing reads it (None: not run with -m)
+    try:
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: only it receives SIGINT and can change it
+        handler = None
+    try:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_process_counter,
+                                   initargs=(backend.to_str(),))
+        pool.submit(_ready)  # the process is launched here, inside this block
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        if main is not None:
+            del main.__spec__
+            main.__dict__.update(hidden)
+    return pool

@@ -243,11 +243,11 @@ class _TokenCounter:
         texts = list(self.pieces)
         if self.fast is not None:
             self.batches += 1
-            if (self.process is None and not self.process_failed
+            if (self.process is None and not self.process_failed and self.fast.enabled
                     and self.batches >= self.process_after_batches):
                 self.process = counting_process(self.backend)
             work = None
-            if self.process is not None:
+            if self.process is not None and self.fast.enabled:
                 try:
                     work = self.process.submit(count_in_process, texts)
                 except Exception:  # the counting process died: count here from now on
@@ -269,10 +269,13 @@ class _TokenCounter:
             counts = work
         elif self.fast is not None:
             try:
-                counts = work.result()
+                counts, enabled = work.result()
             except Exception:  # the counting process died or could not start: count here
                 self._stop_process(failed=True)
                 counts = self._count(texts)
+            else:
+                if not enabled:  # it found a disagreement: the tokenizer counts from now on
+                    self.fast.enabled = False
         else:
             counts = work.result()
         cache = self.cache

@@ -232,6 +232,8 @@ def _whole_file_json(scan: _FileScan) -> None:
     if scan.first_line[1] == b"[":
         what = "a JSON array, not JSONL"
     else:
+        if not first_problems[0].startswith("not valid JSON"):
+            return  # a one-line file whose row is bad: that row's own problem is the message
         try:
             if os.path.getsize(scan.path) > _WHOLE_FILE_LIMIT:
                 return
