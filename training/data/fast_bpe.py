@@ -8,7 +8,9 @@ it, where that is provably the same tokenizer or checked to be:
 
 - only a tokenizer whose JSON is exactly this shape: no normalizer; GPT-2's ByteLevel regex, or
   Llama-3's split regex followed by ByteLevel; a plain BPE model over all 256 bytes, one token per
-  merge (otherwise `fast_counter` returns None and the caller keeps the Hugging Face tokenizer);
+  merge, without `ignore_merges` (otherwise `fast_counter` returns None and the caller keeps the
+  Hugging Face tokenizer: Meta's own Llama-3 tokenizer.json sets `ignore_merges`, so it is
+  counted by the tokenizer, exactly, at the speed of before);
 - only ASCII text without the added tokens' common prefix (Unicode classes differ between the two
   regex engines, and added tokens are cut out before BPE): anything else is counted by the
   tokenizer itself;
