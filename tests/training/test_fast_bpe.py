@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from tests.training.test_data import EXAMPLES, VARIED
-from training.data.fast_bpe import LLAMA3_PATTERN, FastCounter, _bytes_to_unicode, fast_counter
+from training.data.fast_bpe import LLAMA3_PATTERN, FastCounter, fast_counter
 from training.data.token_counter import _plain_backend
 
 TEXTS = [
@@ -43,7 +44,7 @@ def _reference(backend, texts: list[str]) -> list[int]:
 
 
 def _byte_level(vocab_extra: list[str], merges: list[tuple[str, str]], pre_tokenizer=None):
-    vocab = {c: i for i, c in enumerate(_bytes_to_unicode().values())}
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
     for token in vocab_extra:
         vocab[token] = len(vocab)
     tok = Tokenizer(models.BPE(vocab, merges))

@@ -23,6 +23,7 @@ The tests compare its counts with the training encoder's on every bundled and ge
 from __future__ import annotations
 
 import json
+import os
 import string
 
 # the regex of `pre_tokenizers.ByteLevel(use_regex=True)` (GPT-2's) and Llama-3's split regex:
@@ -33,17 +34,10 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 SAMPLE_EVERY = 512  # one distinct text in this many is recounted by the tokenizer itself
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map, which ByteLevel vocabularies are written in."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
+def common_prefix(strings: list[str]) -> str:
+    """The longest string every one of `strings` starts with (cheap first test for "contains any
+    of them")."""
+    return os.path.commonprefix(strings)  # noqa: RUF071 - text, compared character by character
 
 
 def _split_pattern(pre_tokenizer: dict | None) -> str | None:
@@ -77,7 +71,10 @@ def _mergeable_ranks(model: dict) -> dict[bytes, int] | None:
         return None
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         return None
-    to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    # ByteLevel vocabularies write each byte as one printable character (GPT-2's map)
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}
     vocab = model.get("vocab") or {}
     if any(c not in vocab for c in to_byte):
         return None  # a byte the tokenizer cannot encode: it would drop or replace it
@@ -125,7 +122,7 @@ class FastCounter:
             return self._slow(texts)
         counts, slow = [], []
         encode, prefix = self.encode, self.added_prefix
-        for i, text in enumerate(texts):
+        for i, text in enumerate(texts):  # `_eligible`, inlined: this runs once per text
             if text.isascii() and (prefix is None or prefix not in text):
                 counts.append(len(encode(text)))
             else:
@@ -157,14 +154,9 @@ def fast_counter(backend) -> FastCounter | None:
     if spec.get("normalizer") is not None or pattern is None or ranks is None:
         return None
     added = [t["content"] for t in spec.get("added_tokens") or [] if t.get("content")]
-    prefix = None
-    if added:
-        prefix = min(added, key=len)
-        for s in added:
-            while not s.startswith(prefix):
-                prefix = prefix[:-1]
-        if not prefix:
-            return None  # no cheap test for "contains an added token"
+    prefix = common_prefix(added) if added else None
+    if prefix == "":
+        return None  # no cheap test for "contains an added token"
     try:
         encoding = tiktoken.Encoding("validation", pat_str=pattern, mergeable_ranks=ranks,
                                      special_tokens={})

@@ -18,7 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from training.data.encoding import LONG_EXAMPLE_POLICIES, encode_chats
-from training.data.fast_bpe import count_in_process, counting_process, fast_counter
+from training.data.fast_bpe import common_prefix, count_in_process, counting_process, fast_counter
 from training.data.llama3 import (
     _EOT,
     _HEADER_END,
@@ -329,8 +329,4 @@ def _special_finder(tokenizer) -> tuple[str, re.Pattern] | None:
     specials = sorted((s for s in specials if s), key=len, reverse=True)
     if not specials:
         return None
-    prefix = min(specials, key=len)
-    for s in specials:
-        while not s.startswith(prefix):
-            prefix = prefix[:-1]
-    return prefix, re.compile("|".join(map(re.escape, specials)))
+    return common_prefix(specials), re.compile("|".join(map(re.escape, specials)))
