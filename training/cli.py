@@ -345,12 +345,12 @@ def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
     _interruptible.check()  # a Ctrl-C that could not raise while preparing: nothing written yet
     uri = resolve_uri(tracking_uri)
     try:
-        from training.tracking import ensure_experiment
+        from training.tracking import ensure_experiment, redacted
 
         ensure_experiment(uri, cfg.name)
     except Exception as e:  # a bad URI, an unwritable sqlite file, a store that is down
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        bad_input(f"MLflow tracking URI {uri}: {first}")
+        bad_input(redacted(f"MLflow tracking URI {uri}: {first}"))
     n = cfg.training.replicates
     folders = [pair_dir] if n == 1 else [pair_dir / f"r{k}" for k in range(n)]
     try:
@@ -365,7 +365,7 @@ def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
         bad_input(str(e))
     except OSError as e:
         bad_input(f"cannot write the pair folder {pair_dir}: {e.strerror or e}")
-    console.print(f"pair [bold]{pair_id}[/] -> {pair_dir}   (MLflow: {uri})")
+    console.print(f"pair [bold]{pair_id}[/] -> {pair_dir}   (MLflow: {redacted(uri)})")
     console.print(f"base model: {_describe(ready.pinned)}", highlight=False)
     threads = read_manifest(pair_dir)["threads_per_arm"]
     return cfg, pair_id, pair_dir, resolved, uri, threads

@@ -165,6 +165,12 @@ def register(pair_id, stack, outputs_file, pulumi_dir, tracking_uri, output_dir,
     cli = _cli()
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,240}", name):
         cli.bad_input(f"--name {name!r}: letters, digits, - _ . (a model name)")
+    from training.jobs import JobSpecError, check_pair_id
+
+    try:  # before any request, and before PAIR is joined to --output-dir as a path
+        check_pair_id(pair_id, "PAIR")
+    except JobSpecError as e:
+        cli.bad_input(str(e))
     if stack or outputs_file:
         if tracking_uri:
             cli.bad_input("--tracking-uri is for local pairs; with --stack/--outputs-file the "
@@ -181,9 +187,19 @@ def register(pair_id, stack, outputs_file, pulumi_dir, tracking_uri, output_dir,
 
 
 def _print_registered(done, console) -> None:
-    for r in done:
-        what = "registered" if r.created else "already registered (nothing new)"
-        console.print(f"{r.arm}: {r.name} version {r.version}: {what}")
+    """Each arm as it is registered; if one fails after another was registered, say so (the
+    same command again registers only what is missing)."""
+    printed = 0
+    try:
+        for r in done:
+            what = "registered" if r.created else "already registered (nothing new)"
+            console.print(f"{r.arm}: {r.name} version {r.version}: {what}")
+            printed += 1
+    except BaseException:
+        if printed:
+            console.print("[yellow]only part of the pair is registered[/]: run the same command "
+                          "again to register the rest (nothing is registered twice)")
+        raise
 
 
 @_azure_errors
@@ -211,6 +227,7 @@ def _register_azure(outputs, pair_id, name, replicate) -> None:
 
     try:
         models = reg.azure_models(jobs, pair_id, name, replicate, metrics_for)
+        reg.check_names(models)
     except reg.BadPair as e:
         cli.bad_input(str(e))
     except reg.NotFinished as e:
@@ -229,23 +246,26 @@ def _register_local(pair_id, tracking_uri, output_dir, name, replicate) -> None:
     console = cli._console()
     try:
         models, manifest = reg.local_models(output_dir, pair_id, name, replicate)
+        reg.check_names(models)
     except reg.BadPair as e:
         cli.bad_input(str(e))
     except reg.NotFinished as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_FAILED)
+    from training.tracking import redacted
+
     uri = resolve_uri(tracking_uri)
+    console.print(f"MLflow model registry: {redacted(uri)}")
     try:
-        done = reg.register_mlflow(uri, models, manifest.get("name"))
+        with reg._short_requests():  # a store that is down: seconds, not minutes of retries
+            _print_registered(reg.register_mlflow(uri, models, manifest.get("name")), console)
     except reg.NotFinished as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_FAILED)
     except Exception as e:  # a bad URI, a store that is down: one line, not a traceback
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        click.echo(f"error: MLflow model registry at {uri}: {first}", err=True)
+        click.echo(redacted(f"error: MLflow model registry at {uri}: {first}"), err=True)
         sys.exit(EXIT_FAILED)
-    console.print(f"MLflow model registry: {uri}")
-    _print_registered(done, console)
 
 
 COMMANDS = [register]

@@ -84,10 +84,12 @@ def _list_pairs(uri: str, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(pairs, indent=2))
         return
+    from training.tracking import redacted
+
     if not pairs:
-        click.echo(f"no pairs in {uri}")
+        click.echo(f"no pairs in {redacted(uri)}")
         return
-    click.echo(f"recent pairs in {uri} (train compare PAIR for the verdict):")
+    click.echo(f"recent pairs in {redacted(uri)} (train compare PAIR for the verdict):")
     for p in pairs:
         arms = "  ".join(f"{a}: {'/'.join(s.lower() for s in st) or '-'}"
                          for a, st in p["arms"].items())

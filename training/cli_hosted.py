@@ -12,13 +12,12 @@ import sys
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from training.config import BACKENDS, HOSTED_BACKENDS
 
-EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def _cli():
@@ -97,6 +96,32 @@ def _errors():
     except openai.APIError as e:
         click.echo(f"error: request failed ({_describe(e)})", err=True)
         sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _checked(pair_id: str | None) -> None:
+    """The same rule for a pair id as on Azure ML, before anything is read, written or sent:
+    it names uploads, dry-run files and the jobs' metadata."""
+    from training.jobs import JobSpecError, check_pair_id
+
+    if pair_id is not None:
+        try:
+            check_pair_id(pair_id, "PAIR")
+        except JobSpecError as e:
+            _cli().bad_input(str(e))
+
+
+def _azure_ml_only(backend: str, stack=None, outputs_file=None, from_sweep=None,
+                   allow_over_budget=False, **_) -> None:
+    """Options that mean something on Azure ML only are refused, not silently ignored."""
+    given = [flag for flag, value in (("--stack", stack), ("--outputs-file", outputs_file),
+                                      ("--from-sweep", from_sweep),
+                                      ("--allow-over-budget", allow_over_budget)) if value]
+    if given:
+        _cli().bad_input(f"{', '.join(given)}: Azure ML options; the {backend} backend has no "
+                         "stack, sweeps or budget guard (drop them, or use --backend azureml)")
 
 
 def _client(backend, config_path):
@@ -104,15 +129,6 @@ def _client(backend, config_path):
 
     cfg = _cli()._load(config_path) if config_path else None
     return make_client(backend, cfg)
-
-
-def _safe_uri(uri: str) -> str:
-    """The tracking URI without user:password, for printing."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port
-                                                                 else "")))
-    return uri
 
 
 def _print_jobs(jobs: dict, console) -> None:
@@ -146,18 +162,25 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
 
     cli = _cli()
     console = cli._console()
-    cfg = cli._load(config_path).model_copy(update={"backend": backend})
     if dry_run != (out_dir is not None):
         cli.bad_input("--dry-run and --out go together: --dry-run --out DIR")
-    if pair_id and force:
+    if dry_run and wait_:
+        cli.bad_input("--wait follows submitted jobs: it does nothing with --dry-run")
+    if pair_id is not None and force:
         cli.bad_input("--pair-id and --force exclude each other (--force makes a new pair id)")
+    _azure_ml_only(backend, **_stack)
+    _checked(pair_id)
+    if dry_run:
+        from training.cli_azure import check_out_dir
+
+        check_out_dir(out_dir)
+    cfg = cli._load(config_path).model_copy(update={"backend": backend})
     with _errors():
         with console.status("validating the data against the service's format and limits"):
             prep = ob.prepare(cfg, pair_id=pair_id)
         for w in prep.warnings[:20]:
             console.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
         if dry_run:
-            out_dir.mkdir(parents=True, exist_ok=True)
             hyper = {k: getattr(cfg.openai, k)
                      for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
             for arm in ("control", "experiment"):
@@ -181,19 +204,26 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
         console.print(f"follow it: train status {result.pair_id} --backend {backend} --wait | "
                       f"train cancel {result.pair_id} --backend {backend}", markup=False)
         if wait_:
-            _follow(client, result.pair_id, tracking_uri, poll_seconds, console)
+            _follow(client, backend, result.pair_id, tracking_uri, poll_seconds, console)
 
 
-def _follow(client, pair_id, tracking_uri, poll_seconds, console, wait_=True):
+def _follow(client, backend, pair_id, tracking_uri, poll_seconds, console, wait_=True):
     from training.backends import openai as ob
+    from training.tracking import redacted
     from training.tracking import tracking_uri as resolve_uri
 
     def event(arm, e):
         console.print(f"{arm}: {e.get('message')}", markup=False, highlight=False)
 
     if wait_:
-        jobs = ob.wait_pair(client, pair_id, poll=poll_seconds,
-                            max_poll=max(poll_seconds, 1.0) * 8, on_event=event)
+        try:
+            jobs = ob.wait_pair(client, pair_id, poll=poll_seconds,
+                                max_poll=max(poll_seconds, 1.0) * 8, on_event=event)
+        except KeyboardInterrupt:
+            console.print(f"stopped following; the jobs keep running: train status {pair_id} "
+                          f"--backend {backend} | train cancel {pair_id} --backend {backend}",
+                          markup=False)
+            sys.exit(EXIT_INTERRUPTED)
     else:
         jobs = ob.pair_jobs(client, pair_id)
     _print_jobs(jobs, console)
@@ -203,7 +233,7 @@ def _follow(client, pair_id, tracking_uri, poll_seconds, console, wait_=True):
         for arm, run_id in runs.items():
             console.print(f"{arm}: MLflow run {run_id}", markup=False)
         if runs:
-            console.print(f"in {_safe_uri(uri)}: train compare {pair_id} (the service reports "
+            console.print(f"in {redacted(uri)}: train compare {pair_id} (the service reports "
                           "aggregate losses only, no per-example losses)", markup=False)
     if wait_ and any(j["status"] != "succeeded" for j in jobs.values()):
         sys.exit(EXIT_FAILED)
@@ -216,10 +246,12 @@ def _status(*, backend, config_path, tracking_uri, pair_id, wait_, poll_seconds,
     console = cli._console()
     if not pair_id and wait_:
         cli.bad_input(f"--wait needs the pair id: train status PAIR --backend {backend} --wait")
+    _azure_ml_only(backend, **_stack)
+    _checked(pair_id)
     with _errors():
         client = _client(backend, config_path)
         if pair_id:
-            _follow(client, pair_id, tracking_uri, poll_seconds, console, wait_=wait_)
+            _follow(client, backend, pair_id, tracking_uri, poll_seconds, console, wait_=wait_)
             return
         pairs = recent_pairs(client)
         if not pairs:
@@ -235,6 +267,8 @@ def _logs(*, backend, config_path, tracking_uri, pair_id, arm, replicate, **_sta
     cli = _cli()
     if replicate:
         cli.bad_input("hosted pairs have no seed replicates")
+    _azure_ml_only(backend, **_stack)
+    _checked(pair_id)
     console = cli._console()
     with _errors():
         client = _client(backend, config_path)
@@ -253,7 +287,12 @@ def _cancel(*, backend, config_path, tracking_uri, pair_id, **_stack):
     from training.backends import openai as ob
 
     console = _cli()._console()
+    _azure_ml_only(backend, **_stack)
+    _checked(pair_id)
     with _errors():
         client = _client(backend, config_path)
-        for arm, status in ob.cancel_pair(client, pair_id).items():
-            console.print(f"{arm}: {status}", markup=False)
+        results = ob.cancel_pair(client, pair_id)
+    for arm, (what, _failed) in results.items():
+        console.print(f"{arm}: {what}", markup=False, highlight=False)
+    if any(failed for _, failed in results.values()):
+        sys.exit(EXIT_FAILED)

@@ -72,7 +72,9 @@ def store_error(uri: str, error: Exception) -> CompareError:
     """A store that cannot be read, as one line (the exception's first)."""
     text = str(error).strip()
     first = text.splitlines()[0][:300] if text else type(error).__name__
-    return CompareError(f"cannot read the MLflow store {uri}: {first}")
+    from training.tracking import redacted
+
+    return CompareError(redacted(f"cannot read the MLflow store {uri}: {first}"))
 
 
 def _experiments(client) -> dict[str, str]:

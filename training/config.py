@@ -212,8 +212,35 @@ class OpenAISettings(Strict):
         None, description="azure-openai: https://NAME.openai.azure.com [default: "
                           "$AZURE_OPENAI_ENDPOINT]")
     api_version: str | None = Field(
-        None, description="azure-openai API version [default: $OPENAI_API_VERSION, else a "
-                          "built-in one]")
+        None, pattern=r"^(\d{4}-\d{2}-\d{2}(-preview)?|preview|latest)$",
+        description="azure-openai API version, e.g. 2025-04-01-preview [default: "
+                    "$OPENAI_API_VERSION, else a built-in one]")
+
+    @field_validator("azure_endpoint")
+    @classmethod
+    def _azure_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and (problem := endpoint_problem(v)):
+            raise ValueError(problem)
+        return v
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why `url` cannot be an Azure OpenAI endpoint (None if it can): https with a host, no
+    credentials, query or fragment (plain http only on this machine, for a local proxy)."""
+    from urllib.parse import urlsplit
+
+    expected = "expected the resource's https URL, e.g. https://NAME.openai.azure.com"
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:
+        return expected
+    local = host in ("localhost", "127.0.0.1", "::1")
+    if not host or not (parts.scheme == "https" or (parts.scheme == "http" and local)):
+        return expected
+    if parts.username or parts.password or parts.query or parts.fragment or url != url.strip():
+        return f"{expected} (no user, query, fragment or spaces)"
+    return None
 
 
 class SearchParameter(Strict):

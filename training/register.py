@@ -29,6 +29,7 @@ JOB_OUTPUT = "arm_dir"  # the jobs' output folder (training.jobs); the model is 
 _DATA_ID = re.compile(r"/data/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
 _FALLBACK_METRICS = ("eval_loss", "train_loss", "loss", "perplexity")
 MAX_TAG = 256
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 
 
 class NotFinished(Exception):
@@ -142,8 +143,10 @@ def run_metrics(uri: str, run_id: str | None, pair_id: str, arm: str,
         with _short_requests():
             run = find_run(MlflowClient(uri), run_id, pair_id, arm, experiment)
     except Exception as e:  # the store is unreachable, or the azureml plugin is missing
+        from training.tracking import redacted
+
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        return {}, None, f"tracking store unreachable ({first})"
+        return {}, None, redacted(f"tracking store unreachable ({first})")
     if run is None:
         return {}, None, f"no MLflow run of {pair_id} {arm} in the tracking store"
     return metric_tags(run.data.metrics), run.info.run_id, None
@@ -182,12 +185,22 @@ def azure_models(jobs: list, pair_id: str, name: str | None, replicate: int | No
     return out
 
 
-def register_azure(client, models: list[ArmModel]) -> list[Registered]:
+def check_names(models: list[ArmModel]) -> None:
+    """Both models' names are valid before either is registered (an experiment name near the
+    limit could fit `-control` and not `-experiment`: half a pair registered)."""
+    for m in models:
+        if not MODEL_NAME.fullmatch(m.name):
+            raise BadPair(f"model name {m.name!r}: at most 255 letters, digits, - _ . starting "
+                          "with a letter or digit; choose one with --name")
+
+
+def register_azure(client, models: list[ArmModel]):
+    """Register each arm's model (yields Registered as each is done)."""
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
     from azure.core.exceptions import ResourceNotFoundError
 
-    done = []
+    check_names(models)
     for m in models:
         try:
             versions = list(client.models.list(name=m.name))
@@ -196,13 +209,12 @@ def register_azure(client, models: list[ArmModel]) -> list[Registered]:
         existing = [v for v in versions if (v.tags or {}).get("pair_id") == m.tags["pair_id"]
                     and (v.tags or {}).get("arm") == m.arm]
         if existing:
-            done.append(Registered(m.arm, m.name, str(existing[0].version), False))
+            yield Registered(m.arm, m.name, str(existing[0].version), False)
             continue
         model = client.models.create_or_update(Model(
             name=m.name, path=m.source, type=AssetTypes.CUSTOM_MODEL, tags=m.tags,
             description=m.description))
-        done.append(Registered(m.arm, m.name, str(model.version), True))
-    return done
+        yield Registered(m.arm, m.name, str(model.version), True)
 
 
 # ----------------------------------------------------------------------------- local
@@ -258,15 +270,16 @@ def local_models(output_dir: Path, pair_id: str, name: str | None,
     return out, manifest
 
 
-def register_mlflow(uri: str, models: list[ArmModel], experiment: str | None) -> list[Registered]:
-    """Into the MLflow model registry of `uri`. A local store takes the folder itself as the
-    version's source; a remote one gets the folder as artifacts of the arm's run first."""
+def register_mlflow(uri: str, models: list[ArmModel], experiment: str | None):
+    """Into the MLflow model registry of `uri` (yields Registered as each is done). A local store
+    takes the folder itself as the version's source; a remote one gets the folder as artifacts of
+    the arm's run first."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    check_names(models)
     client = MlflowClient(uri, registry_uri=uri)
     remote = uri.split(":", 1)[0] in ("http", "https", "databricks", "azureml")
-    done = []
     for m in models:
         run = find_run(client, m.run_id, m.tags["pair_id"], m.arm, experiment)
         run_id = run.info.run_id if run is not None else None
@@ -279,7 +292,7 @@ def register_mlflow(uri: str, models: list[ArmModel], experiment: str | None) ->
         existing = [v for v in client.search_model_versions(f"name = '{m.name}'")
                     if v.tags.get("pair_id") == m.tags["pair_id"] and v.tags.get("arm") == m.arm]
         if existing:
-            done.append(Registered(m.arm, m.name, str(existing[0].version), False))
+            yield Registered(m.arm, m.name, str(existing[0].version), False)
             continue
         source = m.source
         if remote:
@@ -290,5 +303,4 @@ def register_mlflow(uri: str, models: list[ArmModel], experiment: str | None) ->
             source = f"{run.info.artifact_uri.rstrip('/')}/model"
         version = client.create_model_version(m.name, source, run_id=run_id, tags=m.tags,
                                               description=m.description)
-        done.append(Registered(m.arm, m.name, str(version.version), True))
-    return done
+        yield Registered(m.arm, m.name, str(version.version), True)

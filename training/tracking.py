@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,15 @@ def code_version() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return f"paired-finetune {__version__}"
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def redacted(text: str) -> str:
+    """`text` with the user:password of every URL in it removed (a tracking URI may carry them;
+    MLflow's errors repeat the URL), for anything printed."""
+    return _USERINFO.sub("", text)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

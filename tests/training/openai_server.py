@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class FakeOpenAI:
     fail_create_arms: set[str] = field(default_factory=set)  # metadata arm -> 400 on create
     fail_jobs_arms: set[str] = field(default_factory=set)  # metadata arm -> job fails
     throttle: dict[str, int] = field(default_factory=dict)  # "GET /fine_tuning/jobs/" -> 429s left
+    fail: dict[str, int] = field(default_factory=dict)  # regex on "METHOD /path" -> HTTP status
     retry_after: str = "0.01"
     base64_results: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -71,6 +73,10 @@ class FakeOpenAI:
                 return 429, {"error": {"message": "Rate limit reached", "type": "requests",
                                        "code": "rate_limit_exceeded"}}, {
                     "retry-after": self.retry_after}
+        for pattern, status in self.fail.items():
+            if re.search(pattern, f"{req.method} {req.path}"):
+                return status, {"error": {"message": f"injected {status}",
+                                          "type": "server_error"}}, {}
         parts = [p for p in req.path.split("/") if p]
         if parts[:1] == ["files"]:
             return self.files_api(req, parts[1:])

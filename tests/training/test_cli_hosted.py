@@ -104,7 +104,61 @@ def test_cancel_and_dry_run(service, tmp_path):
     pair_id = pair_id_of(train("submit", "--config", cfg, "--poll-seconds", "0.01").output)
     result = train("cancel", pair_id, "--backend", "openai")
     assert result.exit_code == 0, result.output
-    assert "control: cancelled" in result.output and "experiment: cancelled" in result.output
+    assert "control: ftjob-0004 cancelled" in result.output
+    assert "experiment: ftjob-0005 cancelled" in result.output
+    again = train("cancel", pair_id, "--backend", "openai")
+    assert again.exit_code == 0 and "experiment: ftjob-0005 already cancelled" in again.output
+    status = train("status", pair_id, "--backend", "openai")
+    assert status.exit_code == 0 and "cancelled" in status.output
+
+
+def test_a_failed_cancel_is_reported_per_arm_and_exits_1(service, tmp_path):
+    cfg = write_config(tmp_path)
+    pair_id = pair_id_of(train("submit", "--config", cfg, "--poll-seconds", "0.01").output)
+    service.fail[r"^POST /fine_tuning/jobs/ftjob-0005/cancel$"] = 400
+    result = train("cancel", pair_id, "--backend", "openai")
+    assert result.exit_code == 1, result.output
+    assert "control: ftjob-0004 cancelled" in result.output
+    assert "experiment: ftjob-0005 could not be cancelled (HTTP 400" in result.output
+
+
+@pytest.mark.parametrize("pair_id", ["../../x", "a b", "x" * 600, "-x", "UPPER", "a\nb"])
+def test_a_pair_id_that_cannot_name_a_pair_is_bad_input_before_anything(service, tmp_path,
+                                                                          pair_id):
+    cfg = write_config(tmp_path)
+    out = tmp_path / "dry" / "out"
+    runs = [("submit", "--config", cfg, "--pair-id", pair_id, "--dry-run", "--out", out),
+            ("submit", "--config", cfg, "--pair-id", pair_id),
+            ("status", "--backend", "openai", "--", pair_id),
+            ("logs", "--backend", "openai", "--", pair_id),
+            ("cancel", "--backend", "openai", "--", pair_id)]
+    for args in runs:
+        result = train(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "PAIR" in result.output or "pair id" in result.output, result.output
+        assert "Traceback" not in result.output
+    assert service.requests == [] and not (tmp_path / "dry").exists()
+    assert not list(tmp_path.parent.glob("x-*.json"))
+
+
+def test_azure_ml_options_and_unusable_out_folders_are_refused(service, tmp_path):
+    cfg = write_config(tmp_path)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for args, expected in [
+        (("--from-sweep", "s1"), "--from-sweep: Azure ML options"),
+        (("--outputs-file", a_file), "--outputs-file: Azure ML options"),
+        (("--stack", "dev", "--allow-over-budget"), "--stack, --allow-over-budget: Azure ML"),
+        (("--dry-run", "--out", tmp_path / "d", "--wait"), "--wait follows submitted jobs"),
+        (("--dry-run", "--out", a_file), "cannot write there"),
+        (("--dry-run", "--out", a_file / "sub"), "cannot write there"),
+    ]:
+        result = train("submit", "--config", cfg, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output, (args, result.output)
+    result = train("status", "p1", "--backend", "openai", "--stack", "dev")
+    assert result.exit_code == 2 and "--stack: Azure ML options" in result.output
+    assert service.requests == []
 
 
 def test_hosted_only_options_and_credentials(service, tmp_path, monkeypatch):

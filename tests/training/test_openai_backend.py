@@ -288,10 +288,81 @@ def test_a_failed_job_is_logged_as_a_failed_run(service, tmp_path):
 def test_cancel_pair(service, tmp_path):
     client = client_for(service)
     submitted = backend.submit_pair(client, prepared(tmp_path), poll=0.01, say=quiet)
-    assert backend.cancel_pair(client, submitted.pair_id) == {"control": "cancelled",
-                                                              "experiment": "cancelled"}
-    with pytest.raises(backend.HostedError, match="no fine-tuning jobs found"):
-        backend.pair_jobs(client, submitted.pair_id)  # cancelled jobs are no pair any more
+    ids = {arm: job["id"] for arm, job in submitted.jobs.items()}
+    assert backend.cancel_pair(client, submitted.pair_id) == {
+        arm: (f"{ids[arm]} cancelled", False) for arm in ids}
+    # a cancelled pair is still found by status and cancel (not "no jobs"), and is not resumed
+    assert {a: j["status"] for a, j in backend.pair_jobs(client, submitted.pair_id).items()} == {
+        "control": "cancelled", "experiment": "cancelled"}
+    assert backend.cancel_pair(client, submitted.pair_id) == {
+        arm: (f"{ids[arm]} already cancelled", False) for arm in ids}
+    assert backend.find_pair_jobs(client, submitted.pair_id) == {}  # submit makes a new pair
+
+
+def test_a_failed_cancel_still_cancels_the_other_arm(service, tmp_path):
+    client = client_for(service)
+    submitted = backend.submit_pair(client, prepared(tmp_path), poll=0.01, say=quiet)
+    first = submitted.jobs["experiment"]["id"]  # listed first: the newest
+    service.fail[rf"^POST /fine_tuning/jobs/{first}/cancel$"] = 400
+    results = backend.cancel_pair(client, submitted.pair_id)
+    assert results["control"] == (f"{submitted.jobs['control']['id']} cancelled", False)
+    what, failed = results["experiment"]
+    assert failed and "could not be cancelled (HTTP 400: injected 400)" in what
+    assert {j["id"]: j["status"] for j in service.jobs.values()} == {
+        submitted.jobs["control"]["id"]: "cancelled", first: "validating_files"}
+
+
+def test_ctrl_c_while_the_second_job_is_created_cancels_both(service, tmp_path):
+    """The second create reaches the service, then Ctrl-C: that job and the first are undone."""
+    client = client_for(service)
+    create = client.fine_tuning.jobs.create
+
+    def create_then_interrupt(**request):
+        job = create(**request)
+        if request["metadata"]["arm"] == "experiment":
+            raise KeyboardInterrupt
+        return job
+
+    client.fine_tuning.jobs.create = create_then_interrupt
+    said = []
+    with pytest.raises(backend.HostedError, match="interrupted while creating the experiment "
+                                                  "job") as err:
+        backend.submit_pair(client, prepared(tmp_path), poll=0.01, say=said.append)
+    assert err.value.exit_code == 130
+    assert [j["status"] for j in service.jobs.values()] == ["cancelled", "cancelled"]
+    assert "the control job" in said[-1] and "the experiment job" in said[-1]
+
+
+def test_a_failed_upload_names_the_file_and_creates_no_job(service, tmp_path):
+    prep = prepared(tmp_path)
+    service.fail["^POST /files$"] = 400
+    with pytest.raises(backend.HostedError) as err:
+        backend.submit_pair(client_for(service), prep, poll=0.01, say=quiet)
+    assert str(err.value).startswith(f"control: uploading {prep.files['control']} failed "
+                                     "(HTTP 400: injected 400); no job was created")
+    assert service.sent("POST", "/fine_tuning") == []
+
+
+@pytest.mark.parametrize("key, problem", [
+    ("   ", "is blank"), (KEY + "\n", "holds whitespace"), ("sk a", "holds whitespace")])
+def test_a_blank_or_pasted_key_is_bad_input_and_never_shown(monkeypatch, key, problem):
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    with pytest.raises(backend.HostedError, match=problem) as err:
+        backend.make_client("openai")
+    assert err.value.exit_code == 2
+    assert not key.strip() or key.strip() not in str(err.value)
+
+
+@pytest.mark.parametrize("endpoint", ["not a url", "ftp://x.openai.azure.com",
+                                      "http://x.openai.azure.com", "https://",
+                                      "https://u:p@x.openai.azure.com", "https://x.com/?a=1"])
+def test_an_endpoint_that_is_not_an_https_url_is_refused_at_load(tmp_path, endpoint):
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"openai\.azure_endpoint.*https://NAME"):
+        load_config(write_config(tmp_path, azure_endpoint=endpoint))
+    with pytest.raises(ConfigError, match=r"openai\.api_version"):
+        load_config(write_config(tmp_path, api_version="bogus"))
 
 
 def test_base64_result_files(service, tmp_path):

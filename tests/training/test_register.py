@@ -213,3 +213,46 @@ def test_local_unfinished_arm_and_unknown_pair(tmp_path, store):
     assert not any(n.startswith("half") for n in names)
     result = CliRunner().invoke(main, ["register", "nope", "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "half-pair" in result.output  # the pairs that are there
+
+
+def test_a_failed_second_registration_says_what_was_registered(register_azure, workspace):
+    workspace.fail("PUT", r"/models/paired-comments-experiment/versions/", 400)
+    result = register_azure(PAIR)
+    assert result.exit_code == 1, result.output
+    assert "control: paired-comments-control version 1: registered" in result.output
+    assert "only part of the pair is registered" in result.output
+    workspace.routes.pop(0)  # the service is back: the same command completes the pair
+    again = register_azure(PAIR)
+    assert again.exit_code == 0, again.output
+    assert "control: paired-comments-control version 1: already registered" in again.output
+    assert "experiment: paired-comments-experiment version 1: registered" in again.output
+
+
+@pytest.mark.parametrize("pair_id", ["../../x", "a b", "UPPER", "p'q"])
+def test_a_pair_id_that_cannot_name_a_pair_sends_nothing(register_azure, workspace, tmp_path,
+                                                         pair_id):
+    result = register_azure(pair_id)
+    assert result.exit_code == 2 and "PAIR" in result.output, result.output
+    assert workspace.requests == []
+    local = CliRunner().invoke(main, ["register", pair_id, "--output-dir", str(tmp_path)])
+    assert local.exit_code == 2 and "PAIR" in local.output, local.output
+
+
+def test_a_model_name_too_long_for_one_arm_registers_neither(register_azure, workspace):
+    long_name = "e" * 245  # 253 with -control fits, 256 with -experiment does not
+    for arm in ("control", "experiment"):
+        workspace.add_job(f"long-{arm}", arm, "long", experiment=long_name)
+    result = register_azure("long")
+    assert result.exit_code == 2 and "choose one with --name" in result.output, result.output
+    assert workspace.model_puts() == []
+
+
+def test_the_tracking_password_is_never_printed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    local_pair(tmp_path / "runs", PAIR)
+    uri = "http://alice:S3CRETPW@127.0.0.1:9/"
+    result = CliRunner().invoke(main, ["register", PAIR, "--tracking-uri", uri,
+                                       "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 1, result.output
+    assert "MLflow model registry at http://127.0.0.1:9/" in result.output
+    assert "S3CRETPW" not in result.output and "alice" not in result.output

@@ -26,7 +26,7 @@ from training.config import ARMS, ExperimentConfig
 
 DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
 TERMINAL = ("succeeded", "failed", "cancelled")
-EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class HostedError(Exception):
@@ -46,25 +46,45 @@ def make_client(backend: str, cfg: ExperimentConfig | None = None, *, base_url: 
     import openai
 
     if backend == "openai":
-        if not os.environ.get("OPENAI_API_KEY"):
-            raise HostedError("OPENAI_API_KEY is not set", EXIT_BAD_INPUT)
+        _check_key("OPENAI_API_KEY", required=True)
         return openai.OpenAI(base_url=base_url, max_retries=max_retries, timeout=timeout)
     settings = cfg.openai if cfg else None
     endpoint = (settings and settings.azure_endpoint) or os.environ.get("AZURE_OPENAI_ENDPOINT")
     if not endpoint:
         raise HostedError("azure-openai: set openai.azure_endpoint in the experiment file or "
                           "AZURE_OPENAI_ENDPOINT", EXIT_BAD_INPUT)
+    from training.config import endpoint_problem
+
+    if problem := endpoint_problem(endpoint):  # the file's was checked when it was read
+        raise HostedError(f"AZURE_OPENAI_ENDPOINT: {problem}", EXIT_BAD_INPUT)
     version = ((settings and settings.api_version) or os.environ.get("OPENAI_API_VERSION")
                or DEFAULT_AZURE_API_VERSION)
     kwargs = dict(azure_endpoint=endpoint, api_version=version, max_retries=max_retries,
                   timeout=timeout)
-    if os.environ.get("AZURE_OPENAI_API_KEY"):
+    if _check_key("AZURE_OPENAI_API_KEY", required=False):
         return openai.AzureOpenAI(**kwargs)
     from azure.identity import DefaultAzureCredential, get_bearer_token_provider
 
     provider = get_bearer_token_provider(DefaultAzureCredential(),
                                          "https://cognitiveservices.azure.com/.default")
     return openai.AzureOpenAI(azure_ad_token_provider=provider, **kwargs)
+
+
+def _check_key(variable: str, required: bool) -> bool:
+    """Whether the key variable is set; one that is blank or holds whitespace (a pasted key, a file
+    read with its newline) is bad input here, not a "Connection error." after three retries. The
+    key itself is never printed."""
+    key = os.environ.get(variable)
+    if key is None or (key == "" and not required):
+        if required:
+            raise HostedError(f"{variable} is not set", EXIT_BAD_INPUT)
+        return False
+    if not key.strip():
+        raise HostedError(f"{variable} is blank", EXIT_BAD_INPUT)
+    if any(c.isspace() or not c.isprintable() for c in key):
+        raise HostedError(f"{variable} holds whitespace or a control character (a newline from a "
+                          "file or a paste?); set it to the key alone", EXIT_BAD_INPUT)
+    return True
 
 
 # ---------------------------------------------------------------------------------------- prepare
@@ -145,13 +165,14 @@ def _dict(obj) -> dict:
     return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
 
 
-def find_pair_jobs(client, pair_id: str) -> dict[str, dict]:
-    """The pair's jobs by arm (newest first wins; cancelled ones are ignored)."""
+def find_pair_jobs(client, pair_id: str, cancelled: bool = False) -> dict[str, dict]:
+    """The pair's jobs by arm, newest first wins. Cancelled jobs count only with `cancelled`
+    (status and cancel show them; for submit a cancelled job is no part of the pair)."""
     found: dict[str, dict] = {}
     for job in client.fine_tuning.jobs.list(metadata={"pair_id": pair_id}, limit=100):
         job = _dict(job)
         arm = hosted.arm_of(job, pair_id)
-        if arm and arm not in found and job["status"] != "cancelled":
+        if arm and arm not in found and (cancelled or job["status"] != "cancelled"):
             found[arm] = job
         if len(found) == len(ARMS):
             break
@@ -218,9 +239,16 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
                               f"{job['status']}): cancel it (train cancel {pair_id}) and submit "
                               "again, or submit with --force for a new pair")
     existing = _processed_uploads(client)
-    ids = {name: _upload(client, name, path, prep.report.files[name].sha256, pair_id, poll,
-                         file_timeout, sleep, say, existing)
-           for name, path in prep.files.items()}
+    ids: dict[str, str] = {}
+    for name, path in prep.files.items():
+        try:
+            ids[name] = _upload(client, name, path, prep.report.files[name].sha256, pair_id,
+                                poll, file_timeout, sleep, say, existing)
+        except openai.APIError as e:
+            kept = (f"; the files uploaded before it ({', '.join(ids)}) stay on the account and "
+                    "the next submit reuses them") if ids else ""
+            raise HostedError(f"{name}: uploading {path} failed ({_describe(e)}); no job was "
+                              f"created{kept}") from None
     cfg = prep.cfg
     hyper = {k: getattr(cfg.openai, k) for k in ("n_epochs", "batch_size",
                                                  "learning_rate_multiplier")}
@@ -236,6 +264,16 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
             rolled = _roll_back(client, jobs, say)
             raise HostedError(f"{arm}: the service refused the job ({_describe(e)}); "
                               f"{rolled}") from None
+        except KeyboardInterrupt:
+            # the request in flight may have created the job: look for it, then undo everything
+            try:
+                if in_flight := find_pair_jobs(client, pair_id).get(arm):
+                    jobs[arm] = in_flight
+            except openai.APIError:
+                pass
+            rolled = _roll_back(client, jobs, say)
+            raise HostedError(f"interrupted while creating the {arm} job; {rolled}",
+                              EXIT_INTERRUPTED) from None
         say(f"{arm}: job {jobs[arm]['id']} created ({jobs[arm]['status']})")
     return Submitted(pair_id, jobs, created=True)
 
@@ -261,11 +299,15 @@ def _describe(e) -> str:
     status = getattr(e, "status_code", None)
     body = getattr(e, "body", None)  # the service's error object, when it sent one
     message = (body.get("message") if isinstance(body, dict) else None) or str(e)
+    for variable in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY"):  # a proxy may echo the key
+        if len(key := os.environ.get(variable, "").strip()) >= 8:
+            message = message.replace(key, f"<{variable}>")
     return f"HTTP {status}: {message}" if status else message
 
 
 def pair_jobs(client, pair_id: str) -> dict[str, dict]:
-    jobs = find_pair_jobs(client, pair_id)
+    """The pair's newest job of each arm, cancelled ones included."""
+    jobs = find_pair_jobs(client, pair_id, cancelled=True)
     if not jobs:
         raise HostedError(f"no fine-tuning jobs found for pair {pair_id}", EXIT_BAD_INPUT)
     return jobs
@@ -285,14 +327,21 @@ def recent_pairs(client, limit: int = 100) -> dict[str, dict[str, dict]]:
     return pairs
 
 
-def cancel_pair(client, pair_id: str) -> dict[str, str]:
-    """Cancel the pair's jobs that are still running: {arm: status after}."""
+def cancel_pair(client, pair_id: str) -> dict[str, tuple[str, bool]]:
+    """Cancel the pair's jobs that are still running; every arm is tried even if one fails.
+    {arm: (what happened, whether it failed)}."""
+    import openai
+
     out = {}
     for arm, job in pair_jobs(client, pair_id).items():
         if job["status"] in TERMINAL:
-            out[arm] = job["status"]
-        else:
-            out[arm] = client.fine_tuning.jobs.cancel(job["id"]).status
+            out[arm] = (f"{job['id']} already {job['status']}", False)
+            continue
+        try:
+            out[arm] = (f"{job['id']} {client.fine_tuning.jobs.cancel(job['id']).status}", False)
+        except openai.APIError as e:
+            out[arm] = (f"{job['id']} could not be cancelled ({_describe(e)}): it is still "
+                        f"running; try again, or cancel it in the service's portal", True)
     return out
 
 
