@@ -72,22 +72,27 @@ class EarlyStopping(Strict):
     min_delta: float = Field(0.0, ge=0, description="smallest eval-loss drop that counts")
 
 
+MAX_SEED = 2**32 - 1  # numpy's seed range (transformers.set_seed seeds numpy)
+
+
 class Training(Strict):
-    max_steps: int | None = Field(None, gt=0, description="optimizer steps; wins over epochs")
-    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, gt=0, le=10**8,
+                                  description="optimizer steps; wins over epochs")
+    epochs: float | None = Field(None, gt=0, le=10_000)
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup: float = Field(0.03, ge=0, description="below 1: a fraction of the steps; else steps")
     weight_decay: float = Field(0.0, ge=0)
-    per_device_batch_size: int = Field(4, gt=0)
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    max_seq_length: int = Field(2048, gt=0)
+    per_device_batch_size: int = Field(4, gt=0, le=65_536)
+    gradient_accumulation_steps: int = Field(1, gt=0, le=65_536)
+    max_seq_length: int = Field(2048, gt=0, le=2**24)
     long_examples: Literal["error", "drop", "truncate"] = Field(
         "error", description="an example over max_seq_length tokens: error (validation refuses "
                              "the file) | drop (trained without it) | truncate (cut at "
                              "max_seq_length); dropped or cut rows are counted and logged")
-    seed: int = 42
-    replicates: int = Field(1, gt=0, description="train the pair N times, seeds seed, seed+1, ...")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="0 to 2**32 - 1 (numpy's range)")
+    replicates: int = Field(1, gt=0, le=100,
+                            description="train the pair N times, seeds seed, seed+1, ...")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
     sharding: Literal["none", "fsdp", "auto"] = Field(
@@ -115,6 +120,9 @@ class Training(Strict):
             raise ValueError("with early_stopping, save_every must be a multiple of eval_every")
         if self.cpu_offload and self.sharding == "none":
             raise ValueError("training.cpu_offload needs training.sharding fsdp or auto")
+        if self.seed + self.replicates - 1 > MAX_SEED:
+            raise ValueError(f"training.seed + replicates - 1 must be at most {MAX_SEED} "
+                             "(replicate k trains with seed + k)")
         return self
 
 

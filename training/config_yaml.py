@@ -42,6 +42,11 @@ def read_yaml(path: Path) -> tuple[object, dict[tuple, int]]:
         line = raw.count(b"\n", 0, e.start) + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}): save the "
                           "experiment file as UTF-8") from None
+    if bad := yaml.reader.Reader.NON_PRINTABLE.search(text):  # PyYAML's own rule, as a message
+        line = text.count("\n", 0, bad.start()) + 1
+        raise ConfigError(f"{path}:{line}: not valid YAML (control character "
+                          f"U+{ord(bad.group()):04X}; only tabs, newlines and printable "
+                          "characters may appear)")
     loader = _StrictLoader(text)
     try:
         node = loader.get_single_node()
@@ -68,7 +73,8 @@ class _DuplicateKey(yaml.constructor.ConstructorError):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and reads YAML 1.2 exponent floats (`2e-4`)."""
+    """SafeLoader that refuses duplicate keys and reads numbers as YAML 1.2 does: `2e-4` is a
+    float, `010` is 10, and `1:30` or `1_000` are strings (YAML 1.1 made them 90 and 1000)."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -78,22 +84,36 @@ class _StrictLoader(yaml.SafeLoader):
                     continue
                 key = self.construct_object(key_node, deep=True)
                 try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    first = seen.setdefault(key, key_node)  # by node: a flow mapping is one line
                 except TypeError:
                     continue  # an unhashable key: SafeLoader reports it
-                if first != key_node.start_mark.line + 1:
+                if first is not key_node:
                     raise _DuplicateKey(
-                        None, None, f"key {key!r} given twice (first on line {first})",
-                        key_node.start_mark)
+                        None, None, f"key {key!r} given twice (first on line "
+                                    f"{first.start_mark.line + 1})", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node):
+        value = self.construct_scalar(node)
+        if value.startswith(("0o", "0x")):
+            return int(value[2:], 8 if value[1] == "o" else 16)
+        return int(value, 10)
 
+
+# YAML 1.2 core schema numbers in place of YAML 1.1's (booleans and null are left as they were)
 _StrictLoader.yaml_implicit_resolvers = {
-    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    k: [(tag, regexp) for tag, regexp in v
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"))
 _StrictLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
 
 
 def _key_lines(node, path: tuple, lines: dict) -> None:

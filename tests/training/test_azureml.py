@@ -306,6 +306,26 @@ def test_ctrl_c_between_the_two_jobs_cancels_the_first(train, fake):
     assert "interrupted" in result.output
 
 
+@pytest.mark.parametrize("arm", ["control", "experiment"])
+def test_a_create_whose_answer_is_lost_is_looked_up_and_undone(train, fake, arm):
+    """The service creates the job, then the connection resets (or times out) before the answer:
+    the job in flight is found and cancelled with the other, never reported as not created."""
+    from azure.core.exceptions import ServiceResponseError
+
+    def create_then_lose(request, match):
+        fake._put_job(request, match)
+        raise ServiceResponseError("connection reset after send")
+
+    fake.routes.insert(0, ("PUT", rf"/jobs/(?P<name>[^/]+-{arm})$", create_then_lose))
+    result = train("submit")
+    assert result.exit_code == 1, result.output
+    assert {n.rsplit("-", 1)[1]: j["properties"]["status"] for n, j in fake.jobs.items()} == (
+        {"control": "Canceled", "experiment": "Canceled"} if arm == "experiment"
+        else {"control": "Canceled"})
+    assert "never half a pair running" in result.output
+    assert "no job of the pair had been created" not in result.output
+
+
 def test_a_reused_pair_id_with_another_config_is_refused(train, fake, tmp_path):
     assert train("submit", "--pair-id", "p2").exit_code == 0
     del fake.jobs["p2-experiment"]

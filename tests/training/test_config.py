@@ -183,6 +183,53 @@ def test_a_key_given_twice_names_its_line(tmp_path, extra, line, key, first):
     assert str(err.value) == f"{path}:{line}: key {key!r} given twice (first on line {first})"
 
 
+def test_a_key_given_twice_in_a_flow_mapping_is_found(tmp_path):
+    path = write(tmp_path, "name: pair\nbase_model: tiny-llama\ntraining: {max_steps: 3, "
+                           "seed: 1, seed: 2}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}:3: key 'seed' given twice (first on line 3)"
+
+
+@pytest.mark.parametrize(("written", "read"), [
+    ("010", 10), ("0o10", 8), ("0x10", 16), ("1:30", "1:30"), ("1_000", "1_000")])
+def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path, written, read):
+    """YAML 1.1 (PyYAML's default) reads 010 as 8, 1:30 as 90 and 1_000 as 1000."""
+    text = (f"name: pair\nbase_model: tiny-llama\ntraining:\n  max_steps: 3\n  seed: {written}\n"
+            "arms: {control: {train: c.jsonl}, experiment: {train: e.jsonl}}\n")
+    if isinstance(read, int):
+        assert load_config(write(tmp_path, text)).training.seed == read
+    else:
+        with pytest.raises(ConfigError, match=f"training.seed: .*got '{read}' \\(a string\\)"):
+            load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("char", ["\x07", "\x00", "\ufffe", "\x1b"])
+def test_a_control_character_names_its_line(tmp_path, char):
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"name: pair\nbase_model: tiny{char}llama\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^{path}:2: not valid YAML \(control character "
+                                          rf"U\+{ord(char):04X}"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("training", "field", "message"), [
+    ({"max_steps": 3, "seed": -1}, "training.seed", "greater than or equal to 0"),
+    ({"max_steps": 3, "seed": 2**32}, "training.seed", "less than or equal to 4294967295"),
+    ({"max_steps": 3, "seed": 2**32 - 1, "replicates": 2}, "training", "seed + replicates - 1"),
+    ({"max_steps": 3, "replicates": 10**9}, "training.replicates", "less than or equal to 100"),
+    ({"epochs": 1e300}, "training.epochs", "less than or equal to 10000"),
+    ({"max_steps": 10**26}, "training.max_steps", "less than or equal to 100000000"),
+    ({"max_steps": 3, "gradient_accumulation_steps": 10**18},
+     "training.gradient_accumulation_steps", "less than or equal to 65536"),
+])
+def test_values_no_run_can_use_are_refused_at_load(tmp_path, training, field, message):
+    path = write(tmp_path, base(training=training))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"  {field}: " in str(err.value) and message in str(err.value)
+
+
 def test_not_utf8_names_the_line(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_bytes(b"name: pair\nbase_model: caf\xe9\n")

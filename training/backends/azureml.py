@@ -176,24 +176,42 @@ class AzurePair:
                 submitted = self.client.jobs.create_or_update(build_command(job, str(code_dir)))
                 result[job.name] = (submitted, True)
             return result
-        except KeyboardInterrupt:
-            # the request in flight may have been created: look, then undo everything
-            if current and current not in result and self.get(current) is not None:
-                result[current] = (None, True)
-            self._undo([n for n in result if n not in dead], "interrupted", interrupted=True)
-        except Exception as e:  # SDK validation errors as well as failed requests
-            self._undo([n for n in result if n not in dead], f"could not create {current}: "
-                       f"{_reason(e)}")
+        except (KeyboardInterrupt, Exception) as e:  # SDK validation errors, failed requests
+            # the request in flight may have created its job (a Ctrl-C, or a response lost to a
+            # timeout or a reset after the service got it): look, then undo everything
+            unknown = None
+            if current and current not in result:
+                try:
+                    if self.get(current) is not None:
+                        result[current] = (None, True)
+                except Exception:
+                    unknown = current
+            interrupted = isinstance(e, KeyboardInterrupt)
+            self._undo([n for n in result if n not in dead],
+                       "interrupted" if interrupted else f"could not create {current}: "
+                                                         f"{_reason(e)}",
+                       interrupted=interrupted, unknown=unknown)
 
-    def _undo(self, names: list[str], what: str, interrupted: bool = False):
-        """Cancel the jobs of a pair that could not be completed, and say exactly what happened."""
+    def _undo(self, names: list[str], what: str, interrupted: bool = False,
+              unknown: str | None = None):
+        """Cancel the jobs of a pair that could not be completed, and say exactly what happened
+        (`unknown`: a job that may have been created, which the service could not confirm)."""
+        if unknown:
+            names = [*names, unknown]
         cancelled, failed = self._cancel_all(names)
         lines = [what]
         if cancelled:
             lines.append(f"cancelled {', '.join(cancelled)}")
+        unsure = unknown is not None and unknown in failed
+        if unsure:
+            failed.remove(unknown)
+            lines.append(f"{unknown} MAY HAVE BEEN CREATED (the service did not answer): check "
+                         "with `train status PAIR` and cancel it with `train cancel PAIR`")
         if failed:
             lines.append(f"COULD NOT CANCEL {', '.join(failed)}: it is still running; cancel it "
                          "with `train cancel PAIR` or in the studio")
+        elif unsure:
+            pass
         elif cancelled:
             lines.append("never half a pair running")
         else:
