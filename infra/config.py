@@ -9,6 +9,7 @@ which Pulumi prints without a stack trace), instead of a provider error halfway 
 import datetime as dt
 import difflib
 import json
+import posixpath
 import re
 import typing
 from typing import Any, Literal
@@ -45,6 +46,9 @@ _SUFFIX = re.compile(r"[a-z0-9]{3,8}")
 _CONTAINER = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
 _CLUSTER_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,14}[a-zA-Z0-9]")
 _VM_SIZE = re.compile(r"Standard_[A-Za-z0-9_]+")
+_GPU_VM_SIZE = re.compile(r"Standard_N[A-Za-z0-9_]+")  # NC, ND, NV, NG: the GPU families
+_RETIRED_GPU_VM_SIZE = re.compile(r"Standard_(NC\d+r?(s_v2|s_v3)?|ND\d+r?s)")
+MAX_EXTRA_TAGS = 47
 _DATASTORE = re.compile(r"[a-z0-9_]{1,255}")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")
 _ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
@@ -163,7 +167,10 @@ class StackConfig(BaseModel):
         description="Environment version. Default: a hash of the image and `environment/conda.yml`, "
         "so a changed file registers a new version.",
     )
-    budget_amount: float = Field(200.0, gt=0, description="Monthly budget (USD) on the group.")
+    budget_amount: float = Field(
+        200.0, gt=0, le=10_000_000, allow_inf_nan=False,
+        description="Monthly budget (USD) on the group, a finite amount above 0.",
+    )
     budget_thresholds: list[float] = Field(
         default_factory=lambda: [50.0, 80.0, 100.0],
         min_length=1,
@@ -227,6 +234,11 @@ class StackConfig(BaseModel):
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_EXTRA_TAGS:
+            raise ValueError(
+                f"{len(v)} tags: at most {MAX_EXTRA_TAGS} (Azure allows 50 per resource and the "
+                "program adds project, stack and managed-by)"
+            )
         for key, value in v.items():
             if not key or len(key) > 512 or re.search(r"[<>%&\\?/]", key):
                 raise ValueError(f"tag name {key!r} is not valid: 1-512 chars, none of <>%&\\?/")
@@ -253,8 +265,23 @@ class StackConfig(BaseModel):
 
     @field_validator("gpu_vm_size", "cpu_vm_size")
     @classmethod
-    def _vm_size(cls, v: str) -> str:
-        return _check(_VM_SIZE, v, "an Azure VM size like Standard_D4s_v3")
+    def _vm_size(cls, v: str, info: ValidationInfo) -> str:
+        _check(_VM_SIZE, v, "an Azure VM size like Standard_D4s_v3")
+        gpu = _GPU_VM_SIZE.fullmatch(v) is not None
+        if info.field_name == "gpu_vm_size" and not gpu:
+            raise ValueError(
+                f"{v!r} has no GPU: the GPU cluster takes an N-series size, e.g. "
+                f"{DEFAULT_GPU_VM_SIZE}"
+            )
+        if info.field_name == "cpu_vm_size" and gpu:
+            raise ValueError(f"{v!r} is a GPU (N-series) size: the CPU cluster takes e.g. "
+                             f"{DEFAULT_CPU_VM_SIZE}")
+        if _RETIRED_GPU_VM_SIZE.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is retired (NC v1-v3 and ND v1 were retired by 2025-09-30): "
+                f"use e.g. {DEFAULT_GPU_VM_SIZE}"
+            )
+        return v
 
     @field_validator("gpu_max_nodes", "cpu_max_nodes")
     @classmethod
@@ -297,6 +324,25 @@ class StackConfig(BaseModel):
         if self.eval_asset and self.eval_data_path is None:
             path = f"datasets/eval/v{self.data_asset_version}/eval.jsonl"
             object.__setattr__(self, "eval_data_path", path)  # frozen: derived once, here
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_data_paths(self) -> "StackConfig":
+        # one blob behind two assets: both arms (or an arm and the eval set) would be one file
+        paths = {"controlDataPath": self.control_data_path,
+                 "experimentDataPath": self.experiment_data_path,
+                 "evalDataPath": self.eval_data_path}
+        seen: dict[str, str] = {}
+        for key, path in paths.items():
+            if path is None:
+                continue
+            normal = posixpath.normpath(path)
+            if normal in seen:
+                raise ValueError(
+                    f"{self.project}:{key} {path!r} is the same blob as "
+                    f"{self.project}:{seen[normal]}: each data asset needs its own file"
+                )
+            seen[normal] = key
         return self
 
     @field_validator("environment_name")

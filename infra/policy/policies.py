@@ -6,6 +6,7 @@ type tokens with or without an API version (`azure-native:storage:StorageAccount
 is the insecure one (shared keys, public blobs, TLS, SSH); the program always sets them.
 """
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -88,8 +89,8 @@ def _key_vault_rbac(args: ResourceValidationArgs, report: ReportViolation) -> No
 def _aml_cluster_properties(args: ResourceValidationArgs) -> Mapping[str, Any] | None:
     if not is_type(args.resource_type, COMPUTE):
         return None
-    if _get(args.props, "properties", "computeType") != "AmlCompute":
-        return None  # instances, attached computes: not clusters
+    if str(_get(args.props, "properties", "computeType")).lower() != "amlcompute":
+        return None  # instances, attached computes: not clusters (the service ignores case)
     return _get(args.props, "properties", "properties") or {}
 
 
@@ -100,8 +101,24 @@ def _cluster_scales_to_zero(args: ResourceValidationArgs, report: ReportViolatio
     low = _get(cluster, "scaleSettings", "minNodeCount") or 0
     if low != 0:
         report(f"scaleSettings.minNodeCount must be 0 so an idle cluster costs nothing (is {low}).")
-    if _get(cluster, "scaleSettings", "nodeIdleTimeBeforeScaleDown") is None:
-        report("scaleSettings.nodeIdleTimeBeforeScaleDown must be set so idle nodes are released.")
+    idle = _get(cluster, "scaleSettings", "nodeIdleTimeBeforeScaleDown")
+    seconds = _iso_seconds(idle)
+    if seconds is None or seconds > MAX_IDLE_SECONDS:
+        report("scaleSettings.nodeIdleTimeBeforeScaleDown must be an ISO 8601 duration of at most "
+               f"a day (e.g. PT15M) so idle nodes are released (is {idle!r}).")
+
+
+MAX_IDLE_SECONDS = 86_400
+_ISO_DURATION = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?")
+
+
+def _iso_seconds(value: Any) -> float | None:
+    """PT15M -> 900.0; None for anything that is not a day-or-shorter style ISO 8601 duration."""
+    match = _ISO_DURATION.fullmatch(value) if isinstance(value, str) else None
+    if not match or value in ("P", "PT") or value.endswith("T"):
+        return None
+    days, hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + secs
 
 
 def _cluster_ssh_disabled(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -123,11 +140,16 @@ def _registry_admin_disabled(args: ResourceValidationArgs, report: ReportViolati
 
 def _budget_exists(args: StackValidationArgs, report: ReportViolation) -> None:
     budgets = [r for r in args.resources if is_type(r.resource_type, BUDGET)]
-    if not any((r.props.get("amount") or 0) > 0 for r in budgets):
+    if not any(_positive_amount(r.props.get("amount")) for r in budgets):
         report(
             "The stack must declare a consumption budget (azure-native:consumption:Budget) "
-            "with a positive amount."
+            "with a positive, finite amount."
         )
+
+
+def _positive_amount(amount: Any) -> bool:
+    return (isinstance(amount, int | float) and not isinstance(amount, bool)
+            and math.isfinite(amount) and amount > 0)
 
 
 POLICIES = [

@@ -133,6 +133,18 @@ BAD_RESOURCES = [
         None,
     ),
     (
+        "aml-cluster-scales-to-zero",
+        "cpu-cluster",
+        f"{CLUSTER}.scaleSettings.nodeIdleTimeBeforeScaleDown",
+        "",
+    ),
+    (
+        "aml-cluster-scales-to-zero",
+        "gpu-cluster",
+        f"{CLUSTER}.scaleSettings.nodeIdleTimeBeforeScaleDown",
+        "P365D",
+    ),
+    (
         "aml-cluster-ssh-disabled",
         "gpu-cluster",
         f"{CLUSTER}.remoteLoginPortPublicAccess",
@@ -182,14 +194,23 @@ def test_budget_policy_fires_without_a_budget(default_run):
     assert stack_violations(without) != []
 
 
-def test_budget_policy_fires_on_a_zero_budget(default_run):
-    zeroed = [
-        Recorded(r.type, r.name, r.inputs, r.id, {**r.outputs, "amount": 0})
+@pytest.mark.parametrize("amount", [0, -1, float("inf"), float("nan"), "100", True, None])
+def test_budget_policy_fires_on_a_budget_that_is_no_budget(default_run, amount):
+    changed = [
+        Recorded(r.type, r.name, r.inputs, r.id, {**r.outputs, "amount": amount})
         if r.type == "azure-native:consumption:Budget"
         else r
         for r in default_run.resources
     ]
-    assert stack_violations(zeroed) != []
+    assert stack_violations(changed) != []
+
+
+def test_cluster_policies_match_the_compute_type_in_any_case(default_run):
+    good = default_run.named("gpu-cluster")
+    bad = _set(good.inputs, f"{CLUSTER}.scaleSettings.minNodeCount", 1)
+    bad = _set(bad, "properties.computeType", "amlcompute")
+    assert resource_violations(BY_NAME["aml-cluster-scales-to-zero"], good.type, bad)
+    assert not resource_violations(BY_NAME["aml-cluster-scales-to-zero"], good.type, good.inputs)
 
 
 def test_versioned_type_tokens_are_checked_too(default_run):
