@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from training.cli_azure import EXIT_BAD_INPUT, _cli
+from training.cli_azure import _cli
 
 
 @click.command()
@@ -22,11 +22,13 @@ from training.cli_azure import EXIT_BAD_INPUT, _cli
 @click.option("--stack", default=None, help="Read the runs from this Pulumi stack's workspace.")
 @click.option("--outputs-file", type=click.Path(path_type=Path), default=None,
               help="The stack outputs saved as JSON (instead of --stack).")
+@click.option("--pulumi-dir", type=click.Path(path_type=Path), default=Path("."),
+              show_default=True, help="With --stack: the folder that holds Pulumi.yaml.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]),
               default="table", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Also write the loss curves and per-example differences to this PNG.")
-def compare(pair, tracking_uri, stack, outputs_file, fmt, plot_path):
+def compare(pair, tracking_uri, stack, outputs_file, pulumi_dir, fmt, plot_path):
     """The verdict on PAIR: fairness, health of each arm, paired statistics, success criteria.
 
     PAIR is a pair id (or the parent id of seed replicates) as `train run` or `train submit`
@@ -37,14 +39,18 @@ def compare(pair, tracking_uri, stack, outputs_file, fmt, plot_path):
         _cli().bad_input("pass at most one of --tracking-uri, --stack, --outputs-file")
     if plot_path is not None and plot_path.suffix.lower() != ".png":
         _cli().bad_input(f"--plot {plot_path}: the figure is written as PNG (name it *.png)")
-    uri, outputs = _compare_uri(tracking_uri, stack, outputs_file)
+    from training.compare import PAIR_RE
+
+    if pair is not None and not PAIR_RE.match(pair):  # before any request
+        _cli().bad_input(f"{pair!r} is not a pair id (letters, digits, '.', '_', '-')")
+    uri, outputs = _compare_uri(tracking_uri, stack, outputs_file, pulumi_dir)
     if pair is None:
         _list_pairs(uri, fmt)
         return
     sys.exit(print_verdict(uri, pair, fmt, plot_path, outputs=outputs))
 
 
-def _compare_uri(tracking_uri, stack, outputs_file):
+def _compare_uri(tracking_uri, stack, outputs_file, pulumi_dir=Path(".")):
     """(tracking URI, stack outputs or None): the local store, or the stack's workspace's."""
     from training.tracking import tracking_uri as resolve_uri
 
@@ -58,7 +64,7 @@ def _compare_uri(tracking_uri, stack, outputs_file):
     from training.stack import StackError, load_outputs
 
     try:
-        outputs = load_outputs(stack, outputs_file)
+        outputs = load_outputs(stack, outputs_file, pulumi_dir)
     except StackError as e:
         _cli().bad_input(str(e))
     from training.cli_azure import _azure_errors, _client
@@ -80,7 +86,8 @@ def _list_pairs(uri: str, fmt: str) -> None:
     try:
         pairs = list_pairs(client_for(uri))
     except MlflowException as e:
-        _cli().bad_input(str(store_error(uri, e)))
+        click.echo(f"error: {store_error(uri, e)}", err=True)
+        sys.exit(1)
     if fmt == "json":
         click.echo(json.dumps(pairs, indent=2))
         return
@@ -108,7 +115,7 @@ def print_verdict(uri: str, pair: str, fmt: str, plot_path: Path | None = None, 
         report, runs = compare(uri, pair, outputs=outputs)
     except CompareError as e:
         click.echo(f"error: {e}", err=True)
-        return EXIT_BAD_INPUT
+        return e.exit_code
     if plot_path is not None:
         from training.compare_plot import plot
 

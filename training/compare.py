@@ -40,7 +40,12 @@ REPLICATE_PARAMS = {"training.seed", "pair_id", "config_sha256"}
 
 
 class CompareError(Exception):
-    """Bad input: no such pair, a missing arm, an unreachable store (exit 2)."""
+    """No such pair or a missing arm (bad input, exit 2); a store that cannot be read (a request
+    that failed, exit 1)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -74,7 +79,7 @@ def store_error(uri: str, error: Exception) -> CompareError:
     first = text.splitlines()[0][:300] if text else type(error).__name__
     from training.tracking import redacted
 
-    return CompareError(redacted(f"cannot read the MLflow store {uri}: {first}"))
+    return CompareError(redacted(f"cannot read the MLflow store {uri}: {first}"), exit_code=1)
 
 
 def _experiments(client) -> dict[str, str]:

@@ -346,3 +346,30 @@ def test_azure_runs_cost_their_duration_at_the_vm_price_and_meet_the_budget(budg
     (crit,) = [c for c in local["criteria"] if c["name"] == "budget_usd"]
     assert crit["passed"] is None and local["cost_usd"] is None
     assert local["verdict"]["exit_code"] == 0
+
+
+def test_a_bad_pair_id_sends_nothing_and_a_dead_store_is_a_failed_request(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from tests.training.fake_azure import OUTPUTS, FakeAzureML, FakeCredential
+    from training.cli import main
+
+    fake = FakeAzureML()
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(OUTPUTS))
+    obj = {"azure_transport": fake, "azure_credential": FakeCredential()}
+    result = CliRunner().invoke(main, ["compare", "x'y", "--outputs-file", str(outputs)], obj=obj)
+    assert result.exit_code == 2 and "is not a pair id" in result.output
+    assert fake.requests == []
+    # --pulumi-dir as on every other --stack command (the stack is read from that folder)
+    result = CliRunner().invoke(main, ["compare", "p", "--stack", "dev", "--pulumi-dir",
+                                       str(tmp_path / "infra")], obj=obj)
+    assert result.exit_code == 2 and str(tmp_path / "infra") in result.output, result.output
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    for args in (["p"], []):  # a verdict, and the list of pairs
+        result = CliRunner().invoke(main, ["compare", *args, "--tracking-uri",
+                                           "http://bob:PW123456@127.0.0.1:9"])
+        assert result.exit_code == 1, result.output
+        assert "cannot read the MLflow store http://127.0.0.1:9" in result.output
+        assert "PW123456" not in result.output
