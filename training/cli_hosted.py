@@ -229,13 +229,32 @@ def _follow(client, backend, pair_id, tracking_uri, poll_seconds, console, wait_
     _print_jobs(jobs, console)
     if any(j["status"] in ("succeeded", "failed") for j in jobs.values()):
         uri = resolve_uri(tracking_uri)
-        runs = ob.log_pair(client, pair_id, jobs, uri)
+        runs = _log_pair(client, pair_id, jobs, uri)
         for arm, run_id in runs.items():
             console.print(f"{arm}: MLflow run {run_id}", markup=False)
         if runs:
             console.print(f"in {redacted(uri)}: train compare {pair_id} (the service reports "
                           "aggregate losses only, no per-example losses)", markup=False)
     if wait_ and any(j["status"] != "succeeded" for j in jobs.values()):
+        sys.exit(EXIT_FAILED)
+
+
+def _log_pair(client, pair_id, jobs, uri):
+    """The finished jobs into MLflow; a store that cannot be written is one line, exit 1 (the
+    jobs' table is printed already), with no password of the URI in it."""
+    import openai
+
+    from training.backends import openai as ob
+    from training.tracking import redacted
+
+    try:
+        return ob.log_pair(client, pair_id, jobs, uri)
+    except openai.APIError:
+        raise  # the service's: reported by _errors
+    except Exception as e:  # MLflow raises many kinds for a bad or dead store
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        click.echo(redacted(f"error: MLflow store {uri}: {first}; the metrics were not logged "
+                            "(run the same command again when the store is reachable)"), err=True)
         sys.exit(EXIT_FAILED)
 
 

@@ -52,6 +52,8 @@ class FakeOpenAI:
     fail_jobs_arms: set[str] = field(default_factory=set)  # metadata arm -> job fails
     throttle: dict[str, int] = field(default_factory=dict)  # "GET /fine_tuning/jobs/" -> 429s left
     fail: dict[str, int] = field(default_factory=dict)  # regex on "METHOD /path" -> HTTP status
+    # regex on "METHOD /path [arm]": handled, then the connection dropped with no answer
+    lose_answers: set[str] = field(default_factory=set)
     retry_after: str = "0.01"
     base64_results: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -260,6 +262,10 @@ def start(fake: FakeOpenAI):
             with fake.lock:
                 fake.requests.append(req)
                 status, payload, headers = fake.handle(req)
+            arm = ((body or {}).get("metadata") or {}).get("arm") if isinstance(body, dict) else None
+            if any(re.search(p, f"{req.method} {path} {arm}") for p in fake.lose_answers):
+                self.close_connection = True
+                return  # handled, but no answer: as a timeout or a reset after the request
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
             headers = {"content-type": "application/json", **headers}

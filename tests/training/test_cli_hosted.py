@@ -168,3 +168,19 @@ def test_hosted_only_options_and_credentials(service, tmp_path, monkeypatch):
     result = train("submit", "--config", write_config(tmp_path))
     assert result.exit_code == 2 and "OPENAI_API_KEY is not set" in result.output
     assert service.requests == []
+
+
+def test_a_store_that_cannot_take_the_metrics_is_one_line(service, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    cfg = write_config(tmp_path)
+    pair_id = pair_id_of(train("submit", "--config", cfg, "--poll-seconds", "0.01").output)
+    for uri in ("http://alice:S3CRETPW@127.0.0.1:9/", "bogus://x"):
+        result = train("status", pair_id, "--backend", "openai", "--wait", "--poll-seconds",
+                       "0.01", "--tracking-uri", uri)
+        assert result.exit_code == 1, result.output
+        assert "error: MLflow store" in result.output and "the metrics were not logged" in (
+            result.output)
+        assert "S3CRETPW" not in result.output and "Traceback" not in result.output
+        assert not isinstance(result.exception, Exception) or isinstance(result.exception,
+                                                                          SystemExit)

@@ -315,15 +315,22 @@ def test_a_failed_cancel_still_cancels_the_other_arm(service, tmp_path):
 def test_ctrl_c_while_the_second_job_is_created_cancels_both(service, tmp_path):
     """The second create reaches the service, then Ctrl-C: that job and the first are undone."""
     client = client_for(service)
-    create = client.fine_tuning.jobs.create
+    with_options = client.with_options
 
-    def create_then_interrupt(**request):
-        job = create(**request)
-        if request["metadata"]["arm"] == "experiment":
-            raise KeyboardInterrupt
-        return job
+    def interrupted_client(**options):  # the client submit_pair creates jobs with
+        creator = with_options(**options)
+        create = creator.fine_tuning.jobs.create
 
-    client.fine_tuning.jobs.create = create_then_interrupt
+        def create_then_interrupt(**request):
+            job = create(**request)
+            if request["metadata"]["arm"] == "experiment":
+                raise KeyboardInterrupt
+            return job
+
+        creator.fine_tuning.jobs.create = create_then_interrupt
+        return creator
+
+    client.with_options = interrupted_client
     said = []
     with pytest.raises(backend.HostedError, match="interrupted while creating the experiment "
                                                   "job") as err:
@@ -331,6 +338,42 @@ def test_ctrl_c_while_the_second_job_is_created_cancels_both(service, tmp_path):
     assert err.value.exit_code == 130
     assert [j["status"] for j in service.jobs.values()] == ["cancelled", "cancelled"]
     assert "the control job" in said[-1] and "the experiment job" in said[-1]
+
+
+def test_a_create_whose_answer_is_lost_makes_one_job_and_undoes_both(service, tmp_path):
+    """The service makes the experiment job, then the connection drops: no retry makes another,
+    and the job is found and cancelled with the control job."""
+    service.lose_answers.add(r"^POST /fine_tuning/jobs experiment$")
+    with pytest.raises(backend.HostedError, match="experiment: creating the job failed") as err:
+        backend.submit_pair(client_for(service, max_retries=3), prepared(tmp_path), poll=0.01,
+                            say=quiet)
+    assert "the control job ftjob-0004 was cancelled" in str(err.value)
+    assert "the experiment job ftjob-0005 was cancelled" in str(err.value)
+    assert [(j["metadata"]["arm"], j["status"]) for j in service.jobs.values()] == [
+        ("control", "cancelled"), ("experiment", "cancelled")]
+
+
+def test_a_lone_arm_that_ended_asks_for_force_not_cancel(service, tmp_path):
+    service.fail_create_arms.add("experiment")
+    client = client_for(service)
+    prep = prepared(tmp_path)
+    with pytest.raises(backend.HostedError):
+        backend.submit_pair(client, prep, poll=0.01, say=quiet)
+    service.fail_create_arms.clear()
+    control = next(iter(service.jobs.values()))
+    control["status"] = "failed"  # it failed before the rollback's cancel reached it
+    with pytest.raises(backend.HostedError, match="cannot be completed under this id; submit "
+                                                  "with --force"):
+        backend.submit_pair(client, prep, poll=0.01, say=quiet)
+
+
+@pytest.mark.parametrize(("header", "waited"), [("inf", 300.0), ("1e9", 300.0), ("2", 2.0),
+                                               ("nan", 7.0), ("soon", 7.0)])
+def test_retry_after_is_capped_and_must_be_a_number(header, waited):
+    from types import SimpleNamespace
+
+    throttled = SimpleNamespace(response=SimpleNamespace(headers={"retry-after": header}))
+    assert backend._retry_after(throttled, 7.0) == waited
 
 
 def test_a_failed_upload_names_the_file_and_creates_no_job(service, tmp_path):

@@ -14,6 +14,7 @@ No key is ever printed, logged or written: keys stay in the environment and the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import uuid
@@ -235,6 +236,10 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
             return Submitted(pair_id, existing, created=False)
         if existing:
             (arm, job), = existing.items()
+            if job["status"] in TERMINAL:  # it ended: nothing to cancel, the pair cannot be done
+                raise HostedError(f"pair {pair_id} has only its {arm} job ({job['id']}, "
+                                  f"{job['status']}): it cannot be completed under this id; "
+                                  "submit with --force for a new pair")
             raise HostedError(f"pair {pair_id} has only its {arm} job ({job['id']}, "
                               f"{job['status']}): cancel it (train cancel {pair_id}) and submit "
                               "again, or submit with --force for a new pair")
@@ -253,27 +258,30 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
     hyper = {k: getattr(cfg.openai, k) for k in ("n_epochs", "batch_size",
                                                  "learning_rate_multiplier")}
     jobs: dict[str, dict] = {}
+    # a create is never retried: the service may have made the job before the answer was lost,
+    # and a retry would make a second one (the jobs API takes no idempotency key)
+    creator = client.with_options(max_retries=0)
     for arm in ARMS:
         request = hosted.job_request(model=cfg.base_model, seed=cfg.training.seed,
                                      hyperparameters=hyper, pair_id=pair_id, arm=arm,
                                      training_file=ids[arm], validation_file=ids.get("eval"),
                                      metadata=prep.metadata(arm))
         try:
-            jobs[arm] = _dict(client.fine_tuning.jobs.create(**request))
-        except openai.APIError as e:
-            rolled = _roll_back(client, jobs, say)
-            raise HostedError(f"{arm}: the service refused the job ({_describe(e)}); "
-                              f"{rolled}") from None
-        except KeyboardInterrupt:
-            # the request in flight may have created the job: look for it, then undo everything
+            jobs[arm] = _dict(creator.fine_tuning.jobs.create(**request))
+        except (openai.APIError, KeyboardInterrupt) as e:
+            # no answer (a Ctrl-C, a timeout, a reset) may still mean a job: look, then undo all
             try:
                 if in_flight := find_pair_jobs(client, pair_id).get(arm):
                     jobs[arm] = in_flight
-            except openai.APIError:
+            except (openai.APIError, KeyboardInterrupt):
                 pass
             rolled = _roll_back(client, jobs, say)
-            raise HostedError(f"interrupted while creating the {arm} job; {rolled}",
-                              EXIT_INTERRUPTED) from None
+            if isinstance(e, KeyboardInterrupt):
+                raise HostedError(f"interrupted while creating the {arm} job; {rolled}",
+                                  EXIT_INTERRUPTED) from None
+            what = ("the service refused the job" if isinstance(e, openai.APIStatusError)
+                    else "creating the job failed")
+            raise HostedError(f"{arm}: {what} ({_describe(e)}); {rolled}") from None
         say(f"{arm}: job {jobs[arm]['id']} created ({jobs[arm]['status']})")
     return Submitted(pair_id, jobs, created=True)
 
@@ -288,9 +296,11 @@ def _roll_back(client, jobs: dict[str, dict], say) -> str:
         try:
             client.fine_tuning.jobs.cancel(job["id"])
             done.append(f"the {arm} job {job['id']} was cancelled")
-        except openai.APIError as e:
-            done.append(f"cancelling the {arm} job {job['id']} FAILED ({_describe(e)}): cancel "
-                        "it by hand")
+        except (openai.APIError, KeyboardInterrupt) as e:  # a second Ctrl-C: say what is left
+            why = "interrupted" if isinstance(e, KeyboardInterrupt) else _describe(e)
+            done.append(f"cancelling the {arm} job {job['id']} FAILED ({why}): it is still "
+                        "running; cancel it with `train cancel PAIR --backend ...` or in the "
+                        "service's portal")
     say("; ".join(done))
     return "; ".join(done)
 
@@ -345,15 +355,18 @@ def cancel_pair(client, pair_id: str) -> dict[str, tuple[str, bool]]:
     return out
 
 
-def _retry_after(e, default: float) -> float:
-    """The server's `retry-after` (seconds) on a 429, else the default."""
+def _retry_after(e, default: float, cap: float = 300.0) -> float:
+    """The server's `retry-after` (seconds) on a 429, else the default; at most `cap` (a value
+    of inf or a year is the server's mistake, not a plan)."""
     headers = getattr(getattr(e, "response", None), "headers", None) or {}
     for key, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         try:
-            return max(0.0, float(headers[key]) / scale)
+            wait = float(headers[key]) / scale
         except (KeyError, TypeError, ValueError):
             continue
-    return default
+        if not math.isnan(wait):
+            return min(cap, max(0.0, wait))
+    return min(cap, default)
 
 
 def wait_pair(client, pair_id: str, *, poll: float = 10.0, max_poll: float = 120.0,
