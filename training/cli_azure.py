@@ -151,6 +151,8 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
     if dry_run:
         check_out_dir(out_dir)
     cfg = cli._load(config_path)
+    for warning in jobs_mod.shared_data_warnings(outputs):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if cfg.eval is not None and "eval" not in outputs.data_assets:
         cli.bad_input("the experiment file names a shared eval set (`eval:`) but the stack has no "
                       "`eval` data asset: each arm would be scored on its own holdout, which is "
@@ -283,7 +285,7 @@ def _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds
     console.print(f"follow it (with the same --stack or --outputs-file): train status {pair_id}"
                   f" | train logs {pair_id} --arm control | train cancel {pair_id}")
     if wait_:
-        _wait(pair, [v.name for v in views], console, poll_seconds)
+        _wait(pair, pair_id, [v.name for v in views], console, poll_seconds)
 
 
 def _print_jobs(views, console) -> None:
@@ -304,7 +306,7 @@ def _arm_label(v) -> str:
     return v.arm if v.replicate is None else f"{v.arm} r{v.replicate}"
 
 
-def _wait(pair, names: list[str], console, poll_seconds: float) -> None:
+def _wait(pair, pair_id: str, names: list[str], console, poll_seconds: float) -> None:
     from rich.live import Live
     from rich.text import Text
 
@@ -326,8 +328,7 @@ def _wait(pair, names: list[str], console, poll_seconds: float) -> None:
                 final = pair.wait(names, lambda s: live.update(render(s)), poll_seconds)
         else:
             final = pair.wait(names, changed, poll_seconds)
-    except KeyboardInterrupt:
-        pair_id = names[0].rsplit("-", 1)[0]
+    except KeyboardInterrupt:  # the pair's id, not a replicate's: cancel must reach them all
         console.print(f"stopped following; the jobs keep running: `train status {pair_id}`, "
                       f"`train cancel {pair_id}` (with the same --stack / --outputs-file)")
         sys.exit(130)

@@ -33,6 +33,9 @@ PAIR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,200}$")
 # The tags that say which pair, arm and experiment a job is: an existing job with the same name
 # but other values is not this pair's (another config under a reused --pair-id, a sweep).
 IDENTITY_TAGS = ("pair_id", "arm", "config_sha256", "seed", "base_model_revision")
+# what else both arms must share; checked when a pair is completed (an arm missing from an earlier
+# attempt is created now): the other arm ran with these, so the new one must too
+RUN_TAGS = ("code_version", "compute", "environment", "resources")
 _REFERENCE = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
 CONFIG_FILE = "pair.yaml"  # the resolved experiment file, at the root of the code snapshot
 
@@ -82,6 +85,21 @@ def data_asset_ids(outputs: StackOutputs) -> dict[str, str]:
     return {key: asset.id for key, asset in outputs.data_assets.items()}
 
 
+def shared_data_warnings(outputs: StackOutputs) -> list[str]:
+    """The stack's data assets that name one asset twice: both arms on the same data (the pair
+    measures seed noise only), or an arm scored on its own training data (a biased verdict)."""
+    ids = data_asset_ids(outputs)
+    out = []
+    if ids["control"] == ids["experiment"]:
+        out.append(f"both arms train on the same data asset {ids['control']}: the pair can "
+                   "only measure seed noise")
+    for arm in ("control", "experiment"):
+        if ids.get("eval") == ids[arm]:
+            out.append(f"the shared eval asset is the {arm} arm's training data ({ids[arm]}): "
+                       f"the {arm} arm is scored on examples it trained on")
+    return out
+
+
 def azure_pair_id(cfg: ExperimentConfig, outputs: StackOutputs) -> str:
     """Same resolved config (the pinned base model revision included) and same data asset
     versions -> same pair id, so submitting again finds the pair instead of training it twice.
@@ -104,10 +122,14 @@ def check_pair_id(pair_id: str, what: str = "--pair-id") -> str:
     return pair_id
 
 
-def identity_mismatch(job: ArmJob, tags: dict) -> list[str]:
-    """How an existing job's tags differ from the job this pair would create (empty: same)."""
+def identity_mismatch(job: ArmJob, tags: dict, completing: bool = False) -> list[str]:
+    """How an existing job's tags differ from the job this pair would create (empty: same).
+    `completing`: another job of the pair is about to be created beside it, so what it ran on
+    (RUN_TAGS: code, compute, environment, resources) must match as well; a job submitted
+    before these tags existed is not held to them."""
+    keys = IDENTITY_TAGS + (tuple(k for k in RUN_TAGS if k in tags) if completing else ())
     return [f"{key} {tags.get(key)!r} (this pair: {job.tags.get(key)!r})"
-            for key in IDENTITY_TAGS if str(tags.get(key, "")) != str(job.tags.get(key, ""))]
+            for key in keys if str(tags.get(key, "")) != str(job.tags.get(key, ""))]
 
 
 def replicate_ids(pair_id: str, replicates: int) -> list[str]:
@@ -144,6 +166,9 @@ def plan_pair(cfg: ExperimentConfig, outputs: StackOutputs, pair_id: str, code_v
                     "code_version": code_version, "seed": str(seed),
                     "base_model": cfg.base_model,
                     "base_model_revision": str(cfg.base_model_revision or ""),
+                    "compute": compute, "environment": environment,
+                    "resources": f"{az.instance_count} nodes x {az.processes_per_node}, shm "
+                                 f"{az.shm_size}, timeout {timeout_s or 'none'}",
                     **(extra_tags or {})}
             if cfg.training.replicates > 1:
                 tags |= {"parent_pair_id": pair_id, "replicate": str(k)}

@@ -239,6 +239,24 @@ def test_wait_follows_both_jobs(train, fake, monkeypatch):
     assert "Running" in result.output and "both arms completed" in result.output
 
 
+def test_a_ctrl_c_while_following_replicates_names_the_whole_pair(train, fake, tmp_path):
+    polls = {"n": 0}
+    real_get = fake._get_job
+
+    def interrupt_while_polling(request, match):
+        polls["n"] += 1
+        if polls["n"] > 6:  # past the submission's own lookups: while following
+            raise KeyboardInterrupt
+        return real_get(request, match)
+
+    replicated = write_config(tmp_path, **{"training.replicates": 2})
+    assert train("submit", "--pair-id", "y", config=replicated).exit_code == 0
+    fake.routes.insert(0, ("GET", r"/jobs/(?P<name>[^/]+)$", interrupt_while_polling))
+    result = train("submit", "--pair-id", "y", "--wait", "--poll-seconds", "0", config=replicated)
+    assert result.exit_code == 130, result.output
+    assert "`train status y`, `train cancel y`" in result.output
+
+
 def test_wait_exits_1_when_an_arm_fails(train, fake):
     assert train("submit").exit_code == 0
     for name in fake.jobs:
@@ -324,6 +342,39 @@ def test_a_create_whose_answer_is_lost_is_looked_up_and_undone(train, fake, arm)
         else {"control": "Canceled"})
     assert "never half a pair running" in result.output
     assert "no job of the pair had been created" not in result.output
+
+
+def test_completing_a_pair_on_other_compute_is_refused(train, fake, tmp_path):
+    """The experiment job was never created (the process died between the two): completing the
+    pair must run it where and how the control job ran, or the arms are not comparable."""
+    assert train("submit", "--pair-id", "p3").exit_code == 0
+    del fake.jobs["p3-experiment"]
+    fake.requests.clear()
+    other = write_config(tmp_path, **{"azure.environment": "other-env:7", "azure.shm_size": "1g"})
+    result = train("submit", "--pair-id", "p3", config=other)
+    assert result.exit_code == 2, result.output
+    assert "p3-control ran with other settings" in result.output
+    assert "(this pair: 'azureml:other-env:7')" in result.output
+    assert "shm 16g" in result.output and "--force" in result.output
+    assert not fake.sent("PUT")
+    # the same settings complete it
+    result = train("submit", "--pair-id", "p3")
+    assert result.exit_code == 0 and len(fake.sent("PUT", "/jobs/")) == 1, result.output
+
+
+def test_one_data_asset_named_twice_is_a_warning(fake, tmp_path):
+    shared = {**OUTPUTS["data_assets"]}
+    shared["experiment"] = shared["control"]
+    shared["eval"] = shared["control"]
+    outputs = tmp_path / "same.json"
+    outputs.write_text(json.dumps({**OUTPUTS, "data_assets": shared}))
+    result = CliRunner().invoke(main, ["submit", "--config", str(write_config(tmp_path)),
+                                       "--outputs-file", str(outputs), "--dry-run", "--out",
+                                       str(tmp_path / "jobs")],
+                                obj={"azure_transport": fake, "azure_credential": FakeCredential()})
+    assert result.exit_code == 0, result.output
+    assert "both arms train on the same data asset azureml:control-train:1" in result.output
+    assert "the control arm is scored on examples it trained on" in result.output
 
 
 def test_a_reused_pair_id_with_another_config_is_refused(train, fake, tmp_path):

@@ -43,7 +43,10 @@ def test_the_two_jobs_differ_only_in_data_names_and_arm():
     assert a == b
     assert a["tags"] == {"pair_id": "p-1", "config_sha256": config().sha256(),
                          "code_version": "abc123", "seed": "42",
-                         "base_model": "meta-llama/Meta-Llama-3-8B", "base_model_revision": ""}
+                         "base_model": "meta-llama/Meta-Llama-3-8B", "base_model_revision": "",
+                         "compute": "gpu-cluster",
+                         "environment": "azureml:paired-finetune-train:abc123",
+                         "resources": "1 nodes x 1, shm 16g, timeout 36000"}
     assert a["environment"] == "azureml:paired-finetune-train:abc123"
     assert a["compute"] == "gpu-cluster"
     assert control.command.replace("control", "ARM") == experiment.command.replace(

@@ -154,12 +154,20 @@ class AzurePair:
         from training.jobs import identity_mismatch
 
         existing = {j.name: self.get(j.name) for j in jobs}
+        completing = any(found is None for found in existing.values())
         for job in jobs:
             found = existing[job.name]
             if found is not None and (diff := identity_mismatch(job, found.tags or {})):
                 raise SubmitError(f"a job named {job.name} exists but is not this pair's: "
                                   + "; ".join(diff) + ". Choose another --pair-id, or drop "
                                   "--pair-id to derive one from the config", bad_input=True)
+            if found is not None and completing and (
+                    diff := identity_mismatch(job, found.tags or {}, completing=True)):
+                raise SubmitError(f"{job.name} ran with other settings than the jobs this "
+                                  "submission would add to its pair: " + "; ".join(diff)
+                                  + ". The arms would not be comparable: submit with the "
+                                  "settings it ran with, or `--force` for a new pair",
+                                  bad_input=True)
         dead = {name: _status(job) for name, job in existing.items()
                 if job is not None and _status(job) in FAILED}
         missing = [j for j in jobs if existing[j.name] is None]
@@ -225,7 +233,7 @@ class AzurePair:
             try:
                 self.client.jobs.begin_cancel(name).result()
                 done.append(name)
-            except Exception:
+            except (Exception, KeyboardInterrupt):  # a second Ctrl-C: name it as not cancelled
                 failed.append(name)
         return done, failed
 
