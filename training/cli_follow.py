@@ -33,6 +33,28 @@ def _checked(pair_id: str) -> str:
         _cli().bad_input(str(e))
 
 
+def _sweep_job(name: str, outputs, console, cancel: bool) -> bool:
+    """`train status|cancel SWEEP_JOB`: a sweep made by `train sweep`, by its job name (False:
+    NAME is not a sweep's name, so it is a pair id)."""
+    from training.backends.azureml import AzurePair, view
+    from training.sweep import SWEEP_JOB
+
+    if not SWEEP_JOB.match(name):
+        return False
+    pair = AzurePair(_client(outputs))
+    job = pair.get(name)
+    if job is None or getattr(job, "type", None) != "sweep":
+        _cli().bad_input(f"no sweep {name!r} in this workspace")
+    if cancel:
+        for job_name, what in pair.cancel([job]):
+            console.print(f"{job_name}: {what}" + (" (its running trials with it)" if what == "cancel requested" else ""))
+            if what.startswith("could not"):
+                sys.exit(EXIT_FAILED)
+        return True
+    _print_jobs([view(job)], console)
+    return True
+
+
 def _pair_jobs(pair, pair_id: str):
     jobs = pair.find(pair_id)
     if not jobs:
@@ -57,6 +79,8 @@ def status(pair_id, outputs):
     from training.backends.azureml import AzurePair, view
 
     console = _cli()._console()
+    if pair_id is not None and _sweep_job(pair_id, outputs, console, cancel=False):
+        return
     if pair_id is not None:
         _checked(pair_id)
     pair = AzurePair(_client(outputs))
@@ -126,6 +150,8 @@ def cancel(pair_id, outputs):
     from training.backends.azureml import AzurePair
 
     console = _cli()._console()
+    if _sweep_job(pair_id, outputs, console, cancel=True):
+        return
     _checked(pair_id)
     pair = AzurePair(_client(outputs))
     results = pair.cancel(_pair_jobs(pair, pair_id))

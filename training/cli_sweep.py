@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -31,11 +33,15 @@ from training.cli_azure import (
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               callback=lambda ctx, param, value: _out(value),
               help="With --dry-run: the folder for the job YAML and the code snapshot.")
-def sweep(config_path, outputs, arm, dry_run, out_dir):
+@click.option("--force", is_flag=True,
+              help="A new sweep beside the existing one (its name gets a timestamp): after "
+                   "editing `sweep:`, or when the last sweep failed or was cancelled.")
+def sweep(config_path, outputs, arm, dry_run, out_dir, force):
     """Tune hyperparameters on ONE arm with an Azure ML sweep job (trials in parallel).
 
     \b
     train sweep --stack dev --config experiments/paired-comments.yaml
+    train status SWEEP_JOB --stack dev      # or: train cancel SWEEP_JOB --stack dev
     train submit --stack dev --config experiments/paired-comments.yaml --from-sweep SWEEP_JOB
 
     Fairness: the pair must share its hyperparameters, so they are tuned on one arm and applied
@@ -62,7 +68,7 @@ def sweep(config_path, outputs, arm, dry_run, out_dir):
     cfg = _pinned(cfg, console, required=not dry_run)
     try:
         template = plan_sweep(cfg, outputs, jobs_mod.azure_pair_id(cfg, outputs), arm,
-                              code_version())
+                              code_version(), time.strftime("%Y%m%d%H%M%S") if force else None)
     except jobs_mod.JobSpecError as e:
         cli.bad_input(str(e))
     config_yaml = job_config(cfg, outputs).to_yaml()
@@ -122,6 +128,8 @@ def _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job)
 
     pair = AzurePair(_client(outputs))
     existing = pair.get(template.name)
+    if existing is not None:
+        _check_existing_sweep(existing, template, view(existing).status)
     if existing is None:
         with tempfile.TemporaryDirectory(prefix="paired-finetune-code-") as tmp:
             code = stage_code(Path(tmp), config_yaml)
@@ -134,6 +142,21 @@ def _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job)
     console.print(f"status {v.status}: {v.studio_url or ''}", overflow="ignore", crop=False)
     console.print(f"when it has finished: train submit --from-sweep {template.name} "
                   "--config ... (same --stack / --outputs-file)")
+
+
+def _check_existing_sweep(existing, template, status: str) -> None:
+    """A job of the sweep's name is reused only if it is this very sweep, still usable."""
+    tags = existing.tags or {}
+    force = "`train sweep --force` starts a new one beside it"
+    if getattr(existing, "type", None) != "sweep" or "sweep_of" not in tags:
+        _cli().bad_input(f"a job named {template.name} exists and is not a sweep made by "
+                         f"`train sweep`; {force}")
+    if tags.get("sweep_sha256", template.tags["sweep_sha256"]) != template.tags["sweep_sha256"]:
+        _cli().bad_input(f"sweep {template.name} exists with another search (the `sweep:` "
+                         f"section changed since); {force}")
+    if status in ("Failed", "Canceled", "NotResponding"):
+        click.echo(f"error: sweep {template.name} ended {status}; {force}", err=True)
+        sys.exit(1)
 
 
 COMMANDS = [sweep]

@@ -16,6 +16,7 @@ the experiment arm: the conservative direction.
 from __future__ import annotations
 
 import math
+import re
 
 from training.config import ExperimentConfig, SweepSettings
 from training.jobs import ArmJob, JobSpecError, build_command, plan_pair
@@ -114,12 +115,26 @@ def sweep_problems(cfg: ExperimentConfig) -> list[str]:
     return problems
 
 
-def sweep_name(pair_id: str, arm: str) -> str:
-    return f"{pair_id}-sweep-{arm}"
+def sweep_name(pair_id: str, arm: str, stamp: str | None = None) -> str:
+    """The sweep job's name; `stamp` (--force) makes a new sweep beside an older one."""
+    return f"{pair_id}-sweep-{arm}" + (f"-{stamp}" if stamp else "")
+
+
+SWEEP_JOB = re.compile(r"^[a-z0-9][a-z0-9_-]*-sweep-(control|experiment)(-[0-9]{14})?$")
+
+
+def sweep_sha256(cfg: ExperimentConfig) -> str:
+    """The search itself (space, objective, limits): the pair id leaves `sweep:` out, so this
+    tells a sweep of another search under the same name."""
+    import hashlib
+    import json
+
+    text = json.dumps(cfg.sweep.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def plan_sweep(cfg: ExperimentConfig, outputs, pair_id: str, arm: str,
-               code_version: str) -> ArmJob:
+               code_version: str, stamp: str | None = None) -> ArmJob:
     """The trial template: the arm's job with the sampled fields as inputs and no fixed output
     path (each trial writes its own folder). Raises JobSpecError."""
     problems = sweep_problems(cfg)
@@ -130,9 +145,10 @@ def plan_sweep(cfg: ExperimentConfig, outputs, pair_id: str, arm: str,
     search = {input_name(k): k for k in cfg.sweep.search_space}
     # Trials are tagged with the sweep's own id, never the pair's: `train compare PAIR` must not
     # find a trial as one of the pair's arms.
-    name = sweep_name(pair_id, arm)
+    name = sweep_name(pair_id, arm, stamp)
     tags = {**job.tags, "pair_id": name, "sweep_of": pair_id, "tuned_on_arm": arm,
-            "config_sha256": cfg.sha256()}  # what --from-sweep checks the experiment against
+            "config_sha256": cfg.sha256(),  # what --from-sweep checks the experiment against
+            "sweep_sha256": sweep_sha256(cfg)}  # what a second `train sweep` checks
     template = ArmJob(**{**vars(job), "name": name, "pair_id": name, "parent_pair_id": name,
                          "output_path": None, "search_inputs": search, "tags": tags})
     from training.jobs import check_references

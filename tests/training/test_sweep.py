@@ -220,3 +220,32 @@ def test_from_sweep_refuses_what_it_cannot_trust(train, fake, tmp_path):
     failed = train("submit", "--config", str(CONFIG), "--from-sweep", name)
     assert failed.exit_code == 2 and "Failed, not Completed" in failed.output
     assert len(fake.sent("PUT")) == 1  # the sweep only
+
+
+def test_a_changed_or_failed_sweep_is_not_reused_and_force_makes_a_new_one(train, fake, tmp_path):
+    assert train("sweep", "--config", str(CONFIG)).exit_code == 0
+    (name,) = fake.jobs
+    edited = with_sweep(tmp_path, max_total_trials=40)  # only `sweep:` changed: same pair id
+    result = train("sweep", "--config", str(edited))
+    assert result.exit_code == 2 and "exists with another search" in result.output, result.output
+    assert "--force" in result.output and len(fake.sent("PUT", "/jobs/")) == 1
+    fake.set_status(name, "Failed")
+    failed = train("sweep", "--config", str(CONFIG))
+    assert failed.exit_code == 1 and f"sweep {name} ended Failed" in failed.output
+    forced = train("sweep", "--config", str(edited), "--force")
+    assert forced.exit_code == 0, forced.output
+    (new,) = set(fake.jobs) - {name}
+    assert new.startswith(f"{name}-") and len(new) == len(name) + 15
+    assert fake.jobs[new]["properties"]["limits"]["maxTotalTrials"] == 40
+
+
+def test_a_sweep_is_shown_and_cancelled_by_its_job_name(train, fake):
+    assert train("sweep", "--config", str(CONFIG)).exit_code == 0
+    (name,) = fake.jobs
+    shown = train("status", name)
+    assert shown.exit_code == 0 and name in shown.output, shown.output
+    cancelled = train("cancel", name)
+    assert cancelled.exit_code == 0 and f"{name}: cancel requested" in cancelled.output
+    assert fake.jobs[name]["properties"]["status"] == "Canceled"
+    missing = train("cancel", "nope-sweep-control")
+    assert missing.exit_code == 2 and "no sweep 'nope-sweep-control'" in missing.output
