@@ -8,13 +8,19 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint install clean
 
-# torch==2.13.0 goes in first: any other spec pulls gigabytes of CUDA packages. Everything else
-# resolves together in one install: azureml-mlflow caps mlflow-skinny and azure-storage-blob, and
-# installed afterwards it would break the environment.
+# torch==2.13.0 goes in first, pinned. PyPI's Linux wheel of it is the CUDA build (gigabytes of
+# nvidia-* packages); on a machine without a GPU, TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# installs the CPU build of the same version instead. Everything else resolves together in one
+# install: azureml-mlflow caps mlflow-skinny and azure-storage-blob, and installed afterwards it
+# would break the environment. A .venv of an older Python is made again.
+TORCH_INDEX ?=
+NEEDS_PY311 := import sys; sys.exit(sys.version_info < (3, 11))
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c '$(NEEDS_PY311)' || { echo "Python 3.11 or newer is needed: $(PYTHON) is $$($(PYTHON) -V 2>&1); try make PYTHON=python3.11 ..."; exit 1; }
+	@$(BIN)/python -c '$(NEEDS_PY311)' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	@echo "installing the project into $(VENV) (once; a few minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[all]'
 	$(BIN)/python -m pip check
 	touch $(STAMP)

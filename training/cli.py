@@ -83,6 +83,9 @@ def data_validate(paths, config_path, base_model, max_seq_length, no_tokenizer):
     try:
         with _interruptible():
             cfg = _load(config_path) if config_path else None
+            if cfg and max_seq_length is not None:  # the option wins over the file's
+                cfg = cfg.model_copy(update={"training": cfg.training.model_copy(
+                    update={"max_seq_length": max_seq_length})})
             if max_seq_length is None and cfg:
                 max_seq_length = cfg.training.max_seq_length
             if cfg and not paths and not base_model and not no_tokenizer:

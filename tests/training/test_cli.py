@@ -60,6 +60,15 @@ def test_data_validate_good_files_exit_0(tiny_model_path):
     assert "control.jsonl" in result.output
 
 
+def test_data_validate_config_alone_honours_max_seq_length(tiny_model_path):
+    """--config without PATHS checks the file's data: --max-seq-length still wins."""
+    config = str(DATA.parents[1] / "experiments" / "local.yaml")
+    result = CliRunner().invoke(main, ["data", "validate", "--config", config,
+                                       "--max-seq-length", "40"])
+    assert result.exit_code == 2, result.output
+    assert "over max_seq_length 40" in result.output
+
+
 def test_data_validate_bad_file_exit_2_names_the_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "x"}, '
