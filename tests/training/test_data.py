@@ -629,6 +629,16 @@ def test_lone_surrogate_names_the_line_even_with_a_tokenizer(tmp_path, tiny_toke
         load_examples(path)
 
 
+def test_a_number_python_will_not_parse_names_its_line(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + '{"text": "a", "id": ' + "9" * 5000 + "}\n")
+    report = validate_files([path], max_seq_length=256)
+    assert report.problems == [
+        f"{path}:2: not valid JSON here: a number with more than 4300 digits"]
+    with pytest.raises(DataError, match=f"{path}:2: not valid JSON here"):
+        load_examples(path)
+
+
 @pytest.mark.parametrize("text", ['[{"text": "a"}, {"text": "b"}]\n',
                                   '[\n  {"text": "a"},\n  {"text": "b"}\n]\n',
                                   '  [{"text": "a"},\n{"text": "b"}]'])

@@ -206,6 +206,8 @@ def _parse(number: int, line: bytes) -> tuple[Any, str | None]:
         return None, f"not valid JSON: {e.msg} at column {e.colno}"
     except RecursionError:
         return None, "not valid JSON: nested too deeply"
+    except ValueError:  # Python's cap on integer digits (4300): no real row holds such a number
+        return None, "not valid JSON here: a number with more than 4300 digits"
 
 
 # A \uD800-\uDFFF escape: json.loads turns a lone one into a str the tokenizer cannot encode.
