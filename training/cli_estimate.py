@@ -117,9 +117,10 @@ def pick(cfg, outputs):
     return vm, source
 
 
-def cluster_check(cfg, outputs, console) -> None:
-    """Before `train submit`/`sweep` (dry runs too): the processes fit the VM's GPUs and one arm
-    fits their memory (the memory plan), else exit 2 with the figures and cheapest fixes."""
+def cluster_check(cfg, outputs, console, nothing_done: str = "nothing was submitted"):
+    """Before `train submit`/`sweep` (dry runs too) and in `train estimate`: the processes fit
+    the VM's GPUs and one arm fits their memory (the memory plan), else exit 2 with the figures
+    and cheapest fixes. Returns the plan (None when the model's shape is unknown)."""
     from training.memory import check_vm
     from training.model_shape import ShapeUnknown, model_shape
 
@@ -131,11 +132,12 @@ def cluster_check(cfg, outputs, console) -> None:
         shape = model_shape(cfg.base_model, cfg.base_model_revision)
     except ShapeUnknown as e:
         console.print(f"[yellow]note:[/] no memory plan: {e}", highlight=False)
-        return
+        return None
     check = check_vm(cfg, vm, shape)
     if not check.fits:
-        _cli().bad_input(f"one arm does not fit {vm.name}'s GPU memory: nothing was submitted\n"
+        _cli().bad_input(f"one arm does not fit {vm.name}'s GPU memory: {nothing_done}\n"
                          + "\n".join(check.lines()))
+    return check
 
 
 def make_estimate(cfg, outputs, mfu: float | None = None):
@@ -218,12 +220,16 @@ def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):
             outputs = load_outputs(stack, outputs_file, pulumi_dir)
         except StackError as e:
             cli.bad_input(str(e))
-    cluster_check(cfg, outputs, cli._console())  # `train submit` checks it before its guard
+    # `train submit` checks it before its guard; here it is printed as well
+    plan = cluster_check(cfg, outputs, cli._console(), nothing_done="the pair would not run")
     est = guarded_estimate(cfg, outputs, mfu)
     if fmt == "json":
-        click.echo(json.dumps(est.to_dict(), indent=2))
+        memory = {"memory_plan": plan.lines(), "fits": plan.fits} if plan else {}
+        click.echo(json.dumps({**est.to_dict(), **memory}, indent=2))
     else:
         render(est, cli._console())
+        if plan is not None:
+            cli._console().print("\n".join(plan.lines()), highlight=False)
 
 
 def _hosted_estimate(cfg, fmt: str) -> None:
