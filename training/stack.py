@@ -8,6 +8,7 @@ problem is a `StackError` whose message says what to do; the CLI turns it into e
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,7 +72,8 @@ class StackOutputs(BaseModel):
                              "experiment and optionally eval)")
         unknown = sorted(set(assets) - {"control", "experiment", "eval"})
         if unknown:
-            raise ValueError(f"unexpected data asset key(s) {', '.join(unknown)}")
+            raise ValueError("unexpected data asset key(s) "
+                             + ", ".join(shown(k) for k in unknown))
         return assets
 
     @property
@@ -126,7 +128,7 @@ def parse_outputs(data, source: str) -> StackOutputs:
     problems = []
     if isinstance(data.get("subscription_id"), str) and not _guid(data["subscription_id"]):
         problems.append(f"  subscription_id: expected {EXPECTED['subscription_id']}, got "
-                        f"{data['subscription_id']!r}")
+                        f"{shown(data['subscription_id'])}")
     try:
         outputs = StackOutputs.model_validate(data)
     except ValidationError as e:
@@ -137,12 +139,24 @@ def parse_outputs(data, source: str) -> StackOutputs:
                 msg = "missing (deploy the stack with this repository's infra/: `pulumi up`)"
             elif err["type"] == "string_pattern_mismatch":
                 key = str(err["loc"][-1])
-                msg = f"expected {EXPECTED.get(key, 'a valid name')}, got {err['input']!r}"
+                msg = f"expected {EXPECTED.get(key, 'a valid name')}, got {shown(err['input'])}"
             problems.append(f"  {field}: {msg}")
     if problems:
         raise StackError("\n".join([f"{source}: not the stack outputs this CLI expects",
                                     *dict.fromkeys(problems)]))
     return outputs
+
+
+_SECRET_LIKE = re.compile(r"(key|sig|secret|password|token|pwd)\s*=", re.IGNORECASE)
+
+
+def shown(value) -> str:
+    """A value for an error message, which may end up in a CI log: one that looks like a
+    credential (`AccountKey=`, `sig=`, ...) or is long is not printed whole."""
+    text = repr(value)
+    if _SECRET_LIKE.search(text):
+        return f"a value of {len(str(value))} characters that looks like a credential (not shown)"
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(str(value))} characters)"
 
 
 def _walk(data, prefix=""):

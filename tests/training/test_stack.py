@@ -52,6 +52,20 @@ def test_malformed_outputs_name_the_key(mutate, message):
         parse_outputs(data, "outputs.json")
 
 
+@pytest.mark.parametrize("mutate", [
+    lambda d: d.update(resource_group="DefaultEndpointsProtocol=https;AccountKey=SECRETVALUE-8d7f"),
+    lambda d: d["data_assets"].update({"https://x?sig=SECRETVALUE-8d7f": {"name": "h",
+                                                                          "version": "1"}}),
+    lambda d: d.update(subscription_id="password=SECRETVALUE-8d7f"),
+])
+def test_a_pasted_credential_is_not_echoed(mutate):
+    data = json.loads(json.dumps(OUTPUTS))
+    mutate(data)
+    with pytest.raises(StackError) as err:
+        parse_outputs(data, "outputs.json")
+    assert "SECRETVALUE" not in str(err.value) and "looks like a credential" in str(err.value)
+
+
 @pytest.mark.parametrize("content, message", [
     ("{not json", r"outputs.json:1: not valid JSON"),
     ("[1, 2]", "expected a JSON object"),
