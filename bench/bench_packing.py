@@ -33,10 +33,13 @@ def run(packing: bool, steps: int, base_model: str, folder: Path) -> dict:
     path = folder / f"packing-{packing}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = folder / f"packing-{packing}"
-    subprocess.run([sys.executable, "-m", "training.recipe", "--config", str(path), "--arm",
-                    "experiment", "--output-dir", str(out), "--pair-id", "bench"],
-                   check=True, cwd=REPO, capture_output=True,
-                   env={**os.environ, "PAIRED_FINETUNE_NO_MLFLOW": "1"})
+    done = subprocess.run([sys.executable, "-m", "training.recipe", "--config", str(path),
+                           "--arm", "experiment", "--output-dir", str(out), "--pair-id", "bench"],
+                          cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PAIRED_FINETUNE_NO_MLFLOW": "1"})
+    if done.returncode != 0:  # the recipe's own reason, not a CalledProcessError traceback
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        sys.exit(f"error: the recipe exited {done.returncode}: " + "\n".join(lines[-5:]))
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -45,6 +48,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--base-model", default="tiny-llama")
     args = p.parse_args()
+    if args.steps < 1:
+        p.error("--steps must be at least 1")
+    if Path(args.base_model).exists():  # a folder is relative to here, not the temp config
+        args.base_model = str(Path(args.base_model).resolve())
     with tempfile.TemporaryDirectory() as tmp:
         packed = run(True, args.steps, args.base_model, Path(tmp))
         padded = run(False, args.steps, args.base_model, Path(tmp))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -103,6 +104,12 @@ def timed(label: str, n: int, target_s: float, fn):
     return report, elapsed
 
 
+def _not_ok(report, args) -> int:
+    print(f"error: the generated rows do not pass validation (--max-seq-length "
+          f"{args.max_seq_length}?): {report.problems[0]}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,6 +138,10 @@ def main(argv=None) -> int:
         help="also time the counter with the Hugging Face tokenizer counting the pieces (no fast_bpe)",
     )
     args = parser.parse_args(argv)
+    if args.rows < 1 or args.max_seq_length < 1:
+        parser.error("--rows and --max-seq-length must be at least 1")
+    if not math.isfinite(args.target_seconds) or args.target_seconds <= 0:
+        parser.error("--target-seconds must be a positive number")
 
     from training import data
     from training.models import load_tokenizer, resolve_base_model
@@ -145,12 +156,18 @@ def main(argv=None) -> int:
             f" on {os.cpu_count()} CPUs"
         )
 
-        tokenizer = load_tokenizer(resolve_base_model(args.model))
+        try:
+            tokenizer = load_tokenizer(resolve_base_model(args.model))
+        except Exception as e:  # not tiny-llama, a folder or a hub id: one line
+            print(f"error: --model {args.model}: {str(e).strip().splitlines()[0][:300]}",
+                  file=sys.stderr)
+            return 2
         n = args.rows
         report, _ = timed(
             "without tokenizer", n, args.target_seconds, lambda: data.validate_files([path])
         )
-        assert report.ok, report.problems[:5]
+        if not report.ok:  # a bad --max-seq-length, not the bench: say so, no traceback
+            return _not_ok(report, args)
         report, _ = timed(
             "with tokenizer (exact lengths)",
             n,
@@ -159,7 +176,8 @@ def main(argv=None) -> int:
                 [path], tokenizer=tokenizer, max_seq_length=args.max_seq_length
             ),
         )
-        assert report.ok, report.problems[:5]
+        if not report.ok:
+            return _not_ok(report, args)
         stats = report.files[0].tokens
         print(
             f"  tokens per row: min {stats.min} p50 {stats.median} p95 {stats.p95} max {stats.max} "

@@ -16,11 +16,16 @@
 #     BENCH_ARGS="--device cpu --model mini --updates 1 --max-seq-length 256" bash bench/gpu_check.sh /tmp/o
 set -u
 out=${1:?usage: bash bench/gpu_check.sh OUTDIR}
-mkdir -p "$out"
-python=${PYTHON:-python3}
+mkdir -p "$out" && out=$(cd "$out" && pwd)  # absolute: the script runs from the repository root
+cd "$(dirname "$0")/.."
+# the repository's .venv when there is one (make install), else python3 on PATH
+if [ -x .venv/bin/python ]; then python=${PYTHON:-.venv/bin/python}; else python=${PYTHON:-python3}; fi
+if ! "$python" -c "import torch, transformers, peft, training" 2>/dev/null; then
+  echo "error: $python cannot import torch, transformers, peft and training: make install, or PYTHON=..." >&2
+  exit 2
+fi
 args=${BENCH_ARGS:---device cuda}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-cd "$(dirname "$0")/.."
 
 { date -u; nvidia-smi 2>&1 | head -15
   "$python" -c "import sys, torch, transformers, peft; print(sys.version.split()[0], 'torch', \

@@ -537,9 +537,17 @@ def report_one(args, b: Result) -> int:
 
 
 # --------------------------------------------------------------------------- main
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)", except where the help states its own computed default."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "[default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=_Defaults)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--model", default=None,
                    help="tiny-llama, a local model folder, or a random-weights shape: "
@@ -615,8 +623,14 @@ def parse_args(argv=None):
     for name in ("updates", "max_seq_length", "eval_examples", "eval_batch", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not all(math.isfinite(v) for v in (args.median_lines, args.sigma, args.learning_rate)):
+        p.error("--median-lines, --sigma and --learning-rate must be numbers")
     if args.median_lines <= 0 or args.sigma < 0 or args.learning_rate <= 0:
         p.error("--median-lines and --learning-rate must be positive, --sigma at least 0")
+    if args.layers is not None and args.layers < 1:
+        p.error("--layers must be at least 1")
+    if (args.threads is not None and args.threads < 0) or args.dataloader_workers < 0:
+        p.error("--threads and --dataloader-workers must be at least 0")
     if args.threads is None:
         from training.backends.local import threads_per_arm
 
@@ -655,9 +669,14 @@ def main(argv=None) -> int:
 
     random_shape = args.model in RANDOM_SHAPES
     args.base_model_name = TINY_LLAMA if random_shape else args.model
-    tok_ref, _ = reference(TINY_LLAMA if random_shape else args.model, None)
+    try:
+        tok_ref, _ = reference(TINY_LLAMA if random_shape else args.model, None)
+        tokenizer = load_tokenizer(tok_ref)  # random shapes: the tiny tokenizer's ids
+    except Exception as e:  # not a folder, shape or reachable hub id: one line, not a traceback
+        print(f"error: --model {args.model}: {str(e).strip().splitlines()[0][:300]}",
+              file=sys.stderr)
+        return 2
     model_ref = args.model if random_shape else tok_ref
-    tokenizer = load_tokenizer(tok_ref)  # random shapes: the tiny tokenizer's ids (< its vocab)
 
     n_train = EXAMPLES_PER_UPDATE * args.updates
     rows = synthetic_rows(n_train + args.eval_examples, args.seed, args.median_lines, args.sigma)
