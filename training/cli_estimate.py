@@ -313,6 +313,51 @@ def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> None:
     sys.exit(1)
 
 
+def sweep_budget_guard(cfg, outputs, arm: str, allow_over_budget: bool, console) -> None:
+    """Before `train sweep` sends anything: its expected cost (trials x one arm) and worst case
+    (trials x azure.max_run_minutes, or the sweep's timeout x concurrent trials) against
+    budget_usd; exit 1 over it unless allowed."""
+    from training.estimate import sweep_cost
+
+    try:
+        vm, _ = pick(cfg, outputs)
+    except ValueError as e:
+        _cli().bad_input(str(e))
+    price = cfg.azure.price_per_hour or vm.price_per_hour
+    here = all(Path(p).is_file() for p in [cfg.train_file(a) for a in ARMS] + [cfg.eval]
+               if p is not None)
+    trial = None
+    if here:
+        est = guarded_estimate(cfg, outputs)
+        trial = next(a.cost_usd for a in est.arms if a.arm == arm)
+    expected, worst = sweep_cost(cfg, price, trial)
+    shown = (f"{expected:,.2f} USD" if expected is not None
+             else "unknown (the data is not on this machine)",
+             f"{worst:,.2f} USD" if worst is not None
+             else "no bound (set azure.max_run_minutes or sweep.timeout_minutes)")
+    console.print(f"sweep: {cfg.sweep.max_total_trials} trials on {vm.name} at {price:.2f} "
+                  f"USD/node-hour: expected {shown[0]}, worst case {shown[1]}", highlight=False)
+    if cfg.budget_usd is None:
+        return
+    problems = [f"the sweep's {what} {v:,.2f} USD exceeds budget_usd {cfg.budget_usd:,.2f}"
+                for what, v in (("estimate", expected), ("worst case", worst))
+                if v is not None and v > cfg.budget_usd]
+    if worst is None:
+        problems.append("budget_usd cannot be checked: nothing bounds the sweep (set "
+                        "azure.max_run_minutes or sweep.timeout_minutes)")
+    if not problems:
+        console.print(f"within budget_usd {cfg.budget_usd:,.2f}")
+        return
+    if allow_over_budget:
+        console.print("[yellow]over budget, submitted anyway (--allow-over-budget):[/] "
+                      + "; ".join(problems))
+        return
+    click.echo("error: " + "; ".join(problems) + ". Nothing was submitted: fewer trials "
+               "(sweep.max_total_trials), a smaller azure.max_run_minutes or "
+               "sweep.timeout_minutes, or --allow-over-budget", err=True)
+    sys.exit(1)
+
+
 def _worst_case_problems(cfg, outputs) -> list[str]:
     from training.estimate import worst_case_problems, worst_case_usd
 

@@ -36,7 +36,9 @@ from training.cli_azure import (
 @click.option("--force", is_flag=True,
               help="A new sweep beside the existing one (its name gets a timestamp): after "
                    "editing `sweep:`, or when the last sweep failed or was cancelled.")
-def sweep(config_path, outputs, arm, dry_run, out_dir, force):
+@click.option("--allow-over-budget", is_flag=True,
+              help="Submit even if the sweep's estimate or worst case exceeds budget_usd.")
+def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget):
     """Tune hyperparameters on ONE arm with an Azure ML sweep job (trials in parallel).
 
     \b
@@ -75,6 +77,9 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force):
     if dry_run:
         _dry_run(template, cfg, config_yaml, out_dir, console)
         return
+    from training.cli_estimate import sweep_budget_guard
+
+    sweep_budget_guard(cfg, outputs, arm, allow_over_budget, console)
     _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job)
 
 

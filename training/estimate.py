@@ -186,6 +186,24 @@ def worst_case_problems(worst: float | None, budget_usd: float | None) -> list[s
             f"{budget_usd:,.2f}"]
 
 
+def sweep_cost(cfg: ExperimentConfig, price_per_hour: float,
+               trial_usd: float | None) -> tuple[float | None, float | None]:
+    """(expected, worst case) USD of `train sweep`: every trial costs one arm's estimate
+    (`trial_usd`, None when the data is not here); at worst every trial runs to
+    azure.max_run_minutes, and the whole sweep stops at sweep.timeout_minutes with
+    max_concurrent_trials running. None: no bound."""
+    s, az = cfg.sweep, cfg.azure
+    node_hour = az.instance_count * price_per_hour
+    expected = None if trial_usd is None else s.max_total_trials * trial_usd
+    caps = []
+    if az.max_run_minutes:
+        caps.append(s.max_total_trials * az.max_run_minutes / 60 * node_hour)
+    if s.timeout_minutes:
+        caps.append(min(s.max_concurrent_trials, s.max_total_trials) * s.timeout_minutes / 60
+                    * node_hour)
+    return expected, (min(caps) if caps else None)
+
+
 def tokens_from_characters(characters: int) -> int:
     return math.ceil(characters / CHARS_PER_TOKEN)
 

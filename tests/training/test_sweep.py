@@ -42,7 +42,8 @@ def test_the_sweep_job_body(train, fake):
     assert (low, high) == pytest.approx((math.log(5e-5), math.log(5e-4)))  # Azure: exponents
     assert body["searchSpace"]["lora_r"] == ["choice", [[8, 16, 32]]]
     assert body["limits"]["maxTotalTrials"] == 12 and body["limits"]["maxConcurrentTrials"] == 4
-    assert body["limits"]["timeout"] == "P1D" and body["limits"]["trialTimeout"] == "PT10H"
+    assert body["limits"]["timeout"] == "PT12H" and body["limits"]["trialTimeout"] == "PT10H"
+    assert "worst case 176.16 USD" in result.output and "within budget_usd 200" in result.output
     assert body["earlyTermination"]["policyType"] == "Bandit"
     command = body["trial"]["command"]
     assert "--set training.learning_rate=${{search_space.training_learning_rate}}" in command
@@ -237,6 +238,23 @@ def test_a_changed_or_failed_sweep_is_not_reused_and_force_makes_a_new_one(train
     (new,) = set(fake.jobs) - {name}
     assert new.startswith(f"{name}-") and len(new) == len(name) + 15
     assert fake.jobs[new]["properties"]["limits"]["maxTotalTrials"] == 40
+
+
+def test_a_sweep_over_budget_is_refused_before_any_request(train, fake, tmp_path):
+    costly = with_sweep(tmp_path, max_total_trials=1000, max_concurrent_trials=100,
+                        timeout_minutes=43200)
+    result = train("sweep", "--config", str(costly))
+    assert result.exit_code == 1, result.output
+    assert "the sweep's worst case 36,700.00 USD exceeds budget_usd 200.00" in result.output
+    assert not fake.sent("PUT")
+    allowed = train("sweep", "--config", str(costly), "--allow-over-budget")
+    assert allowed.exit_code == 0 and "submitted anyway" in allowed.output, allowed.output
+    unbounded = with_sweep(tmp_path, timeout_minutes=None)
+    data = yaml.safe_load(unbounded.read_text())
+    data["azure"]["max_run_minutes"] = None
+    unbounded.write_text(yaml.safe_dump(data))
+    result = train("sweep", "--config", str(unbounded))
+    assert result.exit_code == 1 and "nothing bounds the sweep" in result.output
 
 
 def test_a_sweep_is_shown_and_cancelled_by_its_job_name(train, fake):
