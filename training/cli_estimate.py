@@ -248,9 +248,12 @@ def _hosted_estimate(cfg, fmt: str) -> None:
     if fmt == "json":
         from dataclasses import asdict
 
+        over = ([f"the estimate {total:,.2f} USD exceeds budget_usd {cfg.budget_usd:,.2f}"]
+                if cfg.budget_usd is not None and total > cfg.budget_usd else [])
         click.echo(json.dumps({"backend": cfg.backend, "model": cfg.base_model,
                                "arms": {a: asdict(c) for a, c in costs.items()},
-                               "cost_usd": total, "budget_usd": cfg.budget_usd}, indent=2))
+                               "cost_usd": total, "budget_usd": cfg.budget_usd,
+                               "over_budget": over}, indent=2))
         return
     console = _cli()._console()
     console.print(f"{cfg.backend}: {cfg.base_model}; cost = billed training tokens (tokens per "
@@ -261,6 +264,10 @@ def _hosted_estimate(cfg, fmt: str) -> None:
                       f"USD/M (prices {c.prices_as_of}) = {c.usd:,.2f} USD")
     console.print(f"pair: [bold]{total:,.2f} USD[/]"
                   + (f" (budget_usd {cfg.budget_usd:,.2f})" if cfg.budget_usd else ""))
+    if cfg.budget_usd is not None and total > cfg.budget_usd:
+        console.print(f"[yellow]over budget:[/] the estimate {total:,.2f} USD exceeds budget_usd "
+                      f"{cfg.budget_usd:,.2f}: `train submit` refuses it without "
+                      "--allow-over-budget")
 
 
 def _finite(value, name):

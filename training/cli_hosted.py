@@ -113,15 +113,36 @@ def _checked(pair_id: str | None) -> None:
             _cli().bad_input(str(e))
 
 
-def _azure_ml_only(backend: str, stack=None, outputs_file=None, from_sweep=None,
-                   allow_over_budget=False, **_) -> None:
+def _azure_ml_only(backend: str, stack=None, outputs_file=None, from_sweep=None, **_) -> None:
     """Options that mean something on Azure ML only are refused, not silently ignored."""
     given = [flag for flag, value in (("--stack", stack), ("--outputs-file", outputs_file),
-                                      ("--from-sweep", from_sweep),
-                                      ("--allow-over-budget", allow_over_budget)) if value]
+                                      ("--from-sweep", from_sweep)) if value]
     if given:
         _cli().bad_input(f"{', '.join(given)}: Azure ML options; the {backend} backend has no "
-                         "stack, sweeps or budget guard (drop them, or use --backend azureml)")
+                         "stack or sweeps (drop them, or use --backend azureml)")
+
+
+def _budget_guard(cfg, prep, allow_over_budget: bool, console) -> None:
+    """The service bills training tokens: refuse (exit 1, nothing uploaded) a pair whose estimate
+    exceeds budget_usd, unless allowed."""
+    from training.hosted_cost import estimate_pair_cost
+
+    if cfg.budget_usd is None:
+        return
+    costs = estimate_pair_cost(prep.report, cfg.base_model, cfg.openai.n_epochs,
+                               token_limit=cfg.openai.example_token_limit)
+    total = sum(c.usd for c in costs.values())
+    if total <= cfg.budget_usd:
+        console.print(f"within budget_usd {cfg.budget_usd:,.2f} (estimate {total:,.2f} USD; "
+                      "`train estimate` for the figures)")
+        return
+    problem = f"the estimate {total:,.2f} USD exceeds budget_usd {cfg.budget_usd:,.2f}"
+    if allow_over_budget:
+        console.print(f"[yellow]over budget, submitted anyway (--allow-over-budget):[/] {problem}")
+        return
+    click.echo(f"error: {problem}. Nothing was uploaded: fewer epochs (openai.n_epochs) or less "
+               "data, or --allow-over-budget (`train estimate` shows the figures)", err=True)
+    sys.exit(EXIT_FAILED)
 
 
 def _client(backend, config_path):
@@ -180,6 +201,8 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
             prep = ob.prepare(cfg, pair_id=pair_id)
         for w in prep.warnings[:20]:
             console.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
+        if not dry_run:
+            _budget_guard(cfg, prep, _stack.get("allow_over_budget", False), console)
         if dry_run:
             hyper = {k: getattr(cfg.openai, k)
                      for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}

@@ -148,7 +148,7 @@ def test_azure_ml_options_and_unusable_out_folders_are_refused(service, tmp_path
     for args, expected in [
         (("--from-sweep", "s1"), "--from-sweep: Azure ML options"),
         (("--outputs-file", a_file), "--outputs-file: Azure ML options"),
-        (("--stack", "dev", "--allow-over-budget"), "--stack, --allow-over-budget: Azure ML"),
+        (("--stack", "dev", "--from-sweep", "s"), "--stack, --from-sweep: Azure ML"),
         (("--dry-run", "--out", tmp_path / "d", "--wait"), "--wait follows submitted jobs"),
         (("--dry-run", "--out", a_file), "cannot write there"),
         (("--dry-run", "--out", a_file / "sub"), "cannot write there"),
@@ -184,3 +184,31 @@ def test_a_store_that_cannot_take_the_metrics_is_one_line(service, tmp_path, mon
         assert "S3CRETPW" not in result.output and "Traceback" not in result.output
         assert not isinstance(result.exception, Exception) or isinstance(result.exception,
                                                                           SystemExit)
+
+
+def test_a_pair_over_budget_uploads_nothing_unless_allowed(service, tmp_path):
+    import yaml
+
+    cfg = write_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text())
+    data["budget_usd"] = 0.0001
+    cfg.write_text(yaml.safe_dump(data))
+    estimate = train("estimate", "--config", cfg)
+    assert estimate.exit_code == 0 and "exceeds budget_usd 0.00" in estimate.output
+    result = train("submit", "--config", cfg)
+    assert result.exit_code == 1 and "exceeds budget_usd" in result.output, result.output
+    assert service.requests == []
+    allowed = train("submit", "--config", cfg, "--allow-over-budget", "--poll-seconds", "0.01")
+    assert allowed.exit_code == 0 and "submitted anyway" in allowed.output, allowed.output
+
+
+def test_a_pair_id_reused_for_another_config_is_refused(service, tmp_path):
+    first = write_config(tmp_path / "a")
+    assert train("submit", "--config", first, "--pair-id", "p1",
+                 "--poll-seconds", "0.01").exit_code == 0
+    sent = len(service.requests)
+    other = write_config(tmp_path / "b", n_epochs=7)
+    result = train("submit", "--config", other, "--pair-id", "p1")
+    assert result.exit_code == 2, result.output
+    assert "is not this pair's: n_epochs 2 (this pair: 7)" in result.output
+    assert not service.sent("POST")[5:] and len(service.requests) > sent  # looked, sent nothing

@@ -232,6 +232,11 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
         pair_id = f"{pair_id}-{uuid.uuid4().hex[:6]}"
     else:
         existing = find_pair_jobs(client, pair_id)
+        for arm, job in existing.items():
+            if diff := identity_mismatch(job, prep, arm):
+                raise HostedError(f"the {arm} job {job['id']} of pair {pair_id} is not this "
+                                  f"pair's: {'; '.join(diff)}. Choose another --pair-id, or drop "
+                                  "--pair-id to derive one from the config", EXIT_BAD_INPUT)
         if len(existing) == len(ARMS):
             return Submitted(pair_id, existing, created=False)
         if existing:
@@ -284,6 +289,23 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
             raise HostedError(f"{arm}: {what} ({_describe(e)}); {rolled}") from None
         say(f"{arm}: job {jobs[arm]['id']} created ({jobs[arm]['status']})")
     return Submitted(pair_id, jobs, created=True)
+
+
+def identity_mismatch(job: dict, prep: Prepared, arm: str) -> list[str]:
+    """How an existing job differs from the one this pair would create (a --pair-id reused for
+    another config, other data or other hyperparameters): its metadata and the hyperparameters
+    set in the file (`auto` ones are the service's to resolve)."""
+    meta, want = job.get("metadata") or {}, prep.metadata(arm)
+    diff = [f"{key} {meta[key][:12]!r} (this pair: {want.get(key, '')[:12]!r})"
+            for key in ("config_sha256", "data_sha256", "eval_sha256")
+            if key in meta and meta[key] != want.get(key, "")]
+    resolved = job.get("hyperparameters") or {}
+    for key in ("n_epochs", "batch_size", "learning_rate_multiplier"):
+        value = getattr(prep.cfg.openai, key)
+        if value != "auto" and key in resolved and resolved[key] not in (value, "auto") and (
+                float(resolved[key]) != float(value)):
+            diff.append(f"{key} {resolved[key]} (this pair: {value})")
+    return diff
 
 
 def _roll_back(client, jobs: dict[str, dict], say) -> str:
