@@ -33,6 +33,9 @@ PAIR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,200}$")
 # The tags that say which pair, arm and experiment a job is: an existing job with the same name
 # but other values is not this pair's (another config under a reused --pair-id, a sweep).
 IDENTITY_TAGS = ("pair_id", "arm", "config_sha256", "seed", "base_model_revision")
+# the data asset versions the job trains and is scored on (in the derived pair id, but a reused
+# --pair-id must not let a job of other data count as this pair's); older jobs lack these tags
+DATA_TAGS = ("train_data", "eval_data")
 # what else both arms must share; checked when a pair is completed (an arm missing from an earlier
 # attempt is created now): the other arm ran with these, so the new one must too
 RUN_TAGS = ("code_version", "compute", "environment", "resources")
@@ -127,7 +130,8 @@ def identity_mismatch(job: ArmJob, tags: dict, completing: bool = False) -> list
     `completing`: another job of the pair is about to be created beside it, so what it ran on
     (RUN_TAGS: code, compute, environment, resources) must match as well; a job submitted
     before these tags existed is not held to them."""
-    keys = IDENTITY_TAGS + (tuple(k for k in RUN_TAGS if k in tags) if completing else ())
+    keys = IDENTITY_TAGS + tuple(k for k in DATA_TAGS if k in tags) + (
+        tuple(k for k in RUN_TAGS if k in tags) if completing else ())
     return [f"{key} {tags.get(key)!r} (this pair: {job.tags.get(key)!r})"
             for key in keys if str(tags.get(key, "")) != str(job.tags.get(key, ""))]
 
@@ -166,6 +170,7 @@ def plan_pair(cfg: ExperimentConfig, outputs: StackOutputs, pair_id: str, code_v
                     "code_version": code_version, "seed": str(seed),
                     "base_model": cfg.base_model,
                     "base_model_revision": str(cfg.base_model_revision or ""),
+                    "train_data": assets[arm], "eval_data": assets.get("eval", ""),
                     "compute": compute, "environment": environment,
                     "resources": f"{az.instance_count} nodes x {az.processes_per_node}, shm "
                                  f"{az.shm_size}, timeout {timeout_s or 'none'}",

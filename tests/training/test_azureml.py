@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.training.fake_azure import OUTPUTS, FakeCredential
+from tests.training.fake_azure import OUTPUTS, FakeCredential, _error, _response
 from training.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -341,7 +341,7 @@ def test_a_create_whose_answer_is_lost_is_looked_up_and_undone(train, fake, arm)
         {"control": "Canceled", "experiment": "Canceled"} if arm == "experiment"
         else {"control": "Canceled"})
     assert "never half a pair running" in result.output
-    assert "no job of the pair had been created" not in result.output
+    assert "this submission created no job" not in result.output
 
 
 def test_completing_a_pair_on_other_compute_is_refused(train, fake, tmp_path):
@@ -375,6 +375,43 @@ def test_one_data_asset_named_twice_is_a_warning(fake, tmp_path):
     assert result.exit_code == 0, result.output
     assert "both arms train on the same data asset azureml:control-train:1" in result.output
     assert "the control arm is scored on examples it trained on" in result.output
+
+
+def test_a_reused_pair_id_with_new_data_asset_versions_is_refused(fake, tmp_path):
+    obj = {"azure_transport": fake, "azure_credential": FakeCredential()}
+    config = str(write_config(tmp_path))
+    for version in ("1", "2"):
+        assets = {k: {**v, "version": version} for k, v in OUTPUTS["data_assets"].items()}
+        outputs = tmp_path / f"v{version}.json"
+        outputs.write_text(json.dumps({**OUTPUTS, "data_assets": assets}))
+        result = CliRunner().invoke(main, ["submit", "--config", config, "--outputs-file",
+                                           str(outputs), "--pair-id", "q"], obj=obj)
+    assert result.exit_code == 2, result.output
+    assert "train_data 'azureml:control-train:1' (this pair: 'azureml:control-train:2')" in (
+        result.output)
+    assert len(fake.sent("PUT", "/jobs/")) == 2  # the first submission's only
+
+
+def test_the_undo_leaves_ended_jobs_and_another_submissions_job_alone(train, fake):
+    assert train("submit", "--pair-id", "p4").exit_code == 0
+    fake.set_status("p4-control", "Completed")  # an earlier attempt: its control finished
+    del fake.jobs["p4-experiment"]
+    fake.fail("PUT", r"/jobs/p4-experiment$", 500)
+    result = train("submit", "--pair-id", "p4")
+    assert result.exit_code == 1, result.output
+    assert fake.jobs["p4-control"]["properties"]["status"] == "Completed"
+    assert not fake.sent("POST", "/cancel")
+    fake.routes.pop(0)
+
+    def created_by_another(request, match):  # the other submission won the race: 409
+        fake._put_job(request, match)
+        return _response(request, 409, _error("Conflict", "job exists"))
+
+    del fake.jobs["p4-control"]
+    fake.routes.insert(0, ("PUT", r"/jobs/(?P<name>p4-control)$", created_by_another))
+    result = train("submit", "--pair-id", "p4")
+    assert result.exit_code == 1 and "created meanwhile by another submission" in result.output
+    assert fake.jobs["p4-control"]["properties"]["status"] != "Canceled"
 
 
 def test_a_reused_pair_id_with_another_config_is_refused(train, fake, tmp_path):

@@ -40,11 +40,13 @@ def test_the_two_jobs_differ_only_in_data_names_and_arm():
     assert a.pop("output_path") == "azureml://datastores/training_data/paths/pairs/p-1/control/"
     assert b.pop("output_path") == "azureml://datastores/training_data/paths/pairs/p-1/experiment/"
     assert a["tags"].pop("arm") == "control" and b["tags"].pop("arm") == "experiment"
+    assert a["tags"].pop("train_data") == "azureml:control-train:1"
+    assert b["tags"].pop("train_data") == "azureml:experiment-train:1"
     assert a == b
     assert a["tags"] == {"pair_id": "p-1", "config_sha256": config().sha256(),
                          "code_version": "abc123", "seed": "42",
                          "base_model": "meta-llama/Meta-Llama-3-8B", "base_model_revision": "",
-                         "compute": "gpu-cluster",
+                         "eval_data": "azureml:eval:1", "compute": "gpu-cluster",
                          "environment": "azureml:paired-finetune-train:abc123",
                          "resources": "1 nodes x 1, shm 16g, timeout 36000"}
     assert a["environment"] == "azureml:paired-finetune-train:abc123"

@@ -186,18 +186,24 @@ class AzurePair:
             return result
         except (KeyboardInterrupt, Exception) as e:  # SDK validation errors, failed requests
             # the request in flight may have created its job (a Ctrl-C, or a response lost to a
-            # timeout or a reset after the service got it): look, then undo everything
+            # timeout or a reset after the service got it): look, then undo everything. A 409 is
+            # another submission of this pair that created it first: that job is not ours.
             unknown = None
-            if current and current not in result:
+            conflict = getattr(e, "status_code", None) == 409
+            if current and current not in result and not conflict:
                 try:
                     if self.get(current) is not None:
                         result[current] = (None, True)
                 except Exception:
                     unknown = current
             interrupted = isinstance(e, KeyboardInterrupt)
-            self._undo([n for n in result if n not in dead],
-                       "interrupted" if interrupted else f"could not create {current}: "
-                                                         f"{_reason(e)}",
+            ended = {n for n, (job, new) in result.items()
+                     if not new and _status(job) in TERMINAL}  # nothing to cancel there
+            what = ("interrupted" if interrupted
+                    else f"{current} was created meanwhile by another submission of this pair "
+                         "(`train status PAIR` shows it)" if conflict
+                    else f"could not create {current}: {_reason(e)}")
+            self._undo([n for n in result if n not in dead and n not in ended], what,
                        interrupted=interrupted, unknown=unknown)
 
     def _undo(self, names: list[str], what: str, interrupted: bool = False,
@@ -223,7 +229,7 @@ class AzurePair:
         elif cancelled:
             lines.append("never half a pair running")
         else:
-            lines.append("no job of the pair had been created")
+            lines.append("this submission created no job (nothing to cancel)")
         lines.append("fix the cause and submit again (`--force` for a new pair id)")
         raise SubmitError("\n  ".join(lines), interrupted=interrupted)
 
