@@ -161,6 +161,10 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
     from training.cli_estimate import cluster_check
 
     cluster_check(cfg, outputs, console)
+    if cfg.budget_usd is None or dry_run:  # else the budget guard validates it as it counts
+        from training.cli_estimate import check_local_data
+
+        check_local_data(cfg)
     cfg = _pinned(cfg, console, required=not dry_run)
     tags = {}
     if from_sweep:

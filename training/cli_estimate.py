@@ -278,6 +278,22 @@ def _finite(value, name):
     return value
 
 
+def check_local_data(cfg) -> bool:
+    """`train submit` without a budget to check: the data files, when they are on this machine,
+    are validated as `train data validate` would (exit 2 on a bad row). Returns whether they
+    were (False: the data is only in the workspace)."""
+    from training.data import DataError
+
+    files = [cfg.train_file(a) for a in ARMS] + ([cfg.eval] if cfg.eval is not None else [])
+    if not all(Path(p).is_file() for p in files):
+        return False
+    try:
+        count_data(cfg)
+    except (ValueError, OSError, DataError) as e:
+        _cli().bad_input(str(e))
+    return True
+
+
 def guarded_estimate(cfg, outputs, mfu=None):
     """make_estimate with every user mistake as exit 2."""
     from training.data import DataError

@@ -414,6 +414,20 @@ def test_the_undo_leaves_ended_jobs_and_another_submissions_job_alone(train, fak
     assert fake.jobs["p4-control"]["properties"]["status"] != "Canceled"
 
 
+def test_bad_local_data_is_refused_before_any_request_without_a_budget(train, fake, tmp_path):
+    from tests.training.pairs import DATA
+
+    config = write_config(tmp_path, budget_usd=None)
+    (tmp_path / "c.jsonl").write_text("not json\n")
+    for name, source in (("e.jsonl", "experiment.jsonl"), ("eval.jsonl", "eval.jsonl")):
+        (tmp_path / name).write_text((DATA / source).read_text())
+    for extra in ([], ["--dry-run", "--out", str(tmp_path / "jobs")]):
+        result = train("submit", *extra, config=config)
+        assert result.exit_code == 2, result.output
+        assert f"{tmp_path / 'c.jsonl'}:1: not valid JSON" in result.output
+    assert not fake.sent("PUT")
+
+
 def test_a_reused_pair_id_with_another_config_is_refused(train, fake, tmp_path):
     assert train("submit", "--pair-id", "p2").exit_code == 0
     del fake.jobs["p2-experiment"]
