@@ -286,6 +286,14 @@ def _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds
                      else "already submitted, nothing created"))
     views = [view(job) for job, _ in result.values()]
     _print_jobs(views, console)
+    failed = [v for v in views if v.status in ("Failed", "Canceled", "NotResponding")]
+    if not created and failed:  # "already submitted" must not read as success after a failure
+        arms = ", ".join(f"{_arm_label(v)} ({v.status})" for v in failed)
+        click.echo(f"error: the pair was submitted before and did not complete: {arms}. Its jobs "
+                   f"cannot run again under the same names: `train logs {pair_id} --arm "
+                   f"{failed[0].arm}` shows why; `train submit --force` submits a new pair",
+                   err=True)
+        sys.exit(EXIT_FAILED)
     console.print(f"follow it (with the same --stack or --outputs-file): train status {pair_id}"
                   f" | train logs {pair_id} --arm control | train cancel {pair_id}")
     if wait_:
@@ -294,16 +302,18 @@ def _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds
 
 def _print_jobs(views, console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, pad_edge=False)
     for col in ("arm", "job", "status"):
         table.add_column(col)
-    for v in views:
-        table.add_row(_arm_label(v), v.name, v.status)
+    for v in views:  # the service's strings as text: a `[/x]` in a tag is not rich markup
+        table.add_row(Text(_arm_label(v)), Text(v.name), Text(str(v.status)))
     console.print(table)
     for v in views:  # whole, on their own lines: copied or clicked, never truncated
         if v.studio_url:
-            console.print(f"{_arm_label(v)}: {v.studio_url}", overflow="ignore", crop=False)
+            console.print(f"{_arm_label(v)}: {v.studio_url}", overflow="ignore", crop=False,
+                          markup=False)
 
 
 def _arm_label(v) -> str:

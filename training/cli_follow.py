@@ -47,7 +47,9 @@ def _sweep_job(name: str, outputs, console, cancel: bool) -> bool:
         _cli().bad_input(f"no sweep {name!r} in this workspace")
     if cancel:
         for job_name, what in pair.cancel([job]):
-            console.print(f"{job_name}: {what}" + (" (its running trials with it)" if what == "cancel requested" else ""))
+            console.print(f"{job_name}: {what}" + (" (its running trials with it)"
+                                                    if what == "cancel requested" else ""),
+                          markup=False)
             if what.startswith("could not"):
                 sys.exit(EXIT_FAILED)
         return True
@@ -92,7 +94,8 @@ def status(pair_id, outputs):
         for pid, views in pairs.items():
             arms = "  ".join(f"{v.arm}{'' if v.replicate is None else ' r' + v.replicate}: "
                              f"{v.status}" for v in sorted(views, key=lambda v: v.name))
-            console.print(f"{pid:<40} {(views[0].created or '')[:19]:<20} {arms}")
+            console.print(f"{pid:<40} {(views[0].created or '')[:19]:<20} {arms}",
+                          markup=False, highlight=False)
         return
     _print_jobs([view(j) for j in _pair_jobs(pair, pair_id)], console)
 
@@ -156,7 +159,7 @@ def cancel(pair_id, outputs):
     pair = AzurePair(_client(outputs))
     results = pair.cancel(_pair_jobs(pair, pair_id))
     for name, what in results:
-        console.print(f"{name}: {what}")
+        console.print(f"{name}: {what}", markup=False)
     if any(what.startswith("could not") for _, what in results):
         sys.exit(EXIT_FAILED)
 

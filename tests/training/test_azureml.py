@@ -263,6 +263,9 @@ def test_wait_exits_1_when_an_arm_fails(train, fake):
         fake.set_status(name, "Failed" if name.endswith("-experiment") else "Completed")
     result = train("submit", "--wait", "--poll-seconds", "0")
     assert result.exit_code == 1 and "Failed" in result.output
+    again = train("submit")  # not "already submitted" with exit 0 after a failure
+    assert again.exit_code == 1 and "did not complete: experiment (Failed)" in again.output
+    assert "--arm experiment" in again.output and "--force" in again.output
 
 
 def test_status_lists_pairs_and_shows_one(train, fake):
@@ -426,6 +429,16 @@ def test_bad_local_data_is_refused_before_any_request_without_a_budget(train, fa
         assert result.exit_code == 2, result.output
         assert f"{tmp_path / 'c.jsonl'}:1: not valid JSON" in result.output
     assert not fake.sent("PUT")
+
+
+def test_the_services_strings_are_never_read_as_markup(train, fake):
+    assert train("submit", "--pair-id", "p5").exit_code == 0
+    fake.jobs["p5-control"]["properties"]["tags"]["pair_id"] = "x[/bold]"
+    fake.jobs["p5-experiment"]["properties"]["tags"]["arm"] = "[red]experiment"
+    listing = train("status")
+    assert listing.exit_code == 0 and "x[/bold]" in listing.output, listing.output
+    one = train("status", "p5")
+    assert one.exit_code == 0 and "[red]experiment" in one.output, one.output
 
 
 def test_a_reused_pair_id_with_another_config_is_refused(train, fake, tmp_path):
