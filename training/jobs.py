@@ -112,7 +112,9 @@ def azure_pair_id(cfg: ExperimentConfig, outputs: StackOutputs) -> str:
     h.update(f"world_size={cfg.azure.instance_count * cfg.azure.processes_per_node}".encode())
     for key, asset_id in sorted(data_asset_ids(outputs).items()):
         h.update(f"{key}={asset_id}".encode())
-    return f"{re.sub(r'[^a-z0-9-]', '-', cfg.name.lower())}-{h.hexdigest()[:10]}"
+    name = re.sub(r"[^a-z0-9-]", "-", cfg.name.lower())
+    name = re.sub(r"-sweep(?=-|$)", "-sweeps", name)  # '-sweep' is kept for the sweeps' names
+    return f"{name}-{h.hexdigest()[:10]}"
 
 
 def check_pair_id(pair_id: str, what: str = "--pair-id") -> str:

@@ -159,3 +159,12 @@ def test_dry_run_yaml_round_trips_through_load_job(tmp_path):
     assert loaded.outputs["arm_dir"].mode == "rw_mount"
     assert loaded.outputs["arm_dir"].path.endswith("/paths/pairs/p/experiment/")
     assert loaded.tags["arm"] == "experiment"
+
+
+def test_an_experiment_named_like_a_sweep_still_gets_a_pair_id():
+    from training.jobs import azure_pair_id, check_pair_id
+
+    for name in ("lr-sweep", "my-sweep-test"):
+        pair_id = azure_pair_id(config().model_copy(update={"name": name}), outputs())
+        assert check_pair_id(pair_id) == pair_id and pair_id.startswith(name.replace(
+            "sweep", "sweeps"))
