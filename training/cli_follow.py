@@ -131,9 +131,11 @@ def logs(pair_id, arm, replicate, outputs):
         pair.stream(jobs[0].name)
     except JobException as e:
         reason = str(e).replace("Exception :", "").strip().splitlines()
+        from training.backends.azureml import _status
+
         status = pair.get(jobs[0].name)
         click.echo(f"error: {jobs[0].name} did not complete (status "
-                   f"{getattr(status, 'status', '?')})"
+                   f"{_status(status) if status is not None else '?'})"
                    + (f": {reason[0]}" if reason and reason[0] else "")
                    + f"; its logs: {getattr(status, 'studio_url', '') or 'the studio'}", err=True)
         sys.exit(EXIT_FAILED)

@@ -304,6 +304,21 @@ def test_logs_stream_the_arm_until_it_ends(train, fake, capfd):
     assert train("logs", "nope").exit_code == 2
 
 
+@pytest.mark.parametrize("status", ["Completed", "Failed"])
+def test_logs_of_an_arm_that_has_ended_are_printed(train, fake, status):
+    """The SDK's stream prints log lines only while a job runs: an ended job's log is read."""
+    assert train("submit").exit_code == 0
+    pair_id = next(iter(fake.jobs)).rsplit("-", 1)[0]
+    name = f"{pair_id}-experiment"
+    fake.set_status(name, status)
+    fake.logs[name] = "step 10/100  loss 1.2345\nTraceback: CUDA out of memory\n"
+    result = train("logs", pair_id, "--arm", "experiment")
+    assert result.exit_code == (0 if status == "Completed" else 1), result.output
+    assert "Traceback: CUDA out of memory" in result.output
+    if status == "Failed":
+        assert f"{name} did not complete (status Failed)" in result.output
+
+
 # ----------------------------------------------------------------------------- hostile cases
 def test_a_rollback_that_cannot_cancel_says_so(train, fake):
     fake.fail("PUT", r"/jobs/[^/]+-experiment$", 400)

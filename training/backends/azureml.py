@@ -297,8 +297,43 @@ class AzurePair:
             sleep(poll_seconds)
 
     def stream(self, name: str) -> None:
-        """Print the job's rank-0 log until it ends (the SDK raises if the job failed)."""
+        """Print the job's rank-0 log until it ends (the SDK raises if the job failed). The SDK
+        prints log lines only while a job runs: for one that has ended, its log is printed first."""
+        job = self.get(name)
+        if job is not None and _status(job) in TERMINAL:
+            self.print_ended_log(name)
         self.client.jobs.stream(name)
+
+    def print_ended_log(self, name: str) -> None:
+        """The rank-0 log of an ended job, found and read as the SDK's own stream finds it (the
+        job's default output folder, else the run's log files)."""
+        import sys
+
+        from azure.ai.ml._artifacts._artifact_utilities import (
+            get_datastore_info,
+            list_logs_in_datastore,
+        )
+        from azure.ai.ml._utils.utils import (
+            create_requests_pipeline_with_retry,
+            download_text_from_url,
+        )
+        from azure.ai.ml.operations._job_ops_helper import _get_sorted_filtered_logs
+
+        ops = self.client.jobs
+        rest = ops._get_job(name)
+        default = (rest.properties.outputs or {}).get("default") if getattr(
+            rest.properties, "outputs", None) else None
+        logs = None
+        if default is not None and getattr(default, "uri", None) and "datastores/" in default.uri:
+            store, prefix = default.uri.split("datastores/")[1].split("/", 1)
+            logs = list_logs_in_datastore(get_datastore_info(ops._datastore_operations, store),
+                                          prefix=prefix, legacy_log_folder_name="/azureml-logs/")
+        if not logs:
+            logs = ops._runs_operations.get_run_details(name).log_files or {}
+        pipeline = create_requests_pipeline_with_retry(requests_pipeline=ops._requests_pipeline)
+        for log in _get_sorted_filtered_logs(logs, rest.properties.job_type, {}):
+            sys.stdout.write(download_text_from_url(logs[log], pipeline, timeout=60))
+            sys.stdout.write("\n")
 
 
 def _reason(e: Exception) -> str:
