@@ -126,6 +126,9 @@ class InProcessTransport(HttpTransport):
     def close(self):
         pass
 
+    def sleep(self, duration):  # azure-core's retry backoff: no real waiting in tests
+        pass
+
 
 @dataclass
 class FakeAzureML(InProcessTransport):

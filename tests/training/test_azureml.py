@@ -257,6 +257,24 @@ def test_a_ctrl_c_while_following_replicates_names_the_whole_pair(train, fake, t
     assert "`train status y`, `train cancel y`" in result.output
 
 
+def test_wait_rides_out_a_passing_failure_of_the_service(train, fake):
+    assert train("submit").exit_code == 0
+    for name in fake.jobs:
+        fake.set_status(name, "Completed")
+    gets = {"n": 0}
+    real_get = fake._get_job
+
+    def hiccup(request, match):  # the existence checks pass; then more 503s than the SDK retries
+        gets["n"] += 1
+        if 2 < gets["n"] <= 30:
+            return _response(request, 503, _error("ServiceUnavailable", "try later"))
+        return real_get(request, match)
+
+    fake.routes.insert(0, ("GET", r"/jobs/(?P<name>[^/]+)$", hiccup))
+    result = train("submit", "--wait", "--poll-seconds", "0")
+    assert result.exit_code == 0 and "both arms completed" in result.output, result.output
+
+
 def test_wait_exits_1_when_an_arm_fails(train, fake):
     assert train("submit").exit_code == 0
     for name in fake.jobs:

@@ -287,10 +287,24 @@ class AzurePair:
         return out
 
     def wait(self, names: list[str], on_update, poll_seconds: float = 30.0,
-             sleep=time.sleep) -> dict[str, str]:
-        """Poll until every job has ended; on_update(name -> status) after each poll."""
+             sleep=time.sleep, give_up_after: float = 600.0) -> dict[str, str]:
+        """Poll until every job has ended; on_update(name -> status) after each poll. A poll
+        that fails for a passing reason (a 5xx, a 429, a dropped connection) is tried again
+        until `give_up_after` seconds of failures in a row (a following CI job must not fail on
+        a hiccup of the service)."""
+        failing_since = None
         while True:
-            statuses = {name: _status(self.client.jobs.get(name)) for name in names}
+            try:
+                statuses = {name: _status(self.client.jobs.get(name)) for name in names}
+            except Exception as e:
+                if not _transient(e):
+                    raise
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > give_up_after:
+                    raise
+                sleep(max(poll_seconds, 1.0))
+                continue
+            failing_since = None
             on_update(statuses)
             if all(s in TERMINAL for s in statuses.values()):
                 return statuses
@@ -334,6 +348,17 @@ class AzurePair:
         for log in _get_sorted_filtered_logs(logs, rest.properties.job_type, {}):
             sys.stdout.write(download_text_from_url(logs[log], pipeline, timeout=60))
             sys.stdout.write("\n")
+
+
+def _transient(e: Exception) -> bool:
+    """A failure that another try may not have: no answer, a 5xx, or a 429."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    if isinstance(e, ServiceRequestError | ServiceResponseError):
+        return True
+    status = getattr(e, "status_code", None)
+    return isinstance(e, HttpResponseError) and status is not None and (
+        status >= 500 or status == 429)
 
 
 def _reason(e: Exception) -> str:
