@@ -179,19 +179,21 @@ def _num(value) -> float | None:
 
 def azure_cost(params: dict, seconds: float | None, outputs) -> float | None:
     """An Azure ML run's cost: its duration x nodes x the VM size's price per node hour (the
-    experiment's azure.price_per_hour, else hardware.py's list price). The VM size: the
-    experiment's azure.vm_size, else the stack's size for the cluster it named."""
+    experiment's azure.price_per_hour, else hardware.py's list price). The VM size, in the
+    budget guard's order: the stack's size for the cluster the run named, else the experiment's
+    azure.vm_size, else the infra default."""
     from training.hardware import DEFAULT_CPU_VM_SIZE, DEFAULT_GPU_VM_SIZE, vm_size
 
     if seconds is None or outputs is None:
         return None
-    size = params.get("azure.vm_size")
-    if size in (None, "", "None"):
-        compute = params.get("azure.compute", "gpu")
-        gpu = outputs.gpu_vm_size or DEFAULT_GPU_VM_SIZE
-        cpu = outputs.cpu_vm_size or DEFAULT_CPU_VM_SIZE
-        size = {"gpu": gpu, outputs.gpu_cluster: gpu, "cpu": cpu, outputs.cpu_cluster: cpu}.get(
-            compute)
+    compute = params.get("azure.compute", "gpu")
+    kind = {"gpu": "gpu", outputs.gpu_cluster: "gpu", "cpu": "cpu",
+            outputs.cpu_cluster: "cpu"}.get(compute, "gpu")
+    size = outputs.gpu_vm_size if kind == "gpu" else outputs.cpu_vm_size
+    if not size:
+        given = params.get("azure.vm_size")
+        size = given if given not in (None, "", "None") else (
+            DEFAULT_GPU_VM_SIZE if kind == "gpu" else DEFAULT_CPU_VM_SIZE)
     price = _num(params.get("azure.price_per_hour"))
     if price is None and size and (vm := vm_size(size)):
         price = vm.price_per_hour

@@ -225,6 +225,8 @@ def pick_vm(cfg: ExperimentConfig, gpu_vm_size: str | None, cpu_vm_size: str | N
     from_outputs = gpu_vm_size if cluster_kind == "gpu" else cpu_vm_size
     if from_outputs:
         name, source = from_outputs, "stack outputs"
+        if az.vm_size and az.vm_size != from_outputs:  # the cluster is what runs: say so
+            source += f"; azure.vm_size {az.vm_size} is not the cluster's size and is ignored"
     elif az.vm_size:
         name, source = az.vm_size, "azure.vm_size"
     else:

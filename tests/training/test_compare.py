@@ -342,6 +342,12 @@ def test_azure_runs_cost_their_duration_at_the_vm_price_and_meet_the_budget(budg
     (crit,) = [c for c in rep["criteria"] if c["name"] == "budget_usd"]
     assert crit["passed"] is passed and crit["value"] == pytest.approx(rep["cost_usd"])
     assert rep["verdict"]["exit_code"] == (0 if passed else 1)
+    # azure.vm_size in the file does not outprice the cluster that ran it (the budget's order)
+    pricey = {**params, "azure.vm_size": "Standard_ND96amsr_A100_v4"}
+    runs_pricey = {0: {a: arm_run(a, c, **pricey) for a in ("control", "experiment")}}
+    same = compare.build(runs_pricey, "p", "azureml://", outputs=parse_outputs(OUTPUTS, "test"))
+    assert same["replicate_results"][0]["arms"]["control"]["cost_usd"] == pytest.approx(
+        60 / 3600 * 2 * 3.67)
     local = compare.build(runs, "p", "sqlite://")  # no stack: no cost, the budget not checked
     (crit,) = [c for c in local["criteria"] if c["name"] == "budget_usd"]
     assert crit["passed"] is None and local["cost_usd"] is None
