@@ -7,6 +7,7 @@ commands (it takes seconds), so `train --help` stays fast.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import tempfile
 import time
@@ -258,6 +259,7 @@ def _dry_run(planned, config_yaml, out_dir: Path, console) -> None:
 
     texts = {out_dir / f"{job.name}.yml": job_yaml(job, "./code") for job in planned}
     try:
+        remove_stale_jobs(out_dir, set(texts), console)
         code = stage_code(out_dir / "code", config_yaml)
         for path, text in texts.items():
             path.write_text(text, encoding="utf-8")
@@ -265,7 +267,23 @@ def _dry_run(planned, config_yaml, out_dir: Path, console) -> None:
     except OSError as e:
         _cli().bad_input(f"--out {out_dir}: cannot write {e.filename or ''} ({e.strerror or e})")
     console.print(f"code snapshot: {code}  (nothing was sent; submit one with "
-                  f"`az ml job create -f {out_dir}/{planned[0].name}.yml`)")
+                  f"`az ml job create -f {shlex.quote(str(out_dir / planned[0].name))}.yml`)")
+
+
+def remove_stale_jobs(out_dir: Path, keep: set[Path], console) -> None:
+    """Job YAMLs an earlier dry run left in --out read the code snapshot this one replaces: they
+    would submit another pair's names and tags with this config. Only files this tool wrote
+    (they name `./code`, beside its snapshot marker) are removed, and each is named."""
+    from training.backends.azureml import SNAPSHOT_MARKER
+
+    if not (out_dir / "code" / SNAPSHOT_MARKER).exists():
+        return
+    for path in sorted(out_dir.glob("*.yml")):
+        if path not in keep and "code: ./code" in path.read_text(encoding="utf-8",
+                                                                 errors="replace"):
+            path.unlink()
+            console.print(f"removed {path} (an earlier dry run's job, which would read this "
+                          "code snapshot)", highlight=False)
 
 
 @_azure_errors

@@ -116,10 +116,12 @@ TRIAL_FIELDS = ("code", "command", "environment", "environment_variables", "dist
 
 def _dry_run(template, cfg, config_yaml, out_dir: Path, console) -> None:
     from training.backends.azureml import stage_code
+    from training.cli_azure import remove_stale_jobs
 
     text = sweep_yaml(template, cfg, "./code")
     path = out_dir / f"{template.name}.yml"
     try:
+        remove_stale_jobs(out_dir, {path}, console)
         stage_code(out_dir / "code", config_yaml)
         path.write_text(text, encoding="utf-8")
     except OSError as e:

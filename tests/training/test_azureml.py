@@ -190,6 +190,14 @@ def test_dry_run_writes_loadable_jobs_and_sends_nothing(train, fake, tmp_path):
     assert shipped["arms"]["control"]["train"] == "azureml:control-train:1"
     assert shipped["base_model_revision"] == PINNED  # both jobs load exactly this commit
     assert jobs[1].tags["base_model_revision"] == PINNED
+    # the same --out for another config: the old jobs (which would read the new snapshot) go
+    (out / "notes.yml").write_text("mine: true\n")  # not a job this tool wrote: kept
+    other = write_config(tmp_path, **{"training.learning_rate": 1e-5})
+    again = train("submit", "--dry-run", "--out", str(out), config=other)
+    assert again.exit_code == 0 and again.output.count("removed ") == 2, again.output
+    assert {f.name for f in out.glob("*.yml")} - {f.name for f in files} == {
+        "notes.yml", *{f.name for f in out.glob("*-*.yml")} - {f.name for f in files}}
+    assert not any(f.exists() for f in files)
 
 
 def test_base_model_that_cannot_be_pinned_is_exit_2(train, fake, tmp_path):
