@@ -228,7 +228,12 @@ def _from_sweep(cfg, outputs, sweep_job: str, console):
     except (JobSpecError, ConfigError) as e:
         _cli().bad_input(str(e))
     shown = ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
-    console.print(f"from sweep {sweep_job} (tuned on {arm}, best trial {trial}): {shown}")
+    console.print(f"from sweep {sweep_job} (tuned on {arm}, best trial {trial}): {shown}",
+                  markup=False)
+    if arm == "experiment":
+        console.print("[yellow]warning:[/] tuned on the experiment arm: the shared values favour "
+                      "it, a bias in the direction the comparison tests (tune on control for a "
+                      "conservative verdict)")
     return cfg, {"from_sweep": sweep_job, "tuned_on_arm": arm, "sweep_trial": trial}
 
 

@@ -64,6 +64,10 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget)
 
         check_out_dir(out_dir)
     cfg = cli._load(config_path)
+    if arm == "experiment":
+        console.print("[yellow]warning:[/] tuning on the experiment arm: values applied to both "
+                      "arms then favour it, a bias in the direction the comparison tests (the "
+                      "control arm, the default, biases against it: the conservative choice)")
     from training.cli_estimate import cluster_check
 
     cluster_check(cfg, outputs, console)

@@ -123,6 +123,11 @@ def sweep_name(pair_id: str, arm: str, stamp: str | None = None) -> str:
 SWEEP_JOB = re.compile(r"^[a-z0-9][a-z0-9_-]*-sweep-(control|experiment)(-[0-9]{14})?$")
 
 
+def world_size(cfg: ExperimentConfig) -> int:
+    """The processes of one arm (the global batch is per-device batch x accumulation x this)."""
+    return cfg.azure.instance_count * cfg.azure.processes_per_node
+
+
 def sweep_sha256(cfg: ExperimentConfig) -> str:
     """The search itself (space, objective, limits): the pair id leaves `sweep:` out, so this
     tells a sweep of another search under the same name."""
@@ -148,7 +153,8 @@ def plan_sweep(cfg: ExperimentConfig, outputs, pair_id: str, arm: str,
     name = sweep_name(pair_id, arm, stamp)
     tags = {**job.tags, "pair_id": name, "sweep_of": pair_id, "tuned_on_arm": arm,
             "config_sha256": cfg.sha256(),  # what --from-sweep checks the experiment against
-            "sweep_sha256": sweep_sha256(cfg)}  # what a second `train sweep` checks
+            "sweep_sha256": sweep_sha256(cfg),  # what a second `train sweep` checks
+            "world_size": str(world_size(cfg))}  # what --from-sweep checks: the global batch
     template = ArmJob(**{**vars(job), "name": name, "pair_id": name, "parent_pair_id": name,
                          "output_path": None, "search_inputs": search, "tags": tags})
     from training.jobs import check_references
@@ -224,6 +230,11 @@ def best_values(client, sweep_job_name: str, cfg: ExperimentConfig) -> tuple[dic
     if "tuned_on_arm" not in tags or "config_sha256" not in tags:
         raise JobSpecError(f"{what}: not a sweep made by `train sweep` (no tuned_on_arm / "
                            "config_sha256 tags): its values cannot be traced to this experiment")
+    if tags.get("world_size", str(world_size(cfg))) != str(world_size(cfg)):
+        raise JobSpecError(f"{what}: tuned with {tags['world_size']} processes per arm, this pair "
+                           f"runs {world_size(cfg)} (azure.instance_count x processes_per_node): "
+                           "the global batch differs, so the tuned values may not carry over; "
+                           "sweep at this size")
     if tags["config_sha256"] != cfg.sha256():
         raise JobSpecError(f"{what}: made from another experiment file (config {tags['config_sha256'][:12]}, "
                            f"this one {cfg.sha256()[:12]}): tune this experiment with `train sweep`")

@@ -195,6 +195,23 @@ def test_from_sweep_applies_the_best_trial_to_both_arms(train, fake, tmp_path):
     assert tags[0]["config_sha256"] != load_config(CONFIG).sha256()  # the tuned values count
 
 
+def test_from_sweep_at_another_world_size_is_refused(train, fake, tmp_path):
+    name = _finished_sweep(fake, train)
+    data = yaml.safe_load(CONFIG.read_text())
+    data["azure"]["instance_count"] = 8
+    bigger = tmp_path / "pair.yaml"
+    bigger.write_text(yaml.safe_dump(data))
+    result = train("submit", "--config", str(bigger), "--from-sweep", name, "--dry-run", "--out",
+                   str(tmp_path / "jobs"))
+    assert result.exit_code == 2 and "tuned with 1 processes per arm, this pair runs 8" in (
+        result.output), result.output
+
+
+def test_tuning_on_the_experiment_arm_is_a_warning(train, fake):
+    result = train("sweep", "--config", str(CONFIG), "--arm", "experiment")
+    assert result.exit_code == 0 and "tuning on the experiment arm" in result.output
+
+
 def test_from_sweep_without_a_best_trial_is_exit_2(train, fake):
     assert train("sweep", "--config", str(CONFIG)).exit_code == 0
     name = next(iter(fake.jobs))
