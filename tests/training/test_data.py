@@ -760,12 +760,31 @@ def test_fit_to_length_drops_truncates_or_refuses_as_the_policy_says(tiny_tokeni
     assert n == len(long) and rows == [r for i, r in enumerate(VARIED) if i not in long]
     assert encoded == [encode_example(r, tiny_tokenizer, limit) for r in rows]  # still aligned
     rows, encoded, n = fit_to_length(VARIED, tiny_tokenizer, limit, "truncate")
-    assert n == len(long) and rows == VARIED
-    assert encoded == [encode_example(r, tiny_tokenizer, limit) for r in VARIED]
+    cut = [encode_example(r, tiny_tokenizer, limit) for r in VARIED]
+    kept = [i for i, e in enumerate(cut) if any(t != -100 for t in e["labels"])]  # an answer left
+    assert n == len(long) and rows == [VARIED[i] for i in kept]
+    assert encoded == [cut[i] for i in kept]
     assert max(len(e["input_ids"]) for e in encoded) == limit
     with pytest.raises(DataError, match=f"over max_seq_length {limit}"):
         fit_to_length(VARIED, tiny_tokenizer, limit, "error", "train.jsonl")
     assert fit_to_length(VARIED, tiny_tokenizer, max(lengths), "error")[2] == 0
+
+
+def test_a_policy_that_leaves_nothing_to_learn_from_is_refused(tmp_path, tiny_tokenizer):
+    from training.data import fit_to_length
+
+    path = write_lines(tmp_path / "rows.jsonl", VARIED)
+    shortest = min(row_lengths(VARIED, tiny_tokenizer))
+    report = validate_files(path, tokenizer=tiny_tokenizer, max_seq_length=shortest - 1,
+                            long_examples="drop")
+    assert report.problems == [
+        f"{path}: all {len(VARIED)} examples are over max_seq_length {shortest - 1} tokens: "
+        "training.long_examples: drop leaves nothing (raise max_seq_length, or truncate)"]
+    with pytest.raises(DataError, match="drop leaves nothing"):
+        fit_to_length(VARIED, tiny_tokenizer, shortest - 1, "drop", "rows.jsonl")
+    # cut before any answer: nothing to learn from (and a NaN eval loss), refused in training
+    with pytest.raises(DataError, match="no example keeps a token to learn from"):
+        fit_to_length(VARIED, tiny_tokenizer, 3, "truncate", "rows.jsonl")
 
 
 def _generated_rows() -> list[dict]:

@@ -187,7 +187,23 @@ def fit_to_length(rows: list[dict], tokenizer, max_seq_length: int, policy: str,
     if policy == "drop" and long:
         skip = set(long)
         keep = [i for i in range(len(rows)) if i not in skip]
+        if not keep:
+            raise DataError([f"{what}: all {len(rows)} examples are over max_seq_length "
+                             f"{max_seq_length}: training.long_examples: drop leaves nothing"])
         return [rows[i] for i in keep], [encoded[i] for i in keep], len(long)
     fitted = [{"input_ids": e["input_ids"][:max_seq_length], "labels": e["labels"][:max_seq_length]}
               for e in encoded]
+    # a cut that leaves no labelled token teaches nothing (and scores NaN): such rows are left out
+    keep = [i for i, e in enumerate(fitted) if any(t != IGNORE_INDEX for t in e["labels"])]
+    if not keep:
+        raise DataError([f"{what}: cut at max_seq_length {max_seq_length}, no example keeps a "
+                         "token to learn from (the answers come after the cut): raise "
+                         "max_seq_length"])
+    if len(keep) < len(fitted):
+        import logging
+
+        logging.getLogger("training.recipe").warning(
+            "%s: %d example(s) cut at max_seq_length %d keep no token to learn from: left out",
+            what, len(fitted) - len(keep), max_seq_length)
+        return [rows[i] for i in keep], [fitted[i] for i in keep], len(long)
     return rows, fitted, len(long)

@@ -309,11 +309,18 @@ class _TokenCounter:
             self._submit()
         while self.inflight:
             self._resolve()
-        if self.scan is not None and self.scan.too_long:
+        if (self.scan is not None and self.long_examples == "drop" and self.scan.lengths
+                and self.scan.too_long == len(self.scan.lengths)):  # nothing would be left
+            self.scan.problem(0, f"all {self.scan.too_long} examples are over max_seq_length "
+                                 f"{self.max_seq_length} tokens: training.long_examples: drop "
+                                 "leaves nothing (raise max_seq_length, or truncate)")
+        elif self.scan is not None and self.scan.too_long:
             done = "dropped" if self.long_examples == "drop" else "truncated"
+            cut = ("; one cut before its answer is left out" if self.long_examples == "truncate"
+                   else "")
             self.scan.warnings.append((0, f"{self.scan.too_long} example(s) over max_seq_length "
                                           f"{self.max_seq_length} tokens: {done} in training "
-                                          f"(training.long_examples: {self.long_examples})"))
+                                          f"(training.long_examples: {self.long_examples}){cut}"))
 
     def close(self) -> None:
         self._stop_process()
