@@ -37,8 +37,8 @@ def compare(pair, tracking_uri, stack, outputs_file, pulumi_dir, fmt, plot_path)
     """
     if sum(x is not None for x in (tracking_uri, stack, outputs_file)) > 1:
         _cli().bad_input("pass at most one of --tracking-uri, --stack, --outputs-file")
-    if plot_path is not None and plot_path.suffix.lower() != ".png":
-        _cli().bad_input(f"--plot {plot_path}: the figure is written as PNG (name it *.png)")
+    if plot_path is not None:
+        _check_plot_path(plot_path, pair)
     from training.compare import PAIR_RE
 
     if pair is not None and not PAIR_RE.match(pair):  # before any request
@@ -48,6 +48,22 @@ def compare(pair, tracking_uri, stack, outputs_file, pulumi_dir, fmt, plot_path)
         _list_pairs(uri, fmt)
         return
     sys.exit(print_verdict(uri, pair, fmt, plot_path, outputs=outputs))
+
+
+def _check_plot_path(plot_path: Path, pair) -> None:
+    """--plot, before the (slow) store queries: a PNG in a folder that exists and can be
+    written (no folders are made)."""
+    from training.paths import dir_problem
+
+    if pair is None:
+        _cli().bad_input("--plot draws one pair: train compare PAIR --plot FILE.png")
+    if plot_path.suffix.lower() != ".png":
+        _cli().bad_input(f"--plot {plot_path}: the figure is written as PNG (name it *.png)")
+    folder = plot_path.parent
+    if problem := dir_problem(folder, may_be_missing=False):
+        _cli().bad_input(f"--plot {plot_path}: its folder {folder}: {problem}")
+    if plot_path.exists() and not plot_path.is_file():
+        _cli().bad_input(f"--plot {plot_path}: exists and is not a file")
 
 
 def _compare_uri(tracking_uri, stack, outputs_file, pulumi_dir=Path(".")):
@@ -119,7 +135,12 @@ def print_verdict(uri: str, pair: str, fmt: str, plot_path: Path | None = None, 
     if plot_path is not None:
         from training.compare_plot import plot
 
-        plot(report, runs, example_diffs(runs), plot_path)
+        try:
+            plot(report, runs, example_diffs(runs), plot_path)
+        except OSError as e:
+            click.echo(f"error: --plot {plot_path}: cannot write it ({e.strerror or e})",
+                       err=True)
+            return 2
     if fmt == "json":
         click.echo(json.dumps(report, indent=2))
     elif fmt == "markdown":

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 
 from training import eval_examples, stats
 from training.config import ARMS
+from training.tracking import redacted
 
 SCHEMA = "paired-finetune/compare/v1"
 PAIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -77,8 +78,6 @@ def store_error(uri: str, error: Exception) -> CompareError:
     """A store that cannot be read, as one line (the exception's first)."""
     text = str(error).strip()
     first = text.splitlines()[0][:300] if text else type(error).__name__
-    from training.tracking import redacted
-
     return CompareError(redacted(f"cannot read the MLflow store {uri}: {first}"), exit_code=1)
 
 
@@ -311,7 +310,7 @@ def build(runs: dict[int, dict[str, ArmRun]], pair: str, tracking_uri: str,
     finished = all(a["finished"] for a in arms_summary.values())
     report = {
         "schema": SCHEMA, "pair_id": pair, "experiment": first["control"].experiment,
-        "tracking_uri": tracking_uri, "replicates": len(runs),
+        "tracking_uri": redacted(tracking_uri), "replicates": len(runs),
         "fair": fair, "unfair_params": unfair, "arms": arms_summary, "replicate_results": reps,
         "paired": overall, "seed_spread": spread, "notes": notes, "criteria": criteria,
         "cost_usd": total_cost,

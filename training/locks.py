@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from training.tracking import redacted
+
 LOCK_FILE = ".lock"
 FD_ENV = "PAIRED_FINETUNE_LOCK_FD"
 
@@ -69,8 +71,8 @@ def acquire(folder: Path) -> ArmLock:
             raise Busy(f"{folder} is being trained by {holder(folder)}") from None
         return ArmLock(folder, None)  # ENOLCK, EOPNOTSUPP...: no locking there
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-              "command": " ".join(os.path.basename(a) if i == 0 else a
-                                  for i, a in enumerate(sys.argv))[:300]}
+              "command": redacted(" ".join(os.path.basename(a) if i == 0 else a
+                                           for i, a in enumerate(sys.argv)))[:300]}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
     _HELD[key] = ArmLock(key, fd)

@@ -354,6 +354,25 @@ def test_azure_runs_cost_their_duration_at_the_vm_price_and_meet_the_budget(budg
     assert local["verdict"]["exit_code"] == 0
 
 
+def test_a_plot_path_that_cannot_be_written_is_refused_first(tmp_path):
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    (tmp_path / "adir.png").mkdir()
+    for plot, message in ((a_file / "x.png", "not a directory"),
+                          (tmp_path / "missing" / "x.png", "no such directory"),
+                          (tmp_path / "adir.png", "exists and is not a file")):
+        result = CliRunner().invoke(main, ["compare", "p", "--tracking-uri", "http://127.0.0.1:9",
+                                           "--plot", str(plot)])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "missing").exists()
+    result = CliRunner().invoke(main, ["compare", "--plot", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "--plot draws one pair" in result.output
+
+
 def test_a_bad_pair_id_sends_nothing_and_a_dead_store_is_a_failed_request(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

@@ -61,3 +61,16 @@ def test_an_arm_adopts_the_lock_handed_down_and_not_another(tmp_path, monkeypatc
     finally:
         lock.release()
         other_lock.release()
+
+
+def test_the_recorded_command_has_no_password(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(sys, "argv", ["train", "run", "--tracking-uri",
+                                      "https://alice:S3CRET@mlflow.example.com/"])
+    lock = locks.acquire(tmp_path / "arm")
+    try:
+        record = json.loads((tmp_path / "arm" / locks.LOCK_FILE).read_text())
+        assert record["command"] == "train run --tracking-uri https://mlflow.example.com/"
+    finally:
+        lock.release()
