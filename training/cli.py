@@ -360,8 +360,19 @@ def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
         check_pair(cfg, pair_dir, pair_id, ready.hashes)  # another experiment's folder: refuse
         for folder in folders:  # one writer per arm: refuse before anything is written
             LocalPair(pair_dir / "config.yaml", folder, pair_id, arms, "").lock_arms()
+        from training.tracking import store_name
+
+        try:
+            first = read_manifest(pair_dir) if (pair_dir / "pair.json").is_file() else {}
+        except ValueError:  # not JSON: check_pair has said what it thinks of it already
+            first = {}
+        if isinstance(first, dict) and first.get("tracking_store") not in (None, store_name(uri)):
+            bad_input(f"pair {pair_id} logs its runs to {first['tracking_store']}, not "
+                      f"{store_name(uri)}: pass that --tracking-uri (or $MLFLOW_TRACKING_URI) to "
+                      "resume or see it, or train it anew with another --output-dir")
         resolved = prepare_pair(cfg, pair_dir, pair_id, ready.hashes,
-                                extra=manifest_entry(ready.pinned))
+                                extra={**manifest_entry(ready.pinned),
+                                       "tracking_store": store_name(uri)})
     except locks.Busy as e:
         bad_input(f"{e}: wait for it to end, or stop it (Ctrl-C in its terminal)")
     except PairMismatch as e:

@@ -43,6 +43,15 @@ def redacted(text: str) -> str:
     return _USERINFO.sub("", text)
 
 
+def store_name(uri: str) -> str:
+    """The store `uri` names, for recording and comparing: a sqlite file by its absolute path (a
+    relative one depends on the folder `train run` starts in), anything else without its
+    user:password."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return redacted(uri)
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     """{"training": {"seed": 1}} -> {"training.seed": "1"}: MLflow params are flat strings."""
     out: dict[str, str] = {}
@@ -176,6 +185,18 @@ def ensure_experiment(uri: str, name: str) -> None:
     """Create the MLflow experiment here, once: two arms creating it at once would race."""
     if os.environ.get("MLFLOW_RUN_ID"):
         return
+    if uri.startswith("sqlite:///"):  # MLflow retries an unopenable file for two minutes
+        import sqlite3
+
+        from training.paths import dir_problem
+
+        path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).absolute()
+        if problem := dir_problem(path.parent, may_be_missing=False):
+            raise ValueError(f"the sqlite file's folder {path.parent}: {problem}")
+        try:
+            sqlite3.connect(path, timeout=5).close()  # creates it as MLflow would
+        except sqlite3.Error as e:
+            raise ValueError(f"cannot open {path} as an sqlite database ({e})") from None
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -185,8 +206,17 @@ def ensure_experiment(uri: str, name: str) -> None:
                                             "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
     try:
-        if mlflow.get_experiment_by_name(name) is None:
-            mlflow.create_experiment(name)
+        try:
+            if mlflow.get_experiment_by_name(name) is None:
+                mlflow.create_experiment(name)
+        except Exception as e:  # another `train run` creating the same new store this moment
+            if "already exists" not in str(e):
+                raise
+            import time
+
+            time.sleep(2)
+            if mlflow.get_experiment_by_name(name) is None:
+                mlflow.create_experiment(name)
     finally:
         for key, value in saved.items():
             if value is None:

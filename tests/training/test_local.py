@@ -105,6 +105,11 @@ def test_pair_trains_both_arms_tracks_them_and_is_not_retrained(tiny_model_path,
     assert (pair_dir / "control" / "metrics.json").stat().st_mtime_ns == stamp
     assert len(runs_of(tracking_env, pair_id)) == 2
     assert time.monotonic() - started < 60
+    # the same pair with another store: its runs are not there, refused naming where they are
+    other = {**tracking_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'other.db'}"}
+    elsewhere = train_run(cfg, out, other, check=False)
+    assert elsewhere.returncode == 2, elsewhere.stderr[-2000:]
+    assert f"logs its runs to {tracking_env['MLFLOW_TRACKING_URI']}" in elsewhere.stderr
 
 
 def test_sigterm_to_train_run_checkpoints_both_arms_and_the_same_command_resumes(

@@ -45,3 +45,19 @@ def test_a_run_left_running_by_a_killed_arm_is_closed(store, tmp_path):
     assert client.get_run(run.info.run_id).info.status == "KILLED"
     assert tracking.close_stale_run(arm, store, "FAILED") is None  # ended runs stay as they are
     assert tracking.close_stale_run(tmp_path / "never-started", store, "FAILED") is None
+
+
+def test_an_sqlite_store_that_cannot_be_opened_fails_at_once(tmp_path):
+    import time
+
+    import pytest
+
+    from training.tracking import ensure_experiment
+
+    started = time.monotonic()
+    for uri, problem in ((f"sqlite:///{tmp_path}/missing/x.db", "no such directory"),
+                         ("sqlite:////proc/x.db", "cannot open /proc/x.db")):
+        with pytest.raises(ValueError, match=problem):
+            ensure_experiment(uri, "pair")
+    assert time.monotonic() - started < 10  # MLflow alone retries for about two minutes
+    assert not (tmp_path / "missing").exists()

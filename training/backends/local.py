@@ -106,6 +106,8 @@ def prepare_pair(cfg: ExperimentConfig, pair_dir: Path, pair_id: str, data_hashe
     before = check_pair(cfg, pair_dir, pair_id, data_hashes)
     if before and isinstance(before.get("threads_per_arm"), int) and before["threads_per_arm"] > 0:
         manifest["threads_per_arm"] = before["threads_per_arm"]  # resume as it started
+    if before and before.get("tracking_store"):
+        manifest["tracking_store"] = before["tracking_store"]  # where its runs are, for good
     pair_dir.mkdir(parents=True, exist_ok=True)
     config_path = pair_dir / "config.yaml"
     _write_atomic(config_path, cfg.to_yaml())  # an --arm run beside this one may write it too
