@@ -63,6 +63,24 @@ def prepare_arm_data(t, tokenizer, arm: str, out: Path, train_file: Path,
     return ArmData(train, eval_, eval_rows, params)
 
 
+def _same_as_validated(params: dict, train_file: Path, eval_file: Path | None) -> None:
+    """`train run` validated the files and named the pair after their sha256: a file replaced
+    since (while the other arm trains, say) is refused, never trained unchecked."""
+    import json
+
+    from training.backends.local import DATA_SHA256_ENV
+    from training.data import DataError
+
+    expected = json.loads(os.environ.get(DATA_SHA256_ENV) or "{}")
+    changed = [f"{path}: changed since `train run` validated it (sha256 {want[:12]}..., now "
+               f"{params[key][:12]}...): run `train run` again to validate and train it"
+               for role, key, path in (("train", "data.train_sha256", train_file),
+                                       ("eval", "data.eval_sha256", eval_file))
+               if (want := expected.get(role)) and key in params and params[key] != want]
+    if changed:
+        raise DataError(changed)
+
+
 def _encode_to_disk(t, tokenizer, arm: str, train_file: Path, eval_file: Path | None,
                     folder: Path) -> tuple[list[dict], dict]:
     from datasets import Dataset
@@ -75,6 +93,7 @@ def _encode_to_disk(t, tokenizer, arm: str, train_file: Path, eval_file: Path | 
         params["data.eval"] = f"holdout {t.eval_fraction} of train"
     else:
         params |= {"data.eval_sha256": file_sha256(eval_file), "data.eval_rows": len(eval_rows)}
+    _same_as_validated(params, train_file, eval_file)
     # the same encoding for both arms; long examples refused, dropped or cut as the config says
     train_rows, train_enc, long_train = fit_to_length(train_rows, tokenizer, t.max_seq_length,
                                                       t.long_examples, str(train_file))

@@ -252,7 +252,7 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
                       highlight=False)
         sys.exit(130)
 
-    from training.backends.local import LocalPair
+    from training.backends.local import LocalPair, read_manifest
     from training.progress import PairProgress
 
     # Seed replicates: replicate k of both arms trains with seed + k, as pair PAIR_ID-rK in
@@ -268,7 +268,8 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
                           f"(seed {cfg.training.seed + k})")
         with PairProgress(console, arms) as progress:
             pair = LocalPair(resolved, rep_dir, rep_id, arms, uri, on_event=progress.update,
-                             replicate=k, parent_pair_id=pair_id, threads=threads)
+                             replicate=k, parent_pair_id=pair_id, threads=threads,
+                             data_sha256=read_manifest(pair_dir).get("data_sha256"))
             previous = {s: signal.signal(s, pair.stop)  # SIGHUP: the terminal closed
                         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
             try:

@@ -52,3 +52,24 @@ def test_a_holdout_and_dropped_rows_stay_aligned_with_their_encoding(tmp_path, t
     assert data.params["data.eval"] == "holdout 0.2 of train"
     assert data.params["data.train_too_long"] + len(data.train) == len(train_rows)
     assert data.params["data.eval_too_long"] == len(held) - len(kept)
+
+
+def test_a_file_replaced_since_validation_is_refused(tmp_path, tiny_tokenizer, monkeypatch):
+    import json
+
+    import pytest
+
+    from training.data import DataError, file_sha256
+
+    monkeypatch.setenv("PAIRED_FINETUNE_DATA_CACHE", str(tmp_path / "cache"))
+    t = Training(max_steps=2, max_seq_length=256)
+    validated = {"train": file_sha256(DATA / "control.jsonl"),
+                 "eval": file_sha256(DATA / "eval.jsonl")}
+    monkeypatch.setenv("PAIRED_FINETUNE_DATA_SHA256", json.dumps(validated))
+    data = prepare_arm_data(t, tiny_tokenizer, "control", tmp_path / "a", DATA / "control.jsonl",
+                            DATA / "eval.jsonl", State(local_main=True))
+    assert len(data.train) > 0  # the files it validated: trained
+    monkeypatch.setenv("PAIRED_FINETUNE_DATA_SHA256", json.dumps({**validated, "train": "0" * 64}))
+    with pytest.raises(DataError, match=r"control\.jsonl: changed since `train run` validated"):
+        prepare_arm_data(t, tiny_tokenizer, "control", tmp_path / "b", DATA / "control.jsonl",
+                         DATA / "eval.jsonl", State(local_main=True))

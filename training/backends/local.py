@@ -143,11 +143,18 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _arm_env(threads: int, tracking_uri: str, lock_fd: int | None = None) -> dict:
+DATA_SHA256_ENV = "PAIRED_FINETUNE_DATA_SHA256"  # what the arm's files hashed to when validated
+
+
+def _arm_env(threads: int, tracking_uri: str, lock_fd: int | None = None,
+             data_sha256: dict | None = None) -> dict:
     env = dict(os.environ)
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PAIRED_FINETUNE_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                MLFLOW_TRACKING_URI=tracking_uri)
+    env.pop(DATA_SHA256_ENV, None)
+    if data_sha256:
+        env[DATA_SHA256_ENV] = json.dumps(data_sha256)
     env.pop(locks.FD_ENV, None)
     if lock_fd is not None:
         env[locks.FD_ENV] = str(lock_fd)
@@ -159,7 +166,8 @@ class LocalPair:
 
     def __init__(self, config_path: Path, pair_dir: Path, pair_id: str, arms: list[str],
                  tracking_uri: str, on_event=None, replicate: int = 0,
-                 parent_pair_id: str | None = None, threads: int | None = None):
+                 parent_pair_id: str | None = None, threads: int | None = None,
+                 data_sha256: dict | None = None):
         self.config_path, self.pair_dir, self.pair_id = config_path, pair_dir, pair_id
         self.replicate, self.parent_pair_id = replicate, parent_pair_id or pair_id
         self.states = {a: ArmState(a, pair_dir / a) for a in arms}
@@ -168,6 +176,7 @@ class LocalPair:
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopping = False
         self.threads = threads or threads_per_arm()
+        self.data_sha256 = data_sha256 or {}  # role -> sha256 as validated (pair.json)
         self._lock = threading.Lock()
 
     def lock_arms(self) -> None:
@@ -214,7 +223,9 @@ class LocalPair:
             fds = (lock.fd,) if lock.fd is not None else ()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                                    env=_arm_env(self.threads, self.tracking_uri, lock.fd),
+                                    env=_arm_env(self.threads, self.tracking_uri, lock.fd,
+                                                 {"train": self.data_sha256.get(state.arm),
+                                                  "eval": self.data_sha256.get("eval")}),
                                     start_new_session=True, pass_fds=fds,
                                     errors="backslashreplace")
             self.procs[state.arm] = proc
