@@ -39,7 +39,7 @@ def sections(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 _wall(h["wall_seconds"])] + ([_f(h["cost_usd"], ".2f")] if costs else []))
     out.append(("Health of each arm", (["rep", "seed"] if multi else []) + [
         "arm", "status", "steps", "train loss", "eval loss", "best eval", "ppl", "gap",
-        "tokens/s", "wall"] + (["cost $"] if costs else []), rows))
+        "tokens/s", "run time"] + (["cost $"] if costs else []), rows))
 
     if report["fair"]:
         out.append(("Fairness", ["check", "result"],

@@ -42,7 +42,11 @@ class PairProgress:
         last = state.last
         info = (f"loss {_fmt(last.get('train_loss'))}  eval {_fmt(last.get('eval_loss'))}  "
                 f"{_fmt(last.get('tokens_per_second'), ',.0f')} tok/s")
-        if kind == "done":
+        if kind == "done" and state.status == "skipped":  # finished by an earlier run
+            steps = event.get("global_step")
+            info = (f"finished earlier ({steps} steps), skipped  eval "
+                    f"{_fmt(event.get('eval_loss'))}")
+        elif kind == "done":
             info = f"done  eval {_fmt(event.get('eval_loss'))}"
         elif kind == "exit" and state.status not in ("finished", "skipped"):
             info = f"{state.status} ({getattr(state, 'how', None) or event.get('returncode')})"
@@ -52,13 +56,16 @@ class PairProgress:
             quiet_exit = kind == "exit" and state.status in ("finished", "skipped")
             if not self.live and not quiet_exit and kind in (
                     "start", "log", "eval", "done", "preempted", "exit"):
-                self.console.print(f"{state.arm:<10} step {state.step}/{state.max_steps or '?'}  "
-                                   f"{info}", highlight=False)
+                where = "" if state.status == "skipped" else (
+                    f"step {state.step}/{state.max_steps or '?'}  ")
+                self.console.print(f"{state.arm:<10} {where}{info}", highlight=False)
 
     def summary(self, states: dict, pair_dir: Path) -> None:
         table = Table(title=f"pair {pair_dir.name}", title_justify="left")
+        # "process": the arm's process from start to end (imports, model, data included); the
+        # verdict's "run time" is its MLflow run's, the training alone
         for col in ("arm", "status", "steps", "train loss", "eval loss", "ppl", "tokens/s",
-                    "wall"):
+                    "process"):
             table.add_column(col, justify="left" if col in ("arm", "status") else "right")
         for s in states.values():
             m = s.metrics or {}
