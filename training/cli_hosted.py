@@ -218,6 +218,7 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
             console.print(f"pair {prep.pair_id}: nothing was sent")
             return
         client = _client(backend, config_path)
+        _one_submitter(prep.pair_id)
         result = ob.submit_pair(client, prep, force=force, poll=min(poll_seconds, 5.0),
                                 say=lambda m: console.print(m, markup=False, highlight=False))
         console.print(f"pair [bold]{result.pair_id}[/] on {backend}: "
@@ -228,6 +229,20 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
                       f"train cancel {result.pair_id} --backend {backend}", markup=False)
         if wait_:
             _follow(client, backend, result.pair_id, tracking_uri, poll_seconds, console)
+
+
+def _one_submitter(pair_id: str) -> None:
+    """Two `train submit` of one pair at once (a CI re-run, a double Enter) would both find no
+    job and create two pairs under one id: on this machine, the second is refused. The lock is
+    released when this process ends."""
+    import tempfile
+
+    from training import locks
+
+    try:
+        locks.acquire(Path(tempfile.gettempdir()) / "paired-finetune-submit" / pair_id)
+    except locks.Busy as e:
+        _cli().bad_input(f"another `train submit` of pair {pair_id} is running: {e}")
 
 
 def _follow(client, backend, pair_id, tracking_uri, poll_seconds, console, wait_=True):

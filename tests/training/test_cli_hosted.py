@@ -212,3 +212,27 @@ def test_a_pair_id_reused_for_another_config_is_refused(service, tmp_path):
     assert result.exit_code == 2, result.output
     assert "is not this pair's: n_epochs 2 (this pair: 7)" in result.output
     assert not service.sent("POST")[5:] and len(service.requests) > sent  # looked, sent nothing
+
+
+def test_a_second_submit_of_the_same_pair_at_once_is_refused(service, tmp_path):
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from tests.training.test_locks import HOLD
+
+    cfg = write_config(tmp_path)
+    dry = train("submit", "--config", cfg, "--dry-run", "--out", tmp_path / "d")
+    pair_id = pair_id_of(dry.output.splitlines()[-1]).rstrip(":")
+    folder = Path(tempfile.gettempdir()) / "paired-finetune-submit" / pair_id
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = train("submit", "--config", cfg)
+        assert result.exit_code == 2 and "another `train submit` of pair" in result.output
+        assert not service.sent("POST")
+    finally:
+        holder.kill()
+        holder.wait()
