@@ -220,9 +220,14 @@ def test_a_second_submit_of_the_same_pair_at_once_is_refused(service, tmp_path):
     import tempfile
     from pathlib import Path
 
+    import yaml
+
     from tests.training.test_locks import HOLD
 
     cfg = write_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text())
+    data["name"] = f"locked-{tmp_path.name[-8:].lower().replace('_', '-')}"  # a pair of its own
+    cfg.write_text(yaml.safe_dump(data))
     dry = train("submit", "--config", cfg, "--dry-run", "--out", tmp_path / "d")
     pair_id = pair_id_of(dry.output.splitlines()[-1]).rstrip(":")
     folder = Path(tempfile.gettempdir()) / "paired-finetune-submit" / pair_id
