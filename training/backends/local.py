@@ -175,6 +175,7 @@ class LocalPair:
         self.on_event = on_event or (lambda state, event: None)
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopping = False
+        self.stop_reason = "a stop request"
         self.threads = threads or threads_per_arm()
         self.data_sha256 = data_sha256 or {}  # role -> sha256 as validated (pair.json)
         self._lock = threading.Lock()
@@ -194,12 +195,14 @@ class LocalPair:
     def failed(self) -> bool:
         return any(s.status not in ("finished", "skipped") for s in self.states.values())
 
-    def stop(self, *_):
+    def stop(self, signum=None, *_):
         """Forward one SIGTERM to every running arm (they checkpoint and exit)."""
         with self._lock:
             if self.stopping:
                 return
             self.stopping = True
+            self.stop_reason = {signal.SIGINT: "Ctrl-C", signal.SIGHUP: "the terminal closed",
+                                signal.SIGTERM: "SIGTERM"}.get(signum, "a stop request")
             for proc in self.procs.values():
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
@@ -261,6 +264,8 @@ class LocalPair:
                 signalled = state.returncode < 0 or state.returncode in (130, 143)
                 state.status = "interrupted" if (self.stopping or signalled) and \
                     state.returncode >= 0 else "failed"
+                if state.status == "interrupted" and self.stopping:  # what the user did, in words
+                    state.how = f"stopped by {self.stop_reason}"
                 logfile.write(f"[train run] {state.arm} did not finish: {state.how}\n")
         if state.status != "finished" and not os.environ.get("PAIRED_FINETUNE_NO_MLFLOW"):
             from training.tracking import close_stale_run
