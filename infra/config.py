@@ -382,8 +382,13 @@ class StackConfig(BaseModel):
     @field_validator("data_contributors")
     @classmethod
     def _principals(cls, v: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
         for principal in v:
             _check(_GUID, principal, "keys are Entra object ids (GUIDs)")
+            if principal.lower() in seen:  # one principal twice: Azure refuses the second grant
+                raise ValueError(f"{principal!r} is {seen[principal.lower()]!r} again (object "
+                                 "ids are not case-sensitive)")
+            seen[principal.lower()] = principal
         return v
 
     # Derived values.

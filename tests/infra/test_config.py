@@ -127,6 +127,12 @@ def test_empty_values_mean_default():
         ({"workspacePublicNetworkAccess": "Open"}, "workspacePublicNetworkAccess", "'Enabled'"),
         ({"dataContributors": {"alice": "User"}}, "dataContributors", "GUID"),
         (
+            {"dataContributors": {"11111111-2222-3333-4444-55555555555A": "User",
+                                  "11111111-2222-3333-4444-55555555555a": "User"}},
+            "dataContributors",
+            "not case-sensitive",
+        ),
+        (
             {"dataContributors": {"11111111-2222-3333-4444-555555555555": "Robot"}},
             "dataContributors.11111111-2222-3333-4444-555555555555",
             "'User', 'Group' or 'ServicePrincipal'",
