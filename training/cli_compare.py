@@ -51,8 +51,8 @@ def compare(pair, tracking_uri, stack, outputs_file, pulumi_dir, fmt, plot_path)
 
 
 def _check_plot_path(plot_path: Path, pair) -> None:
-    """--plot, before the (slow) store queries: a PNG in a folder that exists and can be
-    written (no folders are made)."""
+    """--plot, before the (slow) store queries: a PNG whose folder can be written or made
+    (a missing one is made when the figure is written)."""
     from training.paths import dir_problem
 
     if pair is None:
@@ -60,7 +60,7 @@ def _check_plot_path(plot_path: Path, pair) -> None:
     if plot_path.suffix.lower() != ".png":
         _cli().bad_input(f"--plot {plot_path}: the figure is written as PNG (name it *.png)")
     folder = plot_path.parent
-    if problem := dir_problem(folder, may_be_missing=False):
+    if problem := dir_problem(folder):
         _cli().bad_input(f"--plot {plot_path}: its folder {folder}: {problem}")
     if plot_path.exists() and not plot_path.is_file():
         _cli().bad_input(f"--plot {plot_path}: exists and is not a file")

@@ -323,16 +323,24 @@ def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> None:
                         "estimate) and azure.max_run_minutes is not set (no worst case)"]
     else:
         problems = guarded_estimate(cfg, outputs).over_budget
+    enforce_budget(problems, cfg.budget_usd, allow_over_budget, console,
+                   "Nothing was submitted: lower the cost (fewer steps, a smaller "
+                   "azure.max_run_minutes), set azure.max_run_minutes, or pass "
+                   "--allow-over-budget (`train estimate` shows the figures)")
+
+
+def enforce_budget(problems: list[str], budget_usd: float, allow_over_budget: bool, console,
+                   refusal: str) -> None:
+    """The budget guards' end: within budget, submitted anyway when allowed, else exit 1 with
+    every problem and what to change (`refusal`)."""
     if not problems:
-        console.print(f"within budget_usd {cfg.budget_usd:,.2f} (`train estimate` for the figures)")
+        console.print(f"within budget_usd {budget_usd:,.2f}")
         return
     if allow_over_budget:
         console.print("[yellow]over budget, submitted anyway (--allow-over-budget):[/] "
                       + "; ".join(problems))
         return
-    click.echo("error: " + "; ".join(problems) + ". Nothing was submitted: lower the cost "
-               "(fewer steps, a smaller azure.max_run_minutes), set azure.max_run_minutes, or "
-               "pass --allow-over-budget (`train estimate` shows the figures)", err=True)
+    click.echo("error: " + "; ".join(problems) + f". {refusal}", err=True)
     sys.exit(1)
 
 
@@ -368,17 +376,9 @@ def sweep_budget_guard(cfg, outputs, arm: str, allow_over_budget: bool, console)
     if worst is None:
         problems.append("budget_usd cannot be checked: nothing bounds the sweep (set "
                         "azure.max_run_minutes or sweep.timeout_minutes)")
-    if not problems:
-        console.print(f"within budget_usd {cfg.budget_usd:,.2f}")
-        return
-    if allow_over_budget:
-        console.print("[yellow]over budget, submitted anyway (--allow-over-budget):[/] "
-                      + "; ".join(problems))
-        return
-    click.echo("error: " + "; ".join(problems) + ". Nothing was submitted: fewer trials "
-               "(sweep.max_total_trials), a smaller azure.max_run_minutes or "
-               "sweep.timeout_minutes, or --allow-over-budget", err=True)
-    sys.exit(1)
+    enforce_budget(problems, cfg.budget_usd, allow_over_budget, console,
+                   "Nothing was submitted: fewer trials (sweep.max_total_trials), a smaller "
+                   "azure.max_run_minutes or sweep.timeout_minutes, or --allow-over-budget")
 
 
 def _worst_case_problems(cfg, outputs) -> list[str]:

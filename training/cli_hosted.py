@@ -131,18 +131,14 @@ def _budget_guard(cfg, prep, allow_over_budget: bool, console) -> None:
         return
     costs = estimate_pair_cost(prep.report, cfg.base_model, cfg.openai.n_epochs,
                                token_limit=cfg.openai.example_token_limit)
+    from training.cli_estimate import enforce_budget
+
     total = sum(c.usd for c in costs.values())
-    if total <= cfg.budget_usd:
-        console.print(f"within budget_usd {cfg.budget_usd:,.2f} (estimate {total:,.2f} USD; "
-                      "`train estimate` for the figures)")
-        return
-    problem = f"the estimate {total:,.2f} USD exceeds budget_usd {cfg.budget_usd:,.2f}"
-    if allow_over_budget:
-        console.print(f"[yellow]over budget, submitted anyway (--allow-over-budget):[/] {problem}")
-        return
-    click.echo(f"error: {problem}. Nothing was uploaded: fewer epochs (openai.n_epochs) or less "
-               "data, or --allow-over-budget (`train estimate` shows the figures)", err=True)
-    sys.exit(EXIT_FAILED)
+    problems = ([f"the estimate {total:,.2f} USD exceeds budget_usd {cfg.budget_usd:,.2f}"]
+                if total > cfg.budget_usd else [])
+    enforce_budget(problems, cfg.budget_usd, allow_over_budget, console,
+                   "Nothing was uploaded: fewer epochs (openai.n_epochs) or less data, or "
+                   "--allow-over-budget (`train estimate` shows the figures)")
 
 
 def _client(backend, config_path):
