@@ -214,9 +214,12 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
             console.print(f"pair {prep.pair_id}: nothing was sent")
             return
         client = _client(backend, config_path)
-        _one_submitter(prep.pair_id)
-        result = ob.submit_pair(client, prep, force=force, poll=min(poll_seconds, 5.0),
-                                say=lambda m: console.print(m, markup=False, highlight=False))
+        lock = _one_submitter(prep.pair_id)
+        try:
+            result = ob.submit_pair(client, prep, force=force, poll=min(poll_seconds, 5.0),
+                                    say=lambda m: console.print(m, markup=False, highlight=False))
+        finally:
+            lock.release()
         console.print(f"pair [bold]{result.pair_id}[/] on {backend}: "
                       + ("created both jobs" if result.created
                          else "already submitted, nothing created or uploaded"))
@@ -227,16 +230,18 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
             _follow(client, backend, result.pair_id, tracking_uri, poll_seconds, console)
 
 
-def _one_submitter(pair_id: str) -> None:
+def _one_submitter(pair_id: str):
     """Two `train submit` of one pair at once (a CI re-run, a double Enter) would both find no
-    job and create two pairs under one id: on this machine, the second is refused. The lock is
-    released when this process ends."""
+    job and create two pairs under one id: on this machine, the second is refused. The lock
+    (in $PAIRED_FINETUNE_LOCK_DIR, else the temp folder) is held until the jobs exist."""
+    import os
     import tempfile
 
     from training import locks
 
+    root = Path(os.environ.get("PAIRED_FINETUNE_LOCK_DIR") or tempfile.gettempdir())
     try:
-        locks.acquire(Path(tempfile.gettempdir()) / "paired-finetune-submit" / pair_id)
+        return locks.acquire(root / "paired-finetune-submit" / pair_id)
     except locks.Busy as e:
         _cli().bad_input(f"another `train submit` of pair {pair_id} is running: {e}")
 

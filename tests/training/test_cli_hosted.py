@@ -12,12 +12,13 @@ from training.cli import main
 
 
 @pytest.fixture
-def service(monkeypatch):
+def service(monkeypatch, tmp_path):
     fake = openai_server.FakeOpenAI()
     server = openai_server.start(fake)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", fake.url + "/v1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PAIRED_FINETUNE_LOCK_DIR", str(tmp_path))  # this test's own locks
     yield fake
     server.shutdown()
     server.server_close()
@@ -217,8 +218,6 @@ def test_a_pair_id_reused_for_another_config_is_refused(service, tmp_path):
 def test_a_second_submit_of_the_same_pair_at_once_is_refused(service, tmp_path):
     import subprocess
     import sys
-    import tempfile
-    from pathlib import Path
 
     import yaml
 
@@ -230,7 +229,7 @@ def test_a_second_submit_of_the_same_pair_at_once_is_refused(service, tmp_path):
     cfg.write_text(yaml.safe_dump(data))
     dry = train("submit", "--config", cfg, "--dry-run", "--out", tmp_path / "d")
     pair_id = pair_id_of(dry.output.splitlines()[-1]).rstrip(":")
-    folder = Path(tempfile.gettempdir()) / "paired-finetune-submit" / pair_id
+    folder = tmp_path / "paired-finetune-submit" / pair_id  # the fixture's lock folder
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE,
                               text=True)
     try:
