@@ -451,11 +451,13 @@ def test_the_undo_leaves_ended_jobs_and_another_submissions_job_alone(train, fak
         fake._put_job(request, match)
         return _response(request, 409, _error("Conflict", "job exists"))
 
-    del fake.jobs["p4-control"]
-    fake.routes.insert(0, ("PUT", r"/jobs/(?P<name>p4-control)$", created_by_another))
+    del fake.jobs["p4-control"]  # both arms missing now
+    fake.routes.insert(0, ("PUT", r"/jobs/(?P<name>p4-experiment)$", created_by_another))
     result = train("submit", "--pair-id", "p4")
-    assert result.exit_code == 1 and "created meanwhile by another submission" in result.output
-    assert fake.jobs["p4-control"]["properties"]["status"] != "Canceled"
+    # this submission made the control, the other the experiment: one complete pair, nothing undone
+    assert result.exit_code == 0, result.output
+    assert {n: j["properties"]["status"] for n, j in fake.jobs.items()} == {
+        "p4-control": "Queued", "p4-experiment": "Queued"}
 
 
 def test_bad_local_data_is_refused_before_any_request_without_a_budget(train, fake, tmp_path):

@@ -181,28 +181,36 @@ class AzurePair:
         try:
             for job in missing:
                 current = job.name
-                submitted = self.client.jobs.create_or_update(build_command(job, str(code_dir)))
+                try:
+                    submitted = self.client.jobs.create_or_update(
+                        build_command(job, str(code_dir)))
+                except Exception as e:
+                    # a 409: another submission of this pair created it first. If it is this
+                    # pair's job, the pair goes on with it (nothing to undo); if not, refuse.
+                    other = self.get(job.name) if getattr(e, "status_code", None) == 409 else None
+                    if other is None:
+                        raise
+                    if diff := identity_mismatch(job, other.tags or {}, completing=True):
+                        raise RuntimeError(f"it was created meanwhile, not as this pair's: "
+                                           f"{'; '.join(diff)}") from None
+                    result[job.name] = (other, False)
+                    continue
                 result[job.name] = (submitted, True)
             return result
         except (KeyboardInterrupt, Exception) as e:  # SDK validation errors, failed requests
             # the request in flight may have created its job (a Ctrl-C, or a response lost to a
-            # timeout or a reset after the service got it): look, then undo everything. A 409 is
-            # another submission of this pair that created it first: that job is not ours.
+            # timeout or a reset after the service got it): look, then undo everything
             unknown = None
-            conflict = getattr(e, "status_code", None) == 409
-            if current and current not in result and not conflict:
+            if current and current not in result:
                 try:
                     if self.get(current) is not None:
                         result[current] = (None, True)
-                except Exception:
+                except (Exception, KeyboardInterrupt):  # no answer, or a second Ctrl-C
                     unknown = current
             interrupted = isinstance(e, KeyboardInterrupt)
             ended = {n for n, (job, new) in result.items()
                      if not new and _status(job) in TERMINAL}  # nothing to cancel there
-            what = ("interrupted" if interrupted
-                    else f"{current} was created meanwhile by another submission of this pair "
-                         "(`train status PAIR` shows it)" if conflict
-                    else f"could not create {current}: {_reason(e)}")
+            what = "interrupted" if interrupted else f"could not create {current}: {_reason(e)}"
             self._undo([n for n in result if n not in dead and n not in ended], what,
                        interrupted=interrupted, unknown=unknown)
 
