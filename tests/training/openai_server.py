@@ -54,6 +54,7 @@ class FakeOpenAI:
     fail: dict[str, int] = field(default_factory=dict)  # regex on "METHOD /path" -> HTTP status
     # regex on "METHOD /path [arm]": handled, then the connection dropped with no answer
     lose_answers: set[str] = field(default_factory=set)
+    lose_if: object = None  # or (method, path, arm) -> bool, for an outage that starts mid-way
     retry_after: str = "0.01"
     base64_results: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -263,7 +264,8 @@ def start(fake: FakeOpenAI):
                 fake.requests.append(req)
                 status, payload, headers = fake.handle(req)
             arm = ((body or {}).get("metadata") or {}).get("arm") if isinstance(body, dict) else None
-            if any(re.search(p, f"{req.method} {path} {arm}") for p in fake.lose_answers):
+            if any(re.search(p, f"{req.method} {path} {arm}") for p in fake.lose_answers) or (
+                    fake.lose_if is not None and fake.lose_if(req.method, path, arm)):
                 self.close_connection = True
                 return  # handled, but no answer: as a timeout or a reset after the request
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

@@ -353,6 +353,23 @@ def test_a_create_whose_answer_is_lost_makes_one_job_and_undoes_both(service, tm
         ("control", "cancelled"), ("experiment", "cancelled")]
 
 
+def test_a_lost_answer_while_the_service_stays_down_says_the_job_may_exist(service, tmp_path):
+    down = []
+
+    def outage(method, path, arm):  # from the control's create on, no job request is answered
+        if method == "POST" and path == "/fine_tuning/jobs" and arm == "control":
+            down.append(True)
+        return bool(down) and path.startswith("/fine_tuning/jobs")
+
+    service.lose_if = outage
+    with pytest.raises(backend.HostedError) as err:
+        backend.submit_pair(client_for(service), prepared(tmp_path), poll=0.01, say=quiet)
+    assert "control: creating the job failed" in str(err.value)
+    assert "the control job MAY HAVE BEEN CREATED" in str(err.value)
+    assert "no job was created" not in str(err.value)
+    assert [j["status"] for j in service.jobs.values()] == ["validating_files"]  # it does exist
+
+
 def test_a_lone_arm_that_ended_asks_for_force_not_cancel(service, tmp_path):
     service.fail_create_arms.add("experiment")
     client = client_for(service)

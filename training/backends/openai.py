@@ -230,12 +230,16 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
             jobs[arm] = _dict(creator.fine_tuning.jobs.create(**request))
         except (openai.APIError, KeyboardInterrupt) as e:
             # no answer (a Ctrl-C, a timeout, a reset) may still mean a job: look, then undo all
+            unsure = ""
             try:
                 if in_flight := find_pair_jobs(client, pair_id).get(arm):
                     jobs[arm] = in_flight
-            except (openai.APIError, KeyboardInterrupt):
-                pass
-            rolled = _roll_back(client, jobs, say)
+            except (openai.APIError, KeyboardInterrupt):  # the service still does not answer
+                unsure = (f"; the {arm} job MAY HAVE BEEN CREATED (the service did not answer): "
+                          f"check with `train status {pair_id} --backend ...` and cancel it with "
+                          f"`train cancel {pair_id} --backend ...`")
+            rolled = (_roll_back(client, jobs, say) if jobs or not unsure
+                      else "no job is known to have been created") + unsure
             if isinstance(e, KeyboardInterrupt):
                 raise HostedError(f"interrupted while creating the {arm} job; {rolled}",
                                   EXIT_INTERRUPTED) from None
