@@ -130,12 +130,18 @@ def check_pair_id(pair_id: str, what: str = "--pair-id") -> str:
 def identity_mismatch(job: ArmJob, tags: dict, completing: bool = False) -> list[str]:
     """How an existing job's tags differ from the job this pair would create (empty: same).
     `completing`: another job of the pair is about to be created beside it, so what it ran on
-    (RUN_TAGS: code, compute, environment, resources) must match as well; a job submitted
-    before these tags existed is not held to them."""
-    keys = IDENTITY_TAGS + tuple(k for k in DATA_TAGS if k in tags) + (
-        tuple(k for k in RUN_TAGS if k in tags) if completing else ())
-    return [f"{key} {tags.get(key)!r} (this pair: {job.tags.get(key)!r})"
+    (RUN_TAGS: code, compute, environment, resources) must match as well, and a job that does
+    not record it (an older version's) cannot be completed. `tags` may carry DATA_TAGS read from
+    the job's inputs (training.backends.azureml.recorded_tags)."""
+    keys = IDENTITY_TAGS + tuple(k for k in DATA_TAGS if k in tags)
+    diff = [f"{key} {tags.get(key)!r} (this pair: {job.tags.get(key)!r})"
             for key in keys if str(tags.get(key, "")) != str(job.tags.get(key, ""))]
+    if completing:  # a job that does not say what it ran on cannot be matched: refused
+        diff += [f"{key} not recorded (submitted by an older version of this tool)"
+                 if key not in tags else f"{key} {tags[key]!r} (this pair: {job.tags.get(key)!r})"
+                 for key in RUN_TAGS + DATA_TAGS
+                 if key not in tags or (key in RUN_TAGS and tags[key] != job.tags.get(key))]
+    return diff
 
 
 def replicate_ids(pair_id: str, replicates: int) -> list[str]:

@@ -421,6 +421,25 @@ def test_one_data_asset_named_twice_is_a_warning(fake, tmp_path):
     assert "the control arm is scored on examples it trained on" in result.output
 
 
+def test_jobs_of_an_older_version_are_checked_by_what_they_record(train, fake, tmp_path):
+    """Jobs submitted before the run and data tags existed: their data versions are read from
+    their inputs, and a pair missing an arm cannot be completed without knowing what ran."""
+    from training.jobs import DATA_TAGS, RUN_TAGS
+
+    assert train("submit", "--pair-id", "p6").exit_code == 0
+    for job in fake.jobs.values():
+        for tag in RUN_TAGS + DATA_TAGS:
+            job["properties"]["tags"].pop(tag, None)
+    again = train("submit", "--pair-id", "p6")
+    assert again.exit_code == 0, again.output  # both there: reported, as before
+    del fake.jobs["p6-experiment"]
+    fake.requests.clear()
+    result = train("submit", "--pair-id", "p6")
+    assert result.exit_code == 2 and "compute not recorded (submitted by an older version" in (
+        result.output), result.output
+    assert not fake.sent("PUT")
+
+
 def test_a_reused_pair_id_with_new_data_asset_versions_is_refused(fake, tmp_path):
     obj = {"azure_transport": fake, "azure_credential": FakeCredential()}
     config = str(write_config(tmp_path))

@@ -157,12 +157,12 @@ class AzurePair:
         completing = any(found is None for found in existing.values())
         for job in jobs:
             found = existing[job.name]
-            if found is not None and (diff := identity_mismatch(job, found.tags or {})):
+            if found is not None and (diff := identity_mismatch(job, recorded_tags(found))):
                 raise SubmitError(f"a job named {job.name} exists but is not this pair's: "
                                   + "; ".join(diff) + ". Choose another --pair-id, or drop "
                                   "--pair-id to derive one from the config", bad_input=True)
             if found is not None and completing and (
-                    diff := identity_mismatch(job, found.tags or {}, completing=True)):
+                    diff := identity_mismatch(job, recorded_tags(found), completing=True)):
                 raise SubmitError(f"{job.name} ran with other settings than the jobs this "
                                   "submission would add to its pair: " + "; ".join(diff)
                                   + ". The arms would not be comparable: submit with the "
@@ -356,6 +356,24 @@ class AzurePair:
         for log in _get_sorted_filtered_logs(logs, rest.properties.job_type, {}):
             sys.stdout.write(download_text_from_url(logs[log], pipeline, timeout=60))
             sys.stdout.write("\n")
+
+
+def recorded_tags(job) -> dict:
+    """A job's tags, with the data asset versions read from its inputs where the tags lack them
+    (jobs submitted before the train_data/eval_data tags)."""
+    from training.register import asset_id
+
+    tags = dict(job.tags or {})
+    inputs = job.inputs or {}
+    for tag, name in (("train_data", "train"), ("eval_data", "eval")):
+        if tag not in tags and hasattr(inputs.get(name), "path"):
+            value = asset_id(inputs[name].path or "")
+            if not value.startswith("azureml:") and "/" not in value:  # the SDK drops the prefix
+                value = f"azureml:{value}"
+            tags[tag] = value
+    if "train_data" in tags and "eval_data" not in tags and "eval" not in inputs:
+        tags["eval_data"] = ""
+    return tags
 
 
 def _transient(e: Exception) -> bool:
