@@ -240,10 +240,16 @@ def _one_submitter(pair_id: str):
     from training import locks
 
     root = Path(os.environ.get("PAIRED_FINETUNE_LOCK_DIR") or tempfile.gettempdir())
+    folder = root / f"paired-finetune-submit-{os.getuid()}" / pair_id  # one user's own folder
     try:
-        return locks.acquire(root / "paired-finetune-submit" / pair_id)
-    except locks.Busy as e:
-        _cli().bad_input(f"another `train submit` of pair {pair_id} is running: {e}")
+        return locks.acquire(folder)
+    except locks.Busy:
+        _cli().bad_input(f"another `train submit` of pair {pair_id} is running "
+                         f"({locks.holder(folder)})")
+    except OSError as e:  # no lock to be had here (permissions, a read-only temp folder)
+        _cli()._console().print(f"[yellow]note:[/] submitting without the per-pair lock "
+                                f"({e.strerror or e})")
+        return locks.ArmLock(folder, None)
 
 
 def _follow(client, backend, pair_id, tracking_uri, poll_seconds, console, wait_=True):

@@ -2,6 +2,7 @@
 service on 127.0.0.1 (OPENAI_BASE_URL, as the openai client reads it), no Pulumi stack needed."""
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -229,7 +230,7 @@ def test_a_second_submit_of_the_same_pair_at_once_is_refused(service, tmp_path):
     cfg.write_text(yaml.safe_dump(data))
     dry = train("submit", "--config", cfg, "--dry-run", "--out", tmp_path / "d")
     pair_id = pair_id_of(dry.output.splitlines()[-1]).rstrip(":")
-    folder = tmp_path / "paired-finetune-submit" / pair_id  # the fixture's lock folder
+    folder = tmp_path / f"paired-finetune-submit-{os.getuid()}" / pair_id  # the fixture's
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE,
                               text=True)
     try:

@@ -370,6 +370,21 @@ def test_a_lost_answer_while_the_service_stays_down_says_the_job_may_exist(servi
     assert [j["status"] for j in service.jobs.values()] == ["validating_files"]  # it does exist
 
 
+@pytest.mark.parametrize("reported", [None, "auto", "two", 2, 2.0])
+def test_a_resubmission_reads_any_hyperparameter_the_service_reports(service, tmp_path,
+                                                                      reported):
+    client = client_for(service)
+    prep = prepared(tmp_path)
+    backend.submit_pair(client, prep, poll=0.01, say=quiet)
+    for job in service.jobs.values():
+        job["hyperparameters"]["n_epochs"] = reported
+    if reported == "two":
+        with pytest.raises(backend.HostedError, match=r"n_epochs two \(this pair: 2\)"):
+            backend.submit_pair(client, prep, poll=0.01, say=quiet)
+    else:
+        assert not backend.submit_pair(client, prep, poll=0.01, say=quiet).created
+
+
 def test_a_lone_arm_that_ended_asks_for_force_not_cancel(service, tmp_path):
     service.fail_create_arms.add("experiment")
     client = client_for(service)

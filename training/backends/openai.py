@@ -260,10 +260,15 @@ def identity_mismatch(job: dict, prep: Prepared, arm: str) -> list[str]:
             if key in meta and meta[key] != want.get(key, "")]
     resolved = job.get("hyperparameters") or {}
     for key in ("n_epochs", "batch_size", "learning_rate_multiplier"):
-        value = getattr(prep.cfg.openai, key)
-        if value != "auto" and key in resolved and resolved[key] not in (value, "auto") and (
-                float(resolved[key]) != float(value)):
-            diff.append(f"{key} {resolved[key]} (this pair: {value})")
+        value, got = getattr(prep.cfg.openai, key), resolved.get(key)
+        if value == "auto" or got in (None, "auto", value):  # None: the service did not say
+            continue
+        try:
+            same = float(got) == float(value)
+        except (TypeError, ValueError):  # text the service chose: compared as text
+            same = str(got) == str(value)
+        if not same:
+            diff.append(f"{key} {got} (this pair: {value})")
     return diff
 
 
