@@ -35,12 +35,16 @@ def code_version() -> str:
 
 
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+# a SAS token's signature and the usual token parameters of a URL's query
+_QUERY_SECRET = re.compile(r"(?<=[?&])(sig|se|skoid|sktid|token|access_token|code|api-key|key)"
+                           r"=[^&\s'\")]+", re.IGNORECASE)
 
 
 def redacted(text: str) -> str:
     """`text` with the user:password of every URL in it removed (a tracking URI may carry them;
-    MLflow's errors repeat the URL), for anything printed."""
-    return _USERINFO.sub("", text)
+    MLflow's errors repeat the URL), and a query's signature or token (a log's SAS URL), for
+    anything printed."""
+    return _QUERY_SECRET.sub(lambda m: f"{m.group(1)}=***", _USERINFO.sub("", text))
 
 
 def store_name(uri: str) -> str:

@@ -345,6 +345,18 @@ def test_logs_of_an_arm_that_has_ended_are_printed(train, fake, status):
         assert f"{name} did not complete (status Failed)" in result.output
 
 
+def test_a_log_that_cannot_be_read_is_said_not_printed(train, fake):
+    assert train("submit").exit_code == 0
+    pair_id = next(iter(fake.jobs)).rsplit("-", 1)[0]
+    fake.set_status(f"{pair_id}-experiment", "Completed")
+    fake.routes.insert(0, ("GET", r"/logs/.*std_log.txt$", lambda request, match: _response(
+        request, 403, {"error": {"code": "AuthenticationFailed", "message": "sig=SECRET1"}})))
+    result = train("logs", pair_id, "--arm", "experiment")
+    assert "could not read user_logs/std_log.txt (HTTP 403: its link has expired)" in (
+        result.output), result.output
+    assert "AuthenticationFailed" not in result.output and "SECRET1" not in result.output
+
+
 # ----------------------------------------------------------------------------- hostile cases
 def test_a_rollback_that_cannot_cancel_says_so(train, fake):
     fake.fail("PUT", r"/jobs/[^/]+-experiment$", 400)

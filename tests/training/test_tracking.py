@@ -61,3 +61,12 @@ def test_an_sqlite_store_that_cannot_be_opened_fails_at_once(tmp_path):
             ensure_experiment(uri, "pair")
     assert time.monotonic() - started < 10  # MLflow alone retries for about two minutes
     assert not (tmp_path / "missing").exists()
+
+
+def test_printed_urls_lose_passwords_and_signatures():
+    from training.tracking import redacted
+
+    text = "GET https://a.blob.core.windows.net/l/std_log.txt?sv=2021&sig=S3CR3T&se=2026 failed"
+    assert redacted(text) == ("GET https://a.blob.core.windows.net/l/std_log.txt?sv=2021&sig=***"
+                              "&se=*** failed")
+    assert redacted("http://bob:pw@h:5000/x?access_token=T0K") == "http://h:5000/x?access_token=***"

@@ -335,10 +335,7 @@ class AzurePair:
             get_datastore_info,
             list_logs_in_datastore,
         )
-        from azure.ai.ml._utils.utils import (
-            create_requests_pipeline_with_retry,
-            download_text_from_url,
-        )
+        from azure.ai.ml._utils.utils import create_requests_pipeline_with_retry
         from azure.ai.ml.operations._job_ops_helper import _get_sorted_filtered_logs
 
         ops = self.client.jobs
@@ -353,8 +350,17 @@ class AzurePair:
         if not logs:
             logs = ops._runs_operations.get_run_details(name).log_files or {}
         pipeline = create_requests_pipeline_with_retry(requests_pipeline=ops._requests_pipeline)
-        for log in _get_sorted_filtered_logs(logs, rest.properties.job_type, {}):
-            sys.stdout.write(download_text_from_url(logs[log], pipeline, timeout=60))
+        files = _get_sorted_filtered_logs(logs, rest.properties.job_type, {})
+        if not files:
+            print(f"({name} recorded no log file)", file=sys.stderr)
+        for log in files:
+            response = pipeline.get(logs[log], read_timeout=60, connection_timeout=60)
+            if response.status_code != 200:  # the SDK's helper returns an error body as text
+                print(f"warning: could not read {log} (HTTP {response.status_code}"
+                      + (": its link has expired" if response.status_code == 403 else "")
+                      + "); the studio shows it", file=sys.stderr)
+                continue
+            sys.stdout.write(response.text())
             sys.stdout.write("\n")
 
 
@@ -388,5 +394,7 @@ def _transient(e: Exception) -> bool:
 
 
 def _reason(e: Exception) -> str:
+    from training.tracking import redacted
+
     message = getattr(e, "message", None) or str(e) or type(e).__name__
-    return message.strip().splitlines()[0][:300]
+    return redacted(message.strip().splitlines()[0])[:300]  # a log's SAS URL: not printed
