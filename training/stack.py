@@ -60,8 +60,9 @@ class StackOutputs(BaseModel):
     data_assets: dict[str, DataAsset]
     training_environment: str | None = Field(
         None, pattern=r"^(azureml:)?[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$")
-    gpu_vm_size: str | None = None  # optional: outputs saved before they were exported lack them
-    cpu_vm_size: str | None = None
+    # optional: outputs saved before they were exported lack them
+    gpu_vm_size: str | None = Field(None, pattern=r"^Standard_[A-Za-z0-9_]{1,60}$")
+    cpu_vm_size: str | None = Field(None, pattern=r"^Standard_[A-Za-z0-9_]{1,60}$")
 
     @field_validator("data_assets")
     @classmethod
@@ -104,6 +105,8 @@ EXPECTED = {
     "name": "a data asset name (letters, digits, _ . -)",
     "version": "a fixed data asset version (letters, digits, _ . -; not `latest`)",
     "training_environment": "an environment as name:version",
+    "gpu_vm_size": "an Azure VM size, e.g. Standard_NC24ads_A100_v4",
+    "cpu_vm_size": "an Azure VM size, e.g. Standard_D4s_v3",
 }
 MAX_OUTPUTS_BYTES = 1_000_000  # `pulumi stack output --json` prints a few KB
 
@@ -148,15 +151,18 @@ def parse_outputs(data, source: str) -> StackOutputs:
 
 
 _SECRET_LIKE = re.compile(r"(key|sig|secret|password|token|pwd)\s*=", re.IGNORECASE)
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}|eyJ[A-Za-z0-9_-]+\.")  # base64, a JWT
 
 
 def shown(value) -> str:
     """A value for an error message, which may end up in a CI log: one that looks like a
     credential (`AccountKey=`, `sig=`, ...) or is long is not printed whole."""
     text = repr(value)
-    if _SECRET_LIKE.search(text):
+    if _SECRET_LIKE.search(text) or _TOKEN_LIKE.search(text):
         return f"a value of {len(str(value))} characters that looks like a credential (not shown)"
-    return text if len(text) <= 60 else f"{text[:40]}... ({len(str(value))} characters)"
+    if len(text) > 40:  # a name is short; a long value may be a key the patterns do not know
+        return f"a value of {len(str(value))} characters (not shown)"
+    return text
 
 
 def _walk(data, prefix=""):

@@ -57,13 +57,17 @@ def test_malformed_outputs_name_the_key(mutate, message):
     lambda d: d["data_assets"].update({"https://x?sig=SECRETVALUE-8d7f": {"name": "h",
                                                                           "version": "1"}}),
     lambda d: d.update(subscription_id="password=SECRETVALUE-8d7f"),
+    lambda d: d.update(workspace_name="SECRETVALUEq83vEjX9mLk2Pz0aB7cD1eF4gH6iJ8kL0mN2oP4qR6sT8uV+w=="),
+    lambda d: d.update(subscription_id="eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJTRUNSRVRWQUxVRSJ9.x"),
+    lambda d: d.update(cpu_vm_size="DefaultEndpointsProtocol=https;AccountKey=SECRETVALUE+8d7f=="),
 ])
 def test_a_pasted_credential_is_not_echoed(mutate):
     data = json.loads(json.dumps(OUTPUTS))
     mutate(data)
     with pytest.raises(StackError) as err:
         parse_outputs(data, "outputs.json")
-    assert "SECRETVALUE" not in str(err.value) and "looks like a credential" in str(err.value)
+    assert "SECRETVALUE" not in str(err.value) and "eyJzdWIi" not in str(err.value)
+    assert "(not shown)" in str(err.value)
 
 
 @pytest.mark.parametrize("content, message", [
