@@ -317,7 +317,8 @@ class ExperimentConfig(Strict):
     arms: Arms
     eval: PathField | None = Field(None, description="shared evaluation JSONL for both arms")
     success: SuccessCriteria = SuccessCriteria()
-    budget_usd: float | None = Field(None, gt=0)
+    budget_usd: float | None = Field(None, ge=0.01, le=10_000_000,
+                                     description="cost cap of each cloud run, USD")
     openai: OpenAISettings = OpenAISettings()
     azure: AzureSettings = AzureSettings()
     sweep: SweepSettings | None = Field(None, description="`train sweep`'s search (optional)")

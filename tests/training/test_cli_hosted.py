@@ -193,10 +193,10 @@ def test_a_pair_over_budget_uploads_nothing_unless_allowed(service, tmp_path):
 
     cfg = write_config(tmp_path)
     data = yaml.safe_load(cfg.read_text())
-    data["budget_usd"] = 0.0001
+    data["budget_usd"] = 0.01
     cfg.write_text(yaml.safe_dump(data))
     estimate = train("estimate", "--config", cfg)
-    assert estimate.exit_code == 0 and "exceeds budget_usd 0.00" in estimate.output
+    assert estimate.exit_code == 0 and "exceeds budget_usd 0.01" in estimate.output
     result = train("submit", "--config", cfg)
     assert result.exit_code == 1 and "exceeds budget_usd" in result.output, result.output
     assert service.requests == []

@@ -230,6 +230,15 @@ def test_values_no_run_can_use_are_refused_at_load(tmp_path, training, field, me
     assert f"  {field}: " in str(err.value) and message in str(err.value)
 
 
+@pytest.mark.parametrize(("budget", "message"), [(0.0001, "greater than or equal to 0.01"),
+                                                 (1e300, "less than or equal to 10000000")])
+def test_a_budget_is_a_sum_of_money(tmp_path, budget, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, base(budget_usd=budget)))
+
+
+
+
 def test_not_utf8_names_the_line(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_bytes(b"name: pair\nbase_model: caf\xe9\n")
