@@ -269,6 +269,24 @@ def test_client_retries_a_429_after_its_retry_after(service, tmp_path):
     assert set(jobs) == {"control", "experiment"}
 
 
+def test_wait_follows_through_a_passing_outage(service, tmp_path):
+    submitted = backend.submit_pair(client_for(service), prepared(tmp_path), poll=0.01, say=quiet)
+    service.throttle.clear()
+    down = {"n": 0}
+
+    def outage(method, path, arm):  # the next 3 job reads get no answer, then the service is back
+        if method == "GET" and path.startswith("/fine_tuning/jobs/") and down["n"] < 3:
+            down["n"] += 1
+            return True
+        return False
+
+    service.lose_if = outage
+    slept = []
+    jobs = backend.wait_pair(client_for(service), submitted.pair_id, poll=0.01,
+                             sleep=slept.append)
+    assert down["n"] == 3 and {j["status"] for j in jobs.values()} == {"succeeded"}
+
+
 def test_a_failed_job_is_logged_as_a_failed_run(service, tmp_path):
     import mlflow
 

@@ -366,6 +366,7 @@ def wait_pair(client, pair_id: str, *, poll: float = 10.0, max_poll: float = 120
     seen: dict[str, set] = {arm: set() for arm in ARMS}
     jobs = pair_jobs(client, pair_id)
     interval, start, first = poll, time.monotonic(), True
+    failing_since = None
     while True:
         try:
             fresh = False
@@ -383,6 +384,15 @@ def wait_pair(client, pair_id: str, *, poll: float = 10.0, max_poll: float = 120
         except openai.RateLimitError as e:
             sleep(_retry_after(e, interval))
             continue
+        except (openai.APIConnectionError, openai.InternalServerError):
+            # a passing outage (after the client's own retries): following goes on for up to
+            # 10 minutes of failures in a row, then the error ends it
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > 600:
+                raise
+            sleep(max(interval, 1.0))
+            continue
+        failing_since = None
         first = False
         if all(job["status"] in TERMINAL for job in jobs.values()):
             return jobs
