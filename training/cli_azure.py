@@ -344,6 +344,7 @@ def _arm_label(v) -> str:
 
 
 def _wait(pair, pair_id: str, names: list[str], console, poll_seconds: float) -> None:
+    from azure.core.exceptions import AzureError
     from rich.live import Live
     from rich.text import Text
 
@@ -369,6 +370,13 @@ def _wait(pair, pair_id: str, names: list[str], console, poll_seconds: float) ->
         console.print(f"stopped following; the jobs keep running: `train status {pair_id}`, "
                       f"`train cancel {pair_id}` (with the same --stack / --outputs-file)")
         sys.exit(130)
+    except AzureError as e:  # a login that expired during a long wait, a deleted job...
+        from training.backends.azureml import _reason
+
+        click.echo(f"error: following stopped ({_reason(e)}); the jobs were submitted and keep "
+                   f"running: `train status {pair_id}`, `train cancel {pair_id}` (with the same "
+                   "--stack / --outputs-file)", err=True)
+        sys.exit(EXIT_FAILED)
     bad = {n: s for n, s in final.items() if s != "Completed"}
     if bad:
         console.print("not completed: " + ", ".join(f"{n} ({s})" for n, s in bad.items())

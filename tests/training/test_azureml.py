@@ -283,6 +283,23 @@ def test_wait_rides_out_a_passing_failure_of_the_service(train, fake):
     assert result.exit_code == 0 and "both arms completed" in result.output, result.output
 
 
+def test_a_login_that_expires_while_following_says_the_jobs_keep_running(train, fake):
+    assert train("submit", "--pair-id", "p7").exit_code == 0
+    gets = {"n": 0}
+    real_get = fake._get_job
+
+    def expired(request, match):  # the existence checks pass, then the token is refused
+        gets["n"] += 1
+        if gets["n"] > 2:
+            return _response(request, 401, _error("AuthenticationFailed", "token expired"))
+        return real_get(request, match)
+
+    fake.routes.insert(0, ("GET", r"/jobs/(?P<name>[^/]+)$", expired))
+    result = train("submit", "--pair-id", "p7", "--wait", "--poll-seconds", "0")
+    assert result.exit_code == 1, result.output
+    assert "the jobs were submitted and keep running: `train status p7`" in result.output
+
+
 def test_wait_exits_1_when_an_arm_fails(train, fake):
     assert train("submit").exit_code == 0
     for name in fake.jobs:
