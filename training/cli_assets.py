@@ -165,12 +165,9 @@ def register(pair_id, stack, outputs_file, pulumi_dir, tracking_uri, output_dir,
     cli = _cli()
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,240}", name):
         cli.bad_input(f"--name {name!r}: letters, digits, - _ . (a model name)")
-    from training.jobs import JobSpecError, check_pair_id
+    from training.cli_follow import _checked
 
-    try:  # before any request, and before PAIR is joined to --output-dir as a path
-        check_pair_id(pair_id, "PAIR")
-    except JobSpecError as e:
-        cli.bad_input(str(e))
+    _checked(pair_id)  # before any request, and before PAIR is joined to --output-dir as a path
     if stack or outputs_file:
         if tracking_uri:
             cli.bad_input("--tracking-uri is for local pairs; with --stack/--outputs-file the "

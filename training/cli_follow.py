@@ -26,7 +26,11 @@ from training.config import ARMS
 def _checked(pair_id: str) -> str:
     """A PAIR argument that cannot name a pair is bad input before any request."""
     from training.jobs import JobSpecError, check_pair_id
+    from training.sweep import SWEEP_JOB
 
+    if SWEEP_JOB.match(pair_id):
+        _cli().bad_input(f"{pair_id} is a sweep's job, not a pair: `train status {pair_id}` "
+                         f"shows it and its studio link, `train cancel {pair_id}` stops it")
     try:
         return check_pair_id(pair_id, "PAIR")
     except JobSpecError as e:

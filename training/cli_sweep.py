@@ -83,8 +83,8 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget)
         return
     from training.cli_estimate import sweep_budget_guard
 
-    sweep_budget_guard(cfg, outputs, arm, allow_over_budget, console)
-    _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job)
+    _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job,
+                  guard=lambda: sweep_budget_guard(cfg, outputs, arm, allow_over_budget, console))
 
 
 def sweep_yaml(template, cfg, code_dir: str) -> str:
@@ -134,7 +134,8 @@ def _dry_run(template, cfg, config_yaml, out_dir: Path, console) -> None:
 
 
 @_azure_errors
-def _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job) -> None:
+def _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job,
+                  guard) -> None:
     from training.backends.azureml import AzurePair, stage_code, view
 
     pair = AzurePair(_client(outputs))
@@ -142,6 +143,7 @@ def _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job)
     if existing is not None:
         _check_existing_sweep(existing, template, view(existing).status)
     if existing is None:
+        guard()  # the budget: only for a sweep this command would start
         with tempfile.TemporaryDirectory(prefix="paired-finetune-code-") as tmp:
             code = stage_code(Path(tmp), config_yaml)
             existing = pair.client.jobs.create_or_update(
@@ -162,7 +164,10 @@ def _check_existing_sweep(existing, template, status: str) -> None:
     if getattr(existing, "type", None) != "sweep" or "sweep_of" not in tags:
         _cli().bad_input(f"a job named {template.name} exists and is not a sweep made by "
                          f"`train sweep`; {force}")
-    if tags.get("sweep_sha256", template.tags["sweep_sha256"]) != template.tags["sweep_sha256"]:
+    if "sweep_sha256" not in tags:
+        _cli().bad_input(f"sweep {template.name} was made by an older version of this tool: "
+                         f"whether it is this search cannot be checked; {force}")
+    if tags["sweep_sha256"] != template.tags["sweep_sha256"]:
         _cli().bad_input(f"sweep {template.name} exists with another search (the `sweep:` "
                          f"section changed since); {force}")
     if status in ("Failed", "Canceled", "NotResponding"):

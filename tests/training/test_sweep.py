@@ -270,8 +270,26 @@ def test_a_sweep_over_budget_is_refused_before_any_request(train, fake, tmp_path
     data = yaml.safe_load(unbounded.read_text())
     data["azure"]["max_run_minutes"] = None
     unbounded.write_text(yaml.safe_dump(data))
-    result = train("sweep", "--config", str(unbounded))
+    result = train("sweep", "--config", str(unbounded), "--force")  # a new sweep: priced
     assert result.exit_code == 1 and "nothing bounds the sweep" in result.output
+
+
+def test_an_older_sweep_an_existing_sweep_over_budget_and_a_sweep_name_as_a_pair(train, fake,
+                                                                                   tmp_path):
+    assert train("sweep", "--config", str(CONFIG)).exit_code == 0
+    (name,) = fake.jobs
+    poorer = with_sweep(tmp_path)
+    data = yaml.safe_load(poorer.read_text())
+    data["budget_usd"] = 1.0
+    poorer.write_text(yaml.safe_dump(data))
+    again = train("sweep", "--config", str(poorer))  # it exists: reported, not priced again
+    assert again.exit_code == 0 and "exists already" in again.output, again.output
+    fake.jobs[name]["properties"]["tags"].pop("sweep_sha256")  # as an older version made it
+    older = train("sweep", "--config", str(CONFIG))
+    assert older.exit_code == 2 and "made by an older version" in older.output
+    for command in ("logs", "register"):
+        result = train(command, name)
+        assert result.exit_code == 2 and "is a sweep's job, not a pair" in result.output
 
 
 def test_a_sweep_is_shown_and_cancelled_by_its_job_name(train, fake):
