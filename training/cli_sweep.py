@@ -64,6 +64,9 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget)
 
         check_out_dir(out_dir)
     cfg = cli._load(config_path)
+    if cfg.backend != "azureml":
+        cli.bad_input(f"train sweep runs on Azure ML; {config_path} names backend "
+                      f"{cfg.backend} (set its openai: hyperparameters by hand)")
     if arm == "experiment":
         console.print("[yellow]warning:[/] tuning on the experiment arm: values applied to both "
                       "arms then favour it, a bias in the direction the comparison tests (the "

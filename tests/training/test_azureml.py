@@ -383,6 +383,7 @@ def test_a_rollback_that_cannot_cancel_says_so(train, fake):
     control = next(n for n in fake.jobs if n.endswith("-control"))
     assert f"COULD NOT CANCEL {control}" in result.output and "train cancel" in result.output
     assert "never half a pair" not in result.output
+    assert "submit again with `--force`" in result.output  # the cancelled name is used up
 
 
 def test_ctrl_c_between_the_two_jobs_cancels_the_first(train, fake):

@@ -101,6 +101,14 @@ def test_every_sweep_error_is_exit_2_before_any_request(train, fake, tmp_path, s
     assert not fake.sent("PUT")
 
 
+def test_a_hosted_experiment_is_not_swept(train, fake):
+    from tests.training.pairs import REPO as ROOT
+
+    result = train("sweep", "--config", str(ROOT / "experiments" / "hosted-openai.yaml"))
+    assert result.exit_code == 2 and "train sweep runs on Azure ML" in result.output
+    assert not fake.requests
+
+
 def test_no_sweep_section_and_no_stack(tmp_path):
     data = yaml.safe_load(CONFIG.read_text())
     del data["sweep"]

@@ -238,7 +238,9 @@ class AzurePair:
             lines.append("never half a pair running")
         else:
             lines.append("this submission created no job (nothing to cancel)")
-        lines.append("fix the cause and submit again (`--force` for a new pair id)")
+        lines.append("fix the cause and submit again with `--force` (a new pair id: a cancelled "
+                     "job keeps its name)" if cancelled or failed
+                     else "fix the cause and submit again")
         raise SubmitError("\n  ".join(lines), interrupted=interrupted)
 
     def _cancel_all(self, names: list[str]) -> tuple[list[str], list[str]]:
