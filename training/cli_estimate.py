@@ -278,14 +278,21 @@ def _finite(value, name):
     return value
 
 
+def data_not_here(cfg) -> list[str]:
+    """The experiment's data files that are not on this machine (the data may live only in the
+    workspace): the guards then check what they can without them."""
+    from training.prepare import data_files
+
+    return [str(p) for p in data_files(cfg).values() if not Path(p).is_file()]
+
+
 def check_local_data(cfg) -> bool:
     """`train submit` without a budget to check: the data files, when they are on this machine,
     are validated as `train data validate` would (exit 2 on a bad row). Returns whether they
     were (False: the data is only in the workspace)."""
     from training.data import DataError
 
-    files = [cfg.train_file(a) for a in ARMS] + ([cfg.eval] if cfg.eval is not None else [])
-    if not all(Path(p).is_file() for p in files):
+    if data_not_here(cfg):
         return False
     try:
         count_data(cfg)
@@ -312,8 +319,7 @@ def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> None:
                       "has no upper bound")
     if cfg.budget_usd is None:
         return
-    missing = [str(p) for p in [cfg.train_file(a) for a in ARMS] + [cfg.eval]
-               if p is not None and not Path(p).is_file()]
+    missing = data_not_here(cfg)
     if missing:  # the data lives in the workspace: only the worst case can be checked here
         console.print(f"[yellow]note:[/] {', '.join(missing)} not on this machine: the budget "
                       "is checked against the worst case only")
@@ -355,8 +361,7 @@ def sweep_budget_guard(cfg, outputs, arm: str, allow_over_budget: bool, console)
     except ValueError as e:
         _cli().bad_input(str(e))
     price = cfg.azure.price_per_hour or vm.price_per_hour
-    here = all(Path(p).is_file() for p in [cfg.train_file(a) for a in ARMS] + [cfg.eval]
-               if p is not None)
+    here = not data_not_here(cfg)
     trial = None
     if here:
         est = guarded_estimate(cfg, outputs)
