@@ -104,13 +104,10 @@ def _errors():
 def _checked(pair_id: str | None) -> None:
     """The same rule for a pair id as on Azure ML, before anything is read, written or sent:
     it names uploads, dry-run files and the jobs' metadata."""
-    from training.jobs import JobSpecError, check_pair_id
+    from training.cli_follow import _checked as checked  # cli_follow imports this module
 
     if pair_id is not None:
-        try:
-            check_pair_id(pair_id, "PAIR")
-        except JobSpecError as e:
-            _cli().bad_input(str(e))
+        checked(pair_id)
 
 
 def _azure_ml_only(backend: str, stack=None, outputs_file=None, from_sweep=None, **_) -> None:
