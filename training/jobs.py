@@ -103,13 +103,18 @@ def shared_data_warnings(outputs: StackOutputs) -> list[str]:
     return out
 
 
+def world_size(cfg: ExperimentConfig) -> int:
+    """The processes of one arm (the global batch is per-device batch x accumulation x this)."""
+    return cfg.azure.instance_count * cfg.azure.processes_per_node
+
+
 def azure_pair_id(cfg: ExperimentConfig, outputs: StackOutputs) -> str:
     """Same resolved config (the pinned base model revision included) and same data asset
     versions -> same pair id, so submitting again finds the pair instead of training it twice.
     The world size enters too: it sets the global batch, hence the weights. Job names derive from
     it: letters, digits, '-'."""
     h = hashlib.sha256(cfg.sha256().encode())
-    h.update(f"world_size={cfg.azure.instance_count * cfg.azure.processes_per_node}".encode())
+    h.update(f"world_size={world_size(cfg)}".encode())
     for key, asset_id in sorted(data_asset_ids(outputs).items()):
         h.update(f"{key}={asset_id}".encode())
     name = re.sub(r"[^a-z0-9-]", "-", cfg.name.lower())

@@ -19,7 +19,7 @@ import math
 import re
 
 from training.config import ExperimentConfig, SweepSettings
-from training.jobs import ArmJob, JobSpecError, build_command, plan_pair
+from training.jobs import ArmJob, JobSpecError, build_command, plan_pair, world_size
 
 BAYESIAN_TYPES = {"choice", "uniform", "quniform"}
 # What a sweep may tune: hyperparameters. Not the seed (a lucky seed is not a finding), not the
@@ -121,11 +121,6 @@ def sweep_name(pair_id: str, arm: str, stamp: str | None = None) -> str:
 
 
 SWEEP_JOB = re.compile(r"^[a-z0-9][a-z0-9_-]*-sweep-(control|experiment)(-[0-9]{14})?$")
-
-
-def world_size(cfg: ExperimentConfig) -> int:
-    """The processes of one arm (the global batch is per-device batch x accumulation x this)."""
-    return cfg.azure.instance_count * cfg.azure.processes_per_node
 
 
 def sweep_sha256(cfg: ExperimentConfig) -> str:
