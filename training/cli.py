@@ -17,8 +17,7 @@ from pathlib import Path
 import click
 
 from training.config import ARMS, ConfigError, ExperimentConfig, load_config
-
-EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+from training.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, exit_interrupted
 
 
 def _console():
@@ -104,7 +103,7 @@ def data_validate(paths, config_path, base_model, max_seq_length, no_tokenizer):
                 _exit_if_not_ready(lambda: _preflight(cfg, console), console)
     except KeyboardInterrupt:
         console.print("interrupted", highlight=False)
-        sys.exit(130)
+        exit_interrupted()
     if not report.ok:
         sys.exit(EXIT_BAD_INPUT)
 
@@ -250,7 +249,7 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     except KeyboardInterrupt:
         console.print("interrupted while preparing the pair: nothing was trained",
                       highlight=False)
-        sys.exit(130)
+        exit_interrupted()
 
     from training.backends.local import LocalPair, read_manifest
     from training.progress import PairProgress
@@ -282,7 +281,7 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
         # a Ctrl-C after every arm finished changes nothing: they are reported finished
         if pair.interrupted or ((late.seen or pair.stopping) and k + 1 < n):
             console.print(f"interrupted: run the same command again to resume {pair_id}")
-            sys.exit(130)
+            exit_interrupted()
         late.seen = late.seen or pair.stopping
         failed = failed or pair.failed
     late.restore()

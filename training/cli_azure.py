@@ -18,8 +18,8 @@ import click
 
 from training.cli_hosted import hosted_backend
 from training.config import ARMS
+from training.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, exit_interrupted
 
-EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 DEFAULT_CONFIG = Path("experiments/paired-comments.yaml")
 
 
@@ -369,7 +369,7 @@ def _wait(pair, pair_id: str, names: list[str], console, poll_seconds: float) ->
     except KeyboardInterrupt:  # the pair's id, not a replicate's: cancel must reach them all
         console.print(f"stopped following; the jobs keep running: `train status {pair_id}`, "
                       f"`train cancel {pair_id}` (with the same --stack / --outputs-file)")
-        sys.exit(130)
+        exit_interrupted()
     except AzureError as e:  # a login that expired during a long wait, a deleted job...
         from training.backends.azureml import _reason
 

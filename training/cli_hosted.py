@@ -16,8 +16,7 @@ from pathlib import Path
 import click
 
 from training.config import BACKENDS, HOSTED_BACKENDS
-
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+from training.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, exit_interrupted
 
 
 def _cli():
@@ -98,7 +97,7 @@ def _errors():
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        exit_interrupted()
 
 
 def _checked(pair_id: str | None) -> None:
@@ -265,7 +264,7 @@ def _follow(client, backend, pair_id, tracking_uri, poll_seconds, console, wait_
             console.print(f"stopped following; the jobs keep running: train status {pair_id} "
                           f"--backend {backend} | train cancel {pair_id} --backend {backend}",
                           markup=False)
-            sys.exit(EXIT_INTERRUPTED)
+            exit_interrupted()
     else:
         jobs = ob.pair_jobs(client, pair_id)
     _print_jobs(jobs, console)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from training import hosted
 from training.config import ARMS, ExperimentConfig
+from training.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 
 DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
 TERMINAL = ("succeeded", "failed", "cancelled")
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class HostedError(Exception):
