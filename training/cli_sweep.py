@@ -173,6 +173,14 @@ def _check_existing_sweep(existing, template, status: str) -> None:
     if tags["sweep_sha256"] != template.tags["sweep_sha256"]:
         _cli().bad_input(f"sweep {template.name} exists with another search (the `sweep:` "
                          f"section changed since); {force}")
+    # trials tuned on another cluster, image or node layout do not carry over; a new code
+    # version does (the sweep would otherwise be refused after every edit)
+    changed = [f"{key} {tags[key]!r} (now {template.tags[key]!r})"
+               for key in ("compute", "environment", "resources")
+               if key in tags and tags[key] != template.tags.get(key)]
+    if changed:
+        _cli().bad_input(f"sweep {template.name} ran with another setup: {'; '.join(changed)}; "
+                         f"{force}")
     if status in ("Failed", "Canceled", "NotResponding"):
         click.echo(f"error: sweep {template.name} ended {status}; {force}", err=True)
         sys.exit(1)

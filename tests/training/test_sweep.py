@@ -255,6 +255,15 @@ def test_a_changed_or_failed_sweep_is_not_reused_and_force_makes_a_new_one(train
     result = train("sweep", "--config", str(edited))
     assert result.exit_code == 2 and "exists with another search" in result.output, result.output
     assert "--force" in result.output and len(fake.sent("PUT", "/jobs/")) == 1
+    tags = fake.jobs[name]["properties"]["tags"]
+    for key, value in {"compute": "old-cluster", "environment": "azureml:train-env:1"}.items():
+        now, tags[key] = tags[key], value  # as if the stack's cluster or image changed since
+        moved = train("sweep", "--config", str(CONFIG))
+        assert moved.exit_code == 2, moved.output
+        assert f"ran with another setup: {key} {value!r} (now {now!r})" in moved.output
+        tags[key] = now
+    tags["code_version"] = "an-older-snapshot"  # an edit of the code: the search still holds
+    assert train("sweep", "--config", str(CONFIG)).exit_code == 0
     fake.set_status(name, "Failed")
     failed = train("sweep", "--config", str(CONFIG))
     assert failed.exit_code == 1 and f"sweep {name} ended Failed" in failed.output
