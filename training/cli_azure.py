@@ -184,8 +184,8 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
         return
     from training.cli_estimate import budget_guard
 
-    budget_guard(cfg, outputs, allow_over_budget, console)
-    _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds)
+    within_budget = budget_guard(cfg, outputs, allow_over_budget, console)
+    _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds, within_budget)
 
 
 def _out(value: str | None) -> Path | None:
@@ -292,14 +292,15 @@ def remove_stale_jobs(out_dir: Path, keep: set[Path], console) -> None:
 
 
 @_azure_errors
-def _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds) -> None:
+def _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds,
+            within_budget) -> None:
     from training.backends.azureml import AzurePair, SubmitError, stage_code, view
 
     pair = AzurePair(_client(outputs))
     with tempfile.TemporaryDirectory(prefix="paired-finetune-code-") as tmp:
         code = stage_code(Path(tmp), config_yaml)
         try:
-            result = pair.submit(planned, code)
+            result = pair.submit(planned, code, before_create=within_budget)
         except SubmitError as e:
             click.echo(f"error: {str(e).replace('PAIR', pair_id)}", err=True)
             sys.exit(e.exit_code)

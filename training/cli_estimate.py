@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -311,14 +312,16 @@ def guarded_estimate(cfg, outputs, mfu=None):
         _cli().bad_input(str(e))
 
 
-def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> None:
-    """Before `train submit` sends anything: refuse (exit 1) a pair whose estimate or worst case
-    exceeds budget_usd, unless allowed; warn when nothing bounds the cost."""
+def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> Callable[[], None]:
+    """Before `train submit` sends anything: price the pair (bad data is exit 2 here) and warn
+    when nothing bounds the cost. Returns the check that refuses (exit 1) a pair whose estimate
+    or worst case exceeds budget_usd, unless allowed: submit runs it only when it would create a
+    job, so a pair that exists is reported whatever the budget says now."""
     if cfg.azure.max_run_minutes is None:
         console.print("[yellow]warning:[/] azure.max_run_minutes is not set: the cost of the pair "
                       "has no upper bound")
     if cfg.budget_usd is None:
-        return
+        return lambda: None
     missing = data_not_here(cfg)
     if missing:  # the data lives in the workspace: only the worst case can be checked here
         console.print(f"[yellow]note:[/] {', '.join(missing)} not on this machine: the budget "
@@ -329,10 +332,11 @@ def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> None:
                         "estimate) and azure.max_run_minutes is not set (no worst case)"]
     else:
         problems = guarded_estimate(cfg, outputs).over_budget
-    enforce_budget(problems, cfg.budget_usd, allow_over_budget, console,
-                   "Nothing was submitted: lower the cost (fewer steps, a smaller "
-                   "azure.max_run_minutes), set azure.max_run_minutes, or pass "
-                   "--allow-over-budget (`train estimate` shows the figures)")
+    return lambda: enforce_budget(
+        problems, cfg.budget_usd, allow_over_budget, console,
+        "Nothing was submitted: lower the cost (fewer steps, a smaller azure.max_run_minutes), "
+        "set azure.max_run_minutes, or pass --allow-over-budget (`train estimate` shows the "
+        "figures)")
 
 
 def enforce_budget(problems: list[str], budget_usd: float, allow_over_budget: bool, console,

@@ -118,13 +118,14 @@ def _azure_ml_only(backend: str, stack=None, outputs_file=None, from_sweep=None,
                          "stack or sweeps (drop them, or use --backend azureml)")
 
 
-def _budget_guard(cfg, prep, allow_over_budget: bool, console) -> None:
-    """The service bills training tokens: refuse (exit 1, nothing uploaded) a pair whose estimate
-    exceeds budget_usd, unless allowed."""
+def _budget_guard(cfg, prep, allow_over_budget: bool, console):
+    """The service bills training tokens: the check that refuses (exit 1, nothing uploaded) a pair
+    whose estimate exceeds budget_usd, unless allowed. Run only when the pair is to be created:
+    a pair that exists is reported whatever the budget says now."""
     from training.hosted_cost import estimate_pair_cost
 
     if cfg.budget_usd is None:
-        return
+        return None
     costs = estimate_pair_cost(prep.report, cfg.base_model, cfg.openai.n_epochs,
                                token_limit=cfg.openai.example_token_limit)
     from training.cli_estimate import enforce_budget
@@ -132,9 +133,10 @@ def _budget_guard(cfg, prep, allow_over_budget: bool, console) -> None:
     total = sum(c.usd for c in costs.values())
     problems = ([f"the estimate {total:,.2f} USD exceeds budget_usd {cfg.budget_usd:,.2f}"]
                 if total > cfg.budget_usd else [])
-    enforce_budget(problems, cfg.budget_usd, allow_over_budget, console,
-                   "Nothing was uploaded: fewer epochs (openai.n_epochs) or less data, or "
-                   "--allow-over-budget (`train estimate` shows the figures)")
+    return lambda: enforce_budget(
+        problems, cfg.budget_usd, allow_over_budget, console,
+        "Nothing was uploaded: fewer epochs (openai.n_epochs) or less data, or "
+        "--allow-over-budget (`train estimate` shows the figures)")
 
 
 def _client(backend, config_path):
@@ -193,8 +195,7 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
             prep = ob.prepare(cfg, pair_id=pair_id)
         for w in prep.warnings[:20]:
             console.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
-        if not dry_run:
-            _budget_guard(cfg, prep, _stack.get("allow_over_budget", False), console)
+        within_budget = _budget_guard(cfg, prep, _stack.get("allow_over_budget", False), console)
         if dry_run:
             hyper = {k: getattr(cfg.openai, k)
                      for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
@@ -213,7 +214,8 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
         lock = _one_submitter(prep.pair_id)
         try:
             result = ob.submit_pair(client, prep, force=force, poll=min(poll_seconds, 5.0),
-                                    say=lambda m: console.print(m, markup=False, highlight=False))
+                                    say=lambda m: console.print(m, markup=False, highlight=False),
+                                    before_create=within_budget)
         finally:
             lock.release()
         console.print(f"pair [bold]{result.pair_id}[/] on {backend}: "

@@ -199,9 +199,13 @@ def test_a_pair_over_budget_uploads_nothing_unless_allowed(service, tmp_path):
     assert estimate.exit_code == 0 and "exceeds budget_usd 0.01" in estimate.output
     result = train("submit", "--config", cfg)
     assert result.exit_code == 1 and "exceeds budget_usd" in result.output, result.output
-    assert service.requests == []
+    assert not service.sent("POST")  # looked the pair up, uploaded and created nothing
     allowed = train("submit", "--config", cfg, "--allow-over-budget", "--poll-seconds", "0.01")
     assert allowed.exit_code == 0 and "submitted anyway" in allowed.output, allowed.output
+    posted = len(service.sent("POST"))
+    again = train("submit", "--config", cfg)  # the pair exists: reported, whatever the budget
+    assert again.exit_code == 0 and "already submitted" in again.output, again.output
+    assert len(service.sent("POST")) == posted
 
 
 def test_a_pair_id_reused_for_another_config_is_refused(service, tmp_path):

@@ -141,9 +141,14 @@ def test_submit_refuses_a_pair_over_budget(tmp_path, hub_cache):
     refused = _run(args, fake)
     assert refused.exit_code == 1, refused.output
     assert "73.40" in refused.output and "--allow-over-budget" in refused.output
-    assert fake.requests == []
+    assert not fake.sent("PUT")  # looked the jobs up, created nothing
     allowed = _run([*args, "--allow-over-budget"], fake)
     assert allowed.exit_code == 0, allowed.output
+    assert len(fake.sent("PUT")) == 2
+    # the pair exists: submitting it again reports it, whatever the budget says now
+    again = _run(args, fake)
+    assert again.exit_code == 0 and "already submitted, nothing created" in again.output, \
+        again.output
     assert len(fake.sent("PUT")) == 2
 
 

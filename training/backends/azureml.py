@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,11 +147,13 @@ class AzurePair:
         except ResourceNotFoundError:
             return None
 
-    def submit(self, jobs: list[ArmJob], code_dir: Path) -> dict[str, tuple]:
+    def submit(self, jobs: list[ArmJob], code_dir: Path,
+               before_create: Callable[[], None] | None = None) -> dict[str, tuple]:
         """Create the jobs that do not exist yet; all or nothing. Returns name -> (job, created).
 
         An existing job counts only if its tags say it is this pair's (same pair id, arm, config,
-        seed, base model revision): a reused --pair-id or a sweep of the same name is refused."""
+        seed, base model revision): a reused --pair-id or a sweep of the same name is refused.
+        `before_create` (the budget check) runs once the lookups show a job is to be created."""
         from training.jobs import identity_mismatch
 
         existing = {j.name: self.get(j.name) for j in jobs}
@@ -176,6 +179,8 @@ class AzurePair:
             listed = ", ".join(f"{n} ({s})" for n, s in dead.items())
             raise SubmitError(f"the pair is incomplete and cannot be finished under the same job "
                               f"names: {listed}; `train submit --force` submits it as a new pair")
+        if missing and before_create is not None:
+            before_create()
         result = {name: (job, False) for name, job in existing.items() if job is not None}
         current = None
         try:

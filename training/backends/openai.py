@@ -178,8 +178,10 @@ class Submitted:
 
 
 def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.0,
-                file_timeout: float = 1800.0, sleep=time.sleep, say=print) -> Submitted:
-    """Upload the files and create both jobs; or report the pair's existing jobs."""
+                file_timeout: float = 1800.0, sleep=time.sleep, say=print,
+                before_create: Callable[[], None] | None = None) -> Submitted:
+    """Upload the files and create both jobs; or report the pair's existing jobs.
+    `before_create` (the budget check) runs once the pair is known to be new."""
     import openai
 
     pair_id = prep.pair_id
@@ -203,6 +205,8 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
             raise HostedError(f"pair {pair_id} has only its {arm} job ({job['id']}, "
                               f"{job['status']}): cancel it (train cancel {pair_id}) and submit "
                               "again, or submit with --force for a new pair")
+    if before_create is not None:
+        before_create()
     existing = _processed_uploads(client)
     ids: dict[str, str] = {}
     for name, path in prep.files.items():
