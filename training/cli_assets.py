@@ -65,6 +65,9 @@ def data_upload(config_path, no_tokenizer, outputs):
     if not report.ok:
         click.echo("error: the data is not valid: nothing was uploaded", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    # an A/A pair may be meant, but it is more often a copy-paste slip in the experiment file
+    cli._print_warnings(data_mod.same_data_warnings(dict(zip(files, report.files, strict=True))),
+                        console)
 
     roles = [r for r in files if r in outputs.data_assets]
     if "eval" in files and "eval" not in outputs.data_assets:

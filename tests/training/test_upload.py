@@ -194,6 +194,16 @@ def test_eval_file_without_an_eval_asset_is_not_uploaded(upload_cmd, blobs, tmp_
     assert {key[2] for key in blobs.blobs} == {PATHS["control"], PATHS["experiment"]}
 
 
+def test_one_file_for_both_arms_is_uploaded_with_a_warning(upload_cmd, blobs, tmp_path):
+    cfg = yaml.safe_load((tmp_path / "pair.yaml").read_text())
+    cfg["arms"]["experiment"]["train"] = "control.jsonl"
+    (tmp_path / "same.yaml").write_text(yaml.safe_dump(cfg))
+    result = upload_cmd(config=tmp_path / "same.yaml")
+    assert result.exit_code == 0, result.output
+    assert "warning: control and experiment are the same file" in result.output
+    assert stored(blobs, "experiment") == stored(blobs, "control")
+
+
 def test_validates_with_the_base_models_tokenizer(upload_cmd, blobs, tmp_path, tiny_model_path):
     long = json.loads(json.dumps(ROW))
     long["messages"][1]["content"] = "word " * 400  # over max_seq_length 256 tokens
