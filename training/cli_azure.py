@@ -170,11 +170,15 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
     tags = {}
     if from_sweep:
         cfg, tags = _from_sweep(cfg, outputs, from_sweep, console)
+    stamps, given_id = (forced_stamps() if force else None), pair_id
+
+    def plan():
+        pid = given_id or jobs_mod.azure_pair_id(cfg, outputs)
+        pid = f"{pid}-{next(stamps)}" if stamps else pid
+        return pid, jobs_mod.plan_pair(cfg, outputs, pid, code_version(), tags)
+
     try:
-        pair_id = pair_id or jobs_mod.azure_pair_id(cfg, outputs)
-        if force:
-            pair_id = f"{pair_id}-{time.strftime('%Y%m%d%H%M%S')}"
-        planned = jobs_mod.plan_pair(cfg, outputs, pair_id, code_version(), tags)
+        pair_id, planned = plan()
     except jobs_mod.JobSpecError as e:
         cli.bad_input(str(e))
     config_yaml = job_config(cfg, outputs).to_yaml()
@@ -185,7 +189,16 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
     from training.cli_estimate import budget_guard
 
     within_budget = budget_guard(cfg, outputs, allow_over_budget, console)
-    _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds, within_budget)
+    _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds, within_budget,
+            replan=plan if force else None)
+
+
+def forced_stamps():
+    """--force's suffixes: this second, then the next ones, for when a forced pair or sweep was
+    made in the same second (a script, a double Enter): --force always means a new one."""
+    start = time.time()
+    for k in range(10_000):
+        yield time.strftime("%Y%m%d%H%M%S", time.localtime(start + k))
 
 
 def _out(value: str | None) -> Path | None:
@@ -293,10 +306,12 @@ def remove_stale_jobs(out_dir: Path, keep: set[Path], console) -> None:
 
 @_azure_errors
 def _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds,
-            within_budget) -> None:
+            within_budget, replan=None) -> None:
     from training.backends.azureml import AzurePair, SubmitError, stage_code, view
 
     pair = AzurePair(_client(outputs))
+    while replan and pair.get(planned[0].name) is not None:  # --force: taken this second
+        pair_id, planned = replan()
     with tempfile.TemporaryDirectory(prefix="paired-finetune-code-") as tmp:
         code = stage_code(Path(tmp), config_yaml)
         try:

@@ -359,6 +359,7 @@ def sweep_budget_guard(cfg, outputs, arm: str, allow_over_budget: bool, console)
     (trials x azure.max_run_minutes, or the sweep's timeout x concurrent trials) against
     budget_usd; exit 1 over it unless allowed."""
     from training.estimate import sweep_cost
+    from training.sweep import COST_FIELDS, costliest_trial
 
     try:
         vm, _ = pick(cfg, outputs)
@@ -367,11 +368,13 @@ def sweep_budget_guard(cfg, outputs, arm: str, allow_over_budget: bool, console)
     price = cfg.azure.price_per_hour or vm.price_per_hour
     here = not data_not_here(cfg)
     trial = None
-    if here:
-        est = guarded_estimate(cfg, outputs)
+    if here:  # every trial priced as the dearest the search allows
+        est = guarded_estimate(costliest_trial(cfg), outputs)
         trial = next(a.cost_usd for a in est.arms if a.arm == arm)
     expected, worst = sweep_cost(cfg, price, trial)
-    shown = (f"{expected:,.2f} USD" if expected is not None
+    dearest = [k for k in cfg.sweep.search_space if k in COST_FIELDS]
+    shown = (f"{expected:,.2f} USD" + (f" (every trial at the dearest {', '.join(dearest)})"
+                                       if dearest else "") if expected is not None
              else "unknown (the data is not on this machine)",
              f"{worst:,.2f} USD" if worst is not None
              else "no bound (set azure.max_run_minutes or sweep.timeout_minutes)")

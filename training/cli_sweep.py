@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import click
@@ -18,6 +17,7 @@ from training.cli_azure import (
     _client,
     _out,
     _pinned,
+    forced_stamps,
     job_config,
     stack_options,
 )
@@ -75,9 +75,14 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget)
 
     cluster_check(cfg, outputs, console)
     cfg = _pinned(cfg, console, required=not dry_run)
+    stamps = forced_stamps() if force else None
+
+    def plan():
+        return plan_sweep(cfg, outputs, jobs_mod.azure_pair_id(cfg, outputs), arm,
+                          code_version(), next(stamps) if stamps else None)
+
     try:
-        template = plan_sweep(cfg, outputs, jobs_mod.azure_pair_id(cfg, outputs), arm,
-                              code_version(), time.strftime("%Y%m%d%H%M%S") if force else None)
+        template = plan()
     except jobs_mod.JobSpecError as e:
         cli.bad_input(str(e))
     config_yaml = job_config(cfg, outputs).to_yaml()
@@ -87,7 +92,8 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget)
     from training.cli_estimate import sweep_budget_guard
 
     _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job,
-                  guard=lambda: sweep_budget_guard(cfg, outputs, arm, allow_over_budget, console))
+                  guard=lambda: sweep_budget_guard(cfg, outputs, arm, allow_over_budget, console),
+                  replan=plan if force else None)
 
 
 def sweep_yaml(template, cfg, code_dir: str) -> str:
@@ -138,11 +144,14 @@ def _dry_run(template, cfg, config_yaml, out_dir: Path, console) -> None:
 
 @_azure_errors
 def _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job,
-                  guard) -> None:
+                  guard, replan=None) -> None:
     from training.backends.azureml import AzurePair, stage_code, view
 
     pair = AzurePair(_client(outputs))
     existing = pair.get(template.name)
+    while replan and existing is not None:  # --force: a sweep was made this second already
+        template = replan()
+        existing = pair.get(template.name)
     if existing is not None:
         _check_existing_sweep(existing, template, view(existing).status)
     if existing is None:

@@ -115,6 +115,36 @@ def sweep_problems(cfg: ExperimentConfig) -> list[str]:
     return problems
 
 
+# Searched fields that make a trial dearer as they grow (more steps, tokens or recomputation).
+COST_FIELDS = ("training.epochs", "training.max_steps", "training.per_device_batch_size",
+               "training.gradient_accumulation_steps", "training.gradient_checkpointing")
+
+
+def costliest_trial(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The arm's config with each searched cost field at its dearest value: what the sweep's
+    estimate prices, so a search over epochs or steps is not priced at the file's value. Call on
+    a sweep that passed `sweep_problems`."""
+    from training.config import ConfigError
+    from training.overrides import apply_overrides
+
+    dearest = {}
+    for key, p in cfg.sweep.search_space.items():
+        if key not in COST_FIELDS:
+            continue
+        if p.type == "choice":
+            values = [v for v in p.values if v is not None and not isinstance(v, str)]
+            if values:
+                dearest[key] = max(values)  # True > False: checkpointing recomputes
+        elif p.type == "quniform":  # Azure samples round(uniform(min, max) / q) * q
+            dearest[key] = round(p.max_value / p.q) * p.q
+        else:
+            dearest[key] = p.max_value
+    try:
+        return apply_overrides(cfg, dearest, source="sweep.search_space")
+    except ConfigError:  # each value passed alone, not all at once: price the file's values
+        return cfg
+
+
 def sweep_name(pair_id: str, arm: str, stamp: str | None = None) -> str:
     """The sweep job's name; `stamp` (--force) makes a new sweep beside an older one."""
     return f"{pair_id}-sweep-{arm}" + (f"-{stamp}" if stamp else "")

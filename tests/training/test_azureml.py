@@ -143,6 +143,17 @@ def test_force_makes_a_new_pair(train, fake):
     assert f"/paths/pairs/{new_pair}/" in bodies[sorted(new)[0]]["outputs"]["arm_dir"]["uri"]
 
 
+def test_two_forced_pairs_in_the_same_second_are_two_pairs(train, fake, monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)  # the clock stands still
+    for _ in range(2):
+        result = train("submit", "--force")
+        assert result.exit_code == 0 and "created 2 job(s)" in result.output, result.output
+    pairs = {job["properties"]["tags"]["pair_id"] for job in fake.jobs.values()}
+    assert len(fake.jobs) == 4 and len(pairs) == 2, pairs
+
+
 @pytest.mark.parametrize("changes, args, message", [
     ({"azure.compute": "nope-cluster"}, [], "azure.compute"),
     ({"azure.instance_count": 0}, [], "azure.instance_count"),

@@ -274,6 +274,17 @@ def test_a_changed_or_failed_sweep_is_not_reused_and_force_makes_a_new_one(train
     assert fake.jobs[new]["properties"]["limits"]["maxTotalTrials"] == 40
 
 
+def test_two_forced_sweeps_in_the_same_second_are_two_sweeps(train, fake, monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)  # the clock stands still
+    for _ in range(2):
+        result = train("sweep", "--config", str(CONFIG), "--force")
+        assert result.exit_code == 0 and "submitted on the control arm" in result.output, \
+            result.output
+    assert len(fake.jobs) == 2
+
+
 def test_a_sweep_over_budget_is_refused_before_any_request(train, fake, tmp_path):
     costly = with_sweep(tmp_path, max_total_trials=1000, max_concurrent_trials=100,
                         timeout_minutes=43200)
@@ -319,3 +330,47 @@ def test_a_sweep_is_shown_and_cancelled_by_its_job_name(train, fake):
     assert fake.jobs[name]["properties"]["status"] == "Canceled"
     missing = train("cancel", "nope-sweep-control")
     assert missing.exit_code == 2 and "no sweep 'nope-sweep-control'" in missing.output
+
+
+def test_a_search_over_epochs_is_priced_at_its_dearest_trial(train, fake, tmp_path):
+    import re
+
+    def expected(epochs_values, path):
+        space = {"training.learning_rate": {"type": "choice", "values": [1e-4, 2e-4]},
+                 "training.epochs": {"type": "choice", "values": epochs_values}}
+        cfg = with_sweep(path, search_space=space)
+        data = yaml.safe_load(cfg.read_text())  # data on this machine: an estimate, not a bound
+        for arm in ("control", "experiment"):
+            data["arms"][arm]["train"] = str(REPO / "examples" / "data" / f"{arm}.jsonl")
+        data["eval"] = str(REPO / "examples" / "data" / "eval.jsonl")
+        cfg.write_text(yaml.safe_dump(data))
+        result = train("sweep", "--config", str(cfg), "--allow-over-budget", "--force")
+        assert result.exit_code == 0, result.output
+        return float(re.search(r"expected ([\d,.]+) USD", result.output)[1].replace(",", ""))
+
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    one, three = expected([1], tmp_path / "a"), expected([3], tmp_path / "b")
+    up_to_nine = expected([1, 9, 3], tmp_path / "c")
+    # the file says 3 epochs; the sweep may train 9: every trial is priced at 9 (the cost is
+    # startup + epochs x one epoch's)
+    assert up_to_nine > three > one
+    assert up_to_nine - one == pytest.approx(4 * (three - one), abs=0.05)
+
+
+def test_the_costliest_trial_takes_each_cost_fields_largest_value():
+    from training.sweep import costliest_trial
+
+    data = yaml.safe_load(CONFIG.read_text())
+    data["sweep"]["search_space"] = {
+        "training.per_device_batch_size": {"type": "choice", "values": [2, 8, 4]},
+        "training.gradient_accumulation_steps": {"type": "quniform", "min_value": 1,
+                                                 "max_value": 7, "q": 2},
+        "training.gradient_checkpointing": {"type": "choice", "values": [False, True]},
+        "training.learning_rate": {"type": "uniform", "min_value": 1e-5, "max_value": 1e-3}}
+    cfg = parse_config(data, base_dir=REPO / "experiments")
+    dearest = costliest_trial(cfg)
+    assert dearest.training.per_device_batch_size == 8
+    assert dearest.training.gradient_accumulation_steps == 8  # round(7 / 2) * 2
+    assert dearest.training.gradient_checkpointing is True
+    assert dearest.training.learning_rate == cfg.training.learning_rate  # not a cost field
