@@ -103,6 +103,15 @@ def shared_data_warnings(outputs: StackOutputs) -> list[str]:
     return out
 
 
+def shm_in_largest_unit(size: str) -> str:
+    """`16384m` -> `16g`: one size, one spelling, so the pair's resources tag compares sizes."""
+    units = "bkmg"
+    value, unit = int(size[:-1]), units.index(size[-1])
+    while unit < len(units) - 1 and value % 1024 == 0:
+        value, unit = value // 1024, unit + 1
+    return f"{value}{units[unit]}"
+
+
 def world_size(cfg: ExperimentConfig) -> int:
     """The processes of one arm (the global batch is per-device batch x accumulation x this)."""
     return cfg.azure.instance_count * cfg.azure.processes_per_node
@@ -186,7 +195,8 @@ def plan_pair(cfg: ExperimentConfig, outputs: StackOutputs, pair_id: str, code_v
                     "train_data": assets[arm], "eval_data": assets.get("eval", ""),
                     "compute": compute, "environment": environment,
                     "resources": f"{az.instance_count} nodes x {az.processes_per_node}, shm "
-                                 f"{az.shm_size}, timeout {timeout_s or 'none'}",
+                                 f"{shm_in_largest_unit(az.shm_size)}, timeout "
+                                 f"{timeout_s or 'none'}",
                     **(extra_tags or {})}
             if cfg.training.replicates > 1:
                 tags |= {"parent_pair_id": pair_id, "replicate": str(k)}

@@ -168,3 +168,11 @@ def test_an_experiment_named_like_a_sweep_still_gets_a_pair_id():
         pair_id = azure_pair_id(config().model_copy(update={"name": name}), outputs())
         assert check_pair_id(pair_id) == pair_id and pair_id.startswith(name.replace(
             "sweep", "sweeps"))
+
+
+@pytest.mark.parametrize("size, same", [("16384m", "16g"), ("16g", "16g"), ("1536m", "1536m"),
+                                         ("2097152k", "2g"), ("1024b", "1k"), ("1000m", "1000m")])
+def test_one_shm_size_has_one_spelling_in_the_resources_tag(size, same):
+    from training.jobs import shm_in_largest_unit
+
+    assert shm_in_largest_unit(size) == same
