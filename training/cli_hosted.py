@@ -261,7 +261,9 @@ def _follow(client, backend, pair_id, tracking_uri, poll_seconds, console, wait_
     if wait_:
         try:
             jobs = ob.wait_pair(client, pair_id, poll=poll_seconds,
-                                max_poll=max(poll_seconds, 1.0) * 8, on_event=event)
+                                max_poll=max(poll_seconds, 1.0) * 8, on_event=event,
+                                say=lambda m: console.print(m, style="yellow", markup=False,
+                                                            highlight=False))
         except KeyboardInterrupt:
             console.print(f"stopped following; the jobs keep running: train status {pair_id} "
                           f"--backend {backend} | train cancel {pair_id} --backend {backend}",

@@ -209,11 +209,13 @@ def test_wait_honours_retry_after_prints_events_and_logs_mlflow_runs(service, tm
     submitted = backend.submit_pair(client, prep, poll=0.01, say=print)
     service.throttle["GET /fine_tuning/jobs/"] = 2
     service.retry_after = "0.37"
-    sleeps, events = [], []
+    sleeps, events, said = [], [], []
     jobs = backend.wait_pair(client, submitted.pair_id, poll=0.01, max_poll=0.02,
-                             sleep=sleeps.append, on_event=lambda a, e: events.append((a, e)))
+                             sleep=sleeps.append, on_event=lambda a, e: events.append((a, e)),
+                             say=said.append)
 
     assert sleeps[:2] == [0.37, 0.37]  # the server's retry-after, not the backoff
+    assert said[:2] == ["rate limited by the service: following again in 0.37 s"] * 2  # not silent
     assert {a: j["status"] for a, j in jobs.items()} == {"control": "succeeded",
                                                          "experiment": "succeeded"}
     control_events = [e["message"] for a, e in events if a == "control"]
@@ -281,10 +283,11 @@ def test_wait_follows_through_a_passing_outage(service, tmp_path):
         return False
 
     service.lose_if = outage
-    slept = []
+    slept, said = [], []
     jobs = backend.wait_pair(client_for(service), submitted.pair_id, poll=0.01,
-                             sleep=slept.append)
+                             sleep=slept.append, say=said.append)
     assert down["n"] == 3 and {j["status"] for j in jobs.values()} == {"succeeded"}
+    assert len(said) == 1 and "does not answer" in said[0] and "10 min" in said[0]  # said once
 
 
 def test_a_failed_job_is_logged_as_a_failed_run(service, tmp_path):

@@ -361,10 +361,11 @@ def _retry_after(e, default: float, cap: float = 300.0) -> float:
 
 def wait_pair(client, pair_id: str, *, poll: float = 10.0, max_poll: float = 120.0,
               factor: float = 1.5, timeout: float | None = None, sleep=time.sleep,
-              on_event: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+              on_event: Callable[[str, dict], None] | None = None,
+              say: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Poll the pair until both jobs end. The interval grows by `factor` while nothing happens
     (up to max_poll) and is reset by a new event; a 429 waits its `retry-after`. New job events
-    are passed to on_event(arm, event), oldest first."""
+    are passed to on_event(arm, event), oldest first; `say` hears why following pauses."""
     import openai
 
     seen: dict[str, set] = {arm: set() for arm in ARMS}
@@ -386,11 +387,16 @@ def wait_pair(client, pair_id: str, *, poll: float = 10.0, max_poll: float = 120
                         if on_event:
                             on_event(arm, _dict(event))
         except openai.RateLimitError as e:
-            sleep(_retry_after(e, interval))
+            pause = _retry_after(e, interval)
+            if say:
+                say(f"rate limited by the service: following again in {pause:.3g} s")
+            sleep(pause)
             continue
-        except (openai.APIConnectionError, openai.InternalServerError):
+        except (openai.APIConnectionError, openai.InternalServerError) as e:
             # a passing outage (after the client's own retries): following goes on for up to
             # 10 minutes of failures in a row, then the error ends it
+            if failing_since is None and say:
+                say(f"the service does not answer ({_describe(e)}): retrying for up to 10 min")
             failing_since = failing_since or time.monotonic()
             if time.monotonic() - failing_since > 600:
                 raise
