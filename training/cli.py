@@ -18,6 +18,7 @@ import click
 
 from training.config import ARMS, ConfigError, ExperimentConfig, load_config
 from training.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, exit_interrupted
+from training.interrupts import LateStop, interruptible
 
 
 def _console():
@@ -80,7 +81,7 @@ def data_validate(paths, config_path, base_model, max_seq_length, no_tokenizer):
         raise click.UsageError("give PATHS to check, or --config (its data files)")
     console = _console()
     try:
-        with _interruptible():
+        with interruptible():
             cfg = _load(config_path) if config_path else None
             if cfg and max_seq_length is not None:  # the option wins over the file's
                 cfg = cfg.model_copy(update={"training": cfg.training.model_copy(
@@ -167,51 +168,6 @@ def _describe(pinned) -> str:
     return describe(pinned)
 
 
-class _LateStop:
-    """SIGINT/SIGTERM outside a pair's run (between replicates, after the arms): remembered."""
-
-    def __init__(self):
-        self.seen = False
-        self.previous = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def _note(self, signum, frame):
-        self.seen = True
-
-    def restore(self):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-class _interruptible:
-    """While preparing: SIGTERM behaves like Ctrl-C (KeyboardInterrupt, exit 130 by the caller),
-    not a silent death; the previous handlers come back afterwards. A signal that lands while
-    Python runs a finalizer or weakref callback (the import system's module locks, while the heavy
-    libraries load) cannot raise there ("Exception ignored in ..."): it is remembered, and
-    `check()` (before anything is written) or the end of the block raises it."""
-
-    pending = False
-
-    def __enter__(self):
-        def interrupt(signum, frame):
-            _interruptible.pending = True
-            raise KeyboardInterrupt
-
-        _interruptible.pending = False
-        self.previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-        if exc_type is None:
-            _interruptible.check()
-
-    @staticmethod
-    def check() -> None:
-        if _interruptible.pending:
-            raise KeyboardInterrupt
-
-
 def _load(config_path: Path) -> ExperimentConfig:
     try:
         return load_config(config_path)
@@ -243,7 +199,7 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     console = _console()
     arms = [arm] if arm else list(ARMS)
     try:
-        with _interruptible():  # Ctrl-C or SIGTERM while preparing: exit 130, nothing started
+        with interruptible():  # Ctrl-C or SIGTERM while preparing: exit 130, nothing started
             cfg, pair_id, pair_dir, resolved, uri, threads = _prepare_run(
                 config_path, output_dir, arms, pair_id, tracking_uri, console)
     except KeyboardInterrupt:
@@ -260,7 +216,7 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
     replicates = [(pair_id, pair_dir, 0)] if n == 1 else [
         (f"{pair_id}-r{k}", pair_dir / f"r{k}", k) for k in range(n)]
     failed = False
-    late = _LateStop()  # a Ctrl-C between pairs or after the last arm finished: noted, no traceback
+    late = LateStop()  # a Ctrl-C between pairs or after the last arm finished: noted, no traceback
     for rep_id, rep_dir, k in replicates:
         if n > 1:
             console.print(f"replicate {k + 1}/{n}: [bold]{rep_id}[/] "
@@ -345,7 +301,7 @@ def _prepare_run(config_path, output_dir, arms, pair_id, tracking_uri, console):
     if pair_dir.is_symlink() and not inside(pair_dir, output_dir):
         bad_input(f"{pair_dir} is a symlink out of --output-dir {output_dir}: remove it or "
                   "choose another --pair-id")
-    _interruptible.check()  # a Ctrl-C that could not raise while preparing: nothing written yet
+    interruptible.check()  # a Ctrl-C that could not raise while preparing: nothing written yet
     uri = resolve_uri(tracking_uri)
     try:
         from training.tracking import ensure_experiment, redacted
