@@ -82,7 +82,7 @@ def _errors():
     """Service errors: one line, never a traceback; bad credentials and input exit 2."""
     import openai
 
-    from training.backends.openai import HostedError, _describe
+    from training.backends.openai import HostedError, describe_error
 
     try:
         yield
@@ -90,10 +90,10 @@ def _errors():
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-        click.echo(f"error: the service refused the credentials ({_describe(e)})", err=True)
+        click.echo(f"error: the service refused the credentials ({describe_error(e)})", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except openai.APIError as e:
-        click.echo(f"error: request failed ({_describe(e)})", err=True)
+        click.echo(f"error: request failed ({describe_error(e)})", err=True)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -426,7 +426,7 @@ def test_retry_after_is_capped_and_must_be_a_number(header, waited):
     from types import SimpleNamespace
 
     throttled = SimpleNamespace(response=SimpleNamespace(headers={"retry-after": header}))
-    assert backend._retry_after(throttled, 7.0) == waited
+    assert backend.retry_after(throttled, 7.0) == waited
 
 
 def test_a_failed_upload_names_the_file_and_creates_no_job(service, tmp_path):

@@ -14,8 +14,6 @@ No key is ever printed, logged or written: keys stay in the environment and the 
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -39,8 +37,8 @@ class HostedError(Exception):
 
 
 # ------------------------------------------------------------------------------------------ client
-# The client and its credentials: their own module, re-exported here (one interface).
-from training.backends.openai_client import make_client  # noqa: E402
+# The client, its credentials and its errors: their own module, re-exported here (one interface).
+from training.backends.openai_client import describe_error, make_client, retry_after  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------- prepare
@@ -216,7 +214,7 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
         except openai.APIError as e:
             kept = (f"; the files uploaded before it ({', '.join(ids)}) stay on the account and "
                     "the next submit reuses them") if ids else ""
-            raise HostedError(f"{name}: uploading {path} failed ({_describe(e)}); no job was "
+            raise HostedError(f"{name}: uploading {path} failed ({describe_error(e)}); no job was "
                               f"created{kept}") from None
     cfg = prep.cfg
     hyper = {k: getattr(cfg.openai, k) for k in ("n_epochs", "batch_size",
@@ -249,7 +247,7 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
                                   EXIT_INTERRUPTED) from None
             what = ("the service refused the job" if isinstance(e, openai.APIStatusError)
                     else "creating the job failed")
-            raise HostedError(f"{arm}: {what} ({_describe(e)}); {rolled}") from None
+            raise HostedError(f"{arm}: {what} ({describe_error(e)}); {rolled}") from None
         say(f"{arm}: job {jobs[arm]['id']} created ({jobs[arm]['status']})")
     return Submitted(pair_id, jobs, created=True)
 
@@ -287,22 +285,12 @@ def _roll_back(client, jobs: dict[str, dict], say) -> str:
             client.fine_tuning.jobs.cancel(job["id"])
             done.append(f"the {arm} job {job['id']} was cancelled")
         except (openai.APIError, KeyboardInterrupt) as e:  # a second Ctrl-C: say what is left
-            why = "interrupted" if isinstance(e, KeyboardInterrupt) else _describe(e)
+            why = "interrupted" if isinstance(e, KeyboardInterrupt) else describe_error(e)
             done.append(f"cancelling the {arm} job {job['id']} FAILED ({why}): it is still "
                         "running; cancel it with `train cancel PAIR --backend ...` or in the "
                         "service's portal")
     say("; ".join(done))
     return "; ".join(done)
-
-
-def _describe(e) -> str:
-    status = getattr(e, "status_code", None)
-    body = getattr(e, "body", None)  # the service's error object, when it sent one
-    message = (body.get("message") if isinstance(body, dict) else None) or str(e)
-    for variable in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY"):  # a proxy may echo the key
-        if len(key := os.environ.get(variable, "").strip()) >= 8:
-            message = message.replace(key, f"<{variable}>")
-    return f"HTTP {status}: {message}" if status else message
 
 
 def pair_jobs(client, pair_id: str) -> dict[str, dict]:
@@ -340,23 +328,9 @@ def cancel_pair(client, pair_id: str) -> dict[str, tuple[str, bool]]:
         try:
             out[arm] = (f"{job['id']} {client.fine_tuning.jobs.cancel(job['id']).status}", False)
         except openai.APIError as e:
-            out[arm] = (f"{job['id']} could not be cancelled ({_describe(e)}): it is still "
+            out[arm] = (f"{job['id']} could not be cancelled ({describe_error(e)}): it is still "
                         f"running; try again, or cancel it in the service's portal", True)
     return out
-
-
-def _retry_after(e, default: float, cap: float = 300.0) -> float:
-    """The server's `retry-after` (seconds) on a 429, else the default; at most `cap` (a value
-    of inf or a year is the server's mistake, not a plan)."""
-    headers = getattr(getattr(e, "response", None), "headers", None) or {}
-    for key, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        try:
-            wait = float(headers[key]) / scale
-        except (KeyError, TypeError, ValueError):
-            continue
-        if not math.isnan(wait):
-            return min(cap, max(0.0, wait))
-    return min(cap, default)
 
 
 def wait_pair(client, pair_id: str, *, poll: float = 10.0, max_poll: float = 120.0,
@@ -387,7 +361,7 @@ def wait_pair(client, pair_id: str, *, poll: float = 10.0, max_poll: float = 120
                         if on_event:
                             on_event(arm, _dict(event))
         except openai.RateLimitError as e:
-            pause = _retry_after(e, interval)
+            pause = retry_after(e, interval)
             if say:
                 say(f"rate limited by the service: following again in {pause:.3g} s")
             sleep(pause)
@@ -396,7 +370,7 @@ def wait_pair(client, pair_id: str, *, poll: float = 10.0, max_poll: float = 120
             # a passing outage (after the client's own retries): following goes on for up to
             # 10 minutes of failures in a row, then the error ends it
             if failing_since is None and say:
-                say(f"the service does not answer ({_describe(e)}): retrying for up to 10 min")
+                say(f"the service does not answer ({describe_error(e)}): retrying for up to 10 min")
             failing_since = failing_since or time.monotonic()
             if time.monotonic() - failing_since > 600:
                 raise

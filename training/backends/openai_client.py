@@ -1,9 +1,10 @@
 """The hosted backend's client: the official `openai` client for OpenAI or Azure OpenAI, with its
-credentials checked first (a blank or pasted key, a non-https endpoint: bad input, exit 2). No key
-is ever printed."""
+credentials checked first (a blank or pasted key, a non-https endpoint: bad input, exit 2), and its
+errors in words (`describe_error`, `retry_after`). No key is ever printed."""
 
 from __future__ import annotations
 
+import math
 import os
 
 from training.backends.openai import DEFAULT_AZURE_API_VERSION, EXIT_BAD_INPUT, HostedError
@@ -57,3 +58,28 @@ def _check_key(variable: str, required: bool) -> bool:
         raise HostedError(f"{variable} holds whitespace or a control character (a newline from a "
                           "file or a paste?); set it to the key alone", EXIT_BAD_INPUT)
     return True
+
+
+def describe_error(e) -> str:
+    """An API error in one line: its HTTP status and the service's message, any key masked."""
+    status = getattr(e, "status_code", None)
+    body = getattr(e, "body", None)  # the service's error object, when it sent one
+    message = (body.get("message") if isinstance(body, dict) else None) or str(e)
+    for variable in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY"):  # a proxy may echo the key
+        if len(key := os.environ.get(variable, "").strip()) >= 8:
+            message = message.replace(key, f"<{variable}>")
+    return f"HTTP {status}: {message}" if status else message
+
+
+def retry_after(e, default: float, cap: float = 300.0) -> float:
+    """The server's `retry-after` (seconds) on a 429, else the default; at most `cap` (a value
+    of inf or a year is the server's mistake, not a plan)."""
+    headers = getattr(getattr(e, "response", None), "headers", None) or {}
+    for key, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            wait = float(headers[key]) / scale
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not math.isnan(wait):
+            return min(cap, max(0.0, wait))
+    return min(cap, default)
