@@ -254,7 +254,11 @@ def _hosted_estimate(cfg, fmt: str) -> None:
         click.echo(json.dumps({"backend": cfg.backend, "model": cfg.base_model,
                                "arms": {a: asdict(c) for a, c in costs.items()},
                                "cost_usd": total, "budget_usd": cfg.budget_usd,
-                               "over_budget": over}, indent=2))
+                               "over_budget": over,
+                               "prices": ("OpenAI list prices; Azure OpenAI's depend on the "
+                                          "region and deployment, plus hosting per hour"
+                                          if cfg.backend == "azure-openai"
+                                          else "OpenAI list prices")}, indent=2))
         return
     console = _cli()._console()
     console.print(f"{cfg.backend}: {cfg.base_model}; cost = billed training tokens (tokens per "
@@ -265,6 +269,10 @@ def _hosted_estimate(cfg, fmt: str) -> None:
                       f"USD/M (prices {c.prices_as_of}) = {c.usd:,.2f} USD")
     console.print(f"pair: [bold]{total:,.2f} USD[/]"
                   + (f" (budget_usd {cfg.budget_usd:,.2f})" if cfg.budget_usd else ""))
+    if cfg.backend == "azure-openai":
+        console.print("[yellow]note:[/] these are OpenAI's list prices: Azure OpenAI's depend on "
+                      "the region and deployment type, and it also bills hosting the fine-tuned "
+                      "model per hour; read the figure as an order of magnitude")
     if cfg.budget_usd is not None and total > cfg.budget_usd:
         console.print(f"[yellow]over budget:[/] the estimate {total:,.2f} USD exceeds budget_usd "
                       f"{cfg.budget_usd:,.2f}: `train submit` refuses it without "

@@ -164,6 +164,21 @@ def test_hosted_backend_is_priced_from_billed_tokens():
     assert data["cost_usd"] == pytest.approx(arm["usd"] + data["arms"]["experiment"]["usd"])
 
 
+def test_an_azure_openai_estimate_says_its_prices_are_openais(tmp_path):
+    data = yaml.safe_load((REPO / "experiments" / "hosted-openai.yaml").read_text())
+    data["backend"] = "azure-openai"
+    for arm in ("control", "experiment"):
+        data["arms"][arm]["train"] = str(REPO / "examples" / "data" / f"{arm}.jsonl")
+    data["eval"] = str(REPO / "examples" / "data" / "eval.jsonl")
+    path = tmp_path / "azure-openai.yaml"
+    path.write_text(yaml.safe_dump(data))
+    table = _run(["estimate", "--config", str(path)])
+    assert table.exit_code == 0, table.output
+    assert "OpenAI's list prices: Azure OpenAI's depend on the region" in table.output
+    data = json.loads(_run(["estimate", "--config", str(path), "--format", "json"]).output)
+    assert "deployment" in data["prices"] and data["backend"] == "azure-openai"
+
+
 @pytest.mark.parametrize("content, message", [
     ("not json\n", "not valid JSON"), ("", "no examples"), ("\n\n", "no examples"),
 ])
