@@ -232,7 +232,7 @@ def run(config_path, output_dir, arm, pair_id, tracking_uri):
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
-        progress.summary(states, rep_dir)
+        progress.summary(states, rep_dir, rep_id)
 
         # a Ctrl-C after every arm finished changes nothing: they are reported finished
         if pair.interrupted or ((late.seen or pair.stopping) and k + 1 < n):

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 
 def _fmt(value, spec=".3f") -> str:
@@ -60,8 +61,9 @@ class PairProgress:
                     f"step {state.step}/{state.max_steps or '?'}  ")
                 self.console.print(f"{state.arm:<10} {where}{info}", highlight=False)
 
-    def summary(self, states: dict, pair_dir: Path) -> None:
-        table = Table(title=f"pair {pair_dir.name}", title_justify="left")
+    def summary(self, states: dict, pair_dir: Path, pair_id: str | None = None) -> None:
+        # a replicate's table is titled by its own pair id (what compare and MLflow name it)
+        table = Table(title=Text(f"pair {pair_id or pair_dir.name}"), title_justify="left")
         # "process": the arm's process from start to end (imports, model, data included); the
         # verdict's "run time" is its MLflow run's, the training alone
         for col in ("arm", "status", "steps", "train loss", "eval loss", "ppl", "tokens/s",

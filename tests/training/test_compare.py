@@ -3,6 +3,7 @@ and the report built from constructed runs where the answer is known."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -129,6 +130,8 @@ def test_train_run_ends_with_the_compare_table(store):
     err = store["run"].stderr
     assert "replicate 2/2" in err and "Paired comparison" in err and "verdict:" in err
     assert "Seed-to-seed spread" in err
+    for k in range(2):  # each replicate's table is titled by its own pair id, as compare names it
+        assert re.search(rf"^pair {store['reps']}-r{k} *$", err, re.M), err
 
 
 @pytest.mark.slow
