@@ -148,19 +148,22 @@ def _client(backend, config_path):
 
 def _print_jobs(jobs: dict, console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from training import hosted
+    from training.terminal import printable
 
     table = Table(box=None, pad_edge=False)
     for col in ("arm", "job", "status", "trained tokens", "model"):
         table.add_column(col)
-    for arm, job in jobs.items():
+    for arm, job in jobs.items():  # the service's strings: never markup, never raw control codes
         tokens = f"{job['trained_tokens']:,}" if job.get("trained_tokens") else ""
-        table.add_row(arm, job["id"], job["status"], tokens, job.get("fine_tuned_model") or "")
+        table.add_row(*(Text(printable(s)) for s in (
+            arm, job["id"], job["status"], tokens, job.get("fine_tuned_model") or "")))
     console.print(table)
     for arm, job in jobs.items():
         if job.get("error") and job["error"].get("message"):
-            console.print(f"{arm}: {job['error']['message']}", markup=False)
+            console.print(f"{arm}: {printable(job['error']['message'])}", markup=False)
     diff = hosted.differing_hyperparameters(jobs.values())
     if diff:
         console.print("warning: the service resolved the arms' hyperparameters differently: "
@@ -256,7 +259,9 @@ def _follow(client, backend, pair_id, tracking_uri, poll_seconds, console, wait_
     from training.tracking import tracking_uri as resolve_uri
 
     def event(arm, e):
-        console.print(f"{arm}: {e.get('message')}", markup=False, highlight=False)
+        from training.terminal import printable
+
+        console.print(f"{arm}: {printable(e.get('message'))}", markup=False, highlight=False)
 
     if wait_:
         try:

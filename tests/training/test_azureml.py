@@ -544,6 +544,16 @@ def test_the_services_strings_are_never_read_as_markup(train, fake):
     assert one.exit_code == 0 and "[red]experiment" in one.output, one.output
 
 
+def test_control_characters_from_the_service_never_reach_the_terminal(train, fake):
+    assert train("submit", "--pair-id", "p6").exit_code == 0
+    fake.jobs["p6-control"]["properties"]["tags"]["arm"] = "control\x1b[2J\x07"  # clear screen
+    fake.jobs["p6-experiment"]["properties"]["tags"]["pair_id"] = "p6\x1b]0;owned\x07"
+    for args in (("status",), ("status", "p6"), ("cancel", "p6")):
+        result = train(*args)
+        assert result.exit_code in (0, 1) and "\x1b" not in result.output, result.output
+    assert "control\\x1b[2J\\x07" in train("status", "p6").output  # shown, escaped
+
+
 def test_a_reused_pair_id_with_another_config_is_refused(train, fake, tmp_path):
     assert train("submit", "--pair-id", "p2").exit_code == 0
     del fake.jobs["p2-experiment"]

@@ -245,3 +245,17 @@ def test_a_second_submit_of_the_same_pair_at_once_is_refused(service, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_control_characters_in_the_services_events_never_reach_the_terminal(service, tmp_path):
+    cfg = write_config(tmp_path)
+    first = train("submit", "--config", cfg, "--poll-seconds", "0.01")
+    assert first.exit_code == 0, first.output
+    for jid in service.events:
+        service.event(jid, "info", "step 1\x1b[2J\x1b]0;owned\x07")  # clear screen, set title
+    status = train("status", pair_id_of(first.output), "--backend", "openai", "--wait",
+                   "--poll-seconds", "0.01", "--tracking-uri",
+                   f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert status.exit_code == 0, status.output
+    assert "\x1b" not in status.output and "\x07" not in status.output
+    assert "step 1\\x1b[2J\\x1b]0;owned\\x07" in status.output  # shown, escaped

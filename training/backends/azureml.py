@@ -21,6 +21,7 @@ from pathlib import Path
 
 from training.jobs import CONFIG_FILE, ArmJob, build_command
 from training.stack import StackOutputs
+from training.terminal import printable
 
 TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
 FAILED = {"Failed", "Canceled", "NotResponding"}
@@ -123,14 +124,16 @@ def _status(job) -> str:
 
 
 def view(job) -> JobView:
+    """What the CLI shows of a job, every string printable (training.terminal)."""
     tags = job.tags or {}
     created = None
     if getattr(job, "creation_context", None) is not None:
         created = str(job.creation_context.created_at or "") or None
-    return JobView(name=job.name, arm=tags.get("arm", "?"), pair_id=tags.get("pair_id", "?"),
-                   status=_status(job), studio_url=getattr(job, "studio_url", None),
-                   created=created, replicate=tags.get("replicate"),
-                   experiment=getattr(job, "experiment_name", None))
+    return JobView(name=printable(job.name), arm=printable(tags.get("arm", "?")),
+                   pair_id=printable(tags.get("pair_id", "?")), status=printable(_status(job)),
+                   studio_url=printable(getattr(job, "studio_url", None)),
+                   created=printable(created), replicate=printable(tags.get("replicate")),
+                   experiment=printable(getattr(job, "experiment_name", None)))
 
 
 class AzurePair:
@@ -282,23 +285,24 @@ class AzurePair:
             tags = (job.tags or {}) if job is not None else {}
             if job is None or not tags.get("pair_id") or tags.get("sweep_of"):
                 continue
-            pairs.setdefault(tags.get("parent_pair_id") or tags["pair_id"], []).append(view(job))
+            pairs.setdefault(printable(tags.get("parent_pair_id") or tags["pair_id"]),
+                             []).append(view(job))
         return dict(sorted(pairs.items(), key=lambda kv: max(v.created or "" for v in kv[1]),
                            reverse=True))
 
     def cancel(self, jobs: list) -> list[tuple[str, str]]:
-        """Cancel every job of the pair that has not ended; (name, what happened) each."""
+        """Cancel every job of the pair that has not ended; (name, what happened) each, printable."""
         out = []
         for job in jobs:
             status = _status(job)
             if status in TERMINAL:
-                out.append((job.name, f"already {status}"))
+                out.append((printable(job.name), f"already {printable(status)}"))
                 continue
             try:
                 self.client.jobs.begin_cancel(job.name).result()
-                out.append((job.name, "cancel requested"))
+                out.append((printable(job.name), "cancel requested"))
             except Exception as e:
-                out.append((job.name, f"could not cancel: {_reason(e)}"))
+                out.append((printable(job.name), f"could not cancel: {printable(_reason(e))}"))
         return out
 
     def wait(self, names: list[str], on_update, poll_seconds: float = 30.0,
