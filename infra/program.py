@@ -11,7 +11,8 @@ from pulumi_azure_native import authorization
 
 from infra.budget import declare_budget
 from infra.compute import declare_clusters
-from infra.config import StackConfig, load_config
+from infra.config import StackConfig
+from infra.config_load import load_config
 from infra.data import declare_data_assets, declare_datastore
 from infra.environment import declare_environment
 from infra.roles import declare_role_assignments

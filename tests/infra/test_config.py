@@ -9,8 +9,7 @@ import pulumi
 import pytest
 import yaml
 
-from infra import config as stack_config
-from infra import naming
+from infra import config_load, naming
 from infra.config import ConfigError, StackConfig
 from tests.infra.conftest import BASE_CONFIG, PROJECT, STACK, run
 
@@ -23,7 +22,7 @@ def load(**overrides):
     captured = {}
 
     def entry():
-        captured["cfg"] = stack_config.load_config()
+        captured["cfg"] = config_load.load_config()
 
     run(config, entry=entry)
     return captured["cfg"]
@@ -31,7 +30,7 @@ def load(**overrides):
 
 def error_for(config) -> str:
     with pytest.raises(ConfigError) as info:
-        run(config, entry=stack_config.load_config)
+        run(config, entry=config_load.load_config)
     return str(info.value)
 
 
@@ -183,7 +182,7 @@ def test_config_error_is_a_run_error():
 
 
 def test_config_keys_are_the_model_aliases():
-    keys = stack_config.config_keys()
+    keys = config_load.config_keys()
     assert "project" not in keys and "stack" not in keys
     assert len(keys) == len(set(keys)) == len(StackConfig.model_fields) - 2
     assert all(re.fullmatch(r"[a-z][A-Za-z]+", key) for key in keys)
@@ -220,11 +219,11 @@ def test_names_are_deterministic_and_differ_between_stacks():
 def test_dev_stack_file_is_complete_and_valid():
     stack_file = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())["config"]
     keys = {key.removeprefix(f"{PROJECT}:") for key in stack_file if key.startswith(PROJECT)}
-    assert keys == set(stack_config.config_keys()) - {"location"}
+    assert keys == set(config_load.config_keys()) - {"location"}
     assert "azure-native:location" in stack_file
 
     captured = {}
-    run(stack_file, entry=lambda: captured.setdefault("cfg", stack_config.load_config()))
+    run(stack_file, entry=lambda: captured.setdefault("cfg", config_load.load_config()))
     cfg = captured["cfg"]
     assert cfg.gpu_vm_size == "Standard_NC24ads_A100_v4"
     assert cfg.eval_data_path == "datasets/eval/v1/eval.jsonl"

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from infra import program
-from infra.config import config_keys, full_key
+from infra.config_load import config_keys, full_key
 
 REPO = Path(__file__).resolve().parents[2]
 
