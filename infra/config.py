@@ -42,6 +42,9 @@ _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")
 _ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[^\s:@]+[:@]\S+")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+# RFC 2606 / 6761: names that never receive mail
+_RESERVED_MAIL_DOMAIN = re.compile(
+    r"@(.+\.)?(example\.(com|net|org)|[^@]*\.(example|test|invalid|localhost))$", re.IGNORECASE)
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 Priority = Literal["Dedicated", "LowPriority"]
@@ -358,6 +361,11 @@ class StackConfig(BaseModel):
     def _emails(cls, v: list[str]) -> list[str]:
         for email in v:
             _check(_EMAIL, email, "an e-mail address like ml-team@contoso.com")
+            if _RESERVED_MAIL_DOMAIN.search(email):  # the dev stack file's placeholder
+                raise ValueError(f"{email!r} is at a reserved example domain that receives no "
+                                 "mail: the budget alerts would reach nobody; set your team's "
+                                 "address (pulumi config set --path "
+                                 "'budgetContactEmails[0]' you@yourcompany.com)")
         return v
 
     @field_validator("budget_start_date")

@@ -98,6 +98,9 @@ def test_empty_values_mean_default():
         ({"budgetContactEmails": ["not-an-email"]}, "budgetContactEmails", "e-mail address"),
         ({"budgetContactEmails": ["a@b.com", "x@y"]}, "budgetContactEmails", "'x@y'"),
         ({"budgetContactEmails": []}, "budgetContactEmails", "at least 1 item"),
+        ({"budgetContactEmails": ["a@contoso.com", "ops@mail.Example.ORG"]},
+         "budgetContactEmails", "reserved example domain"),
+        ({"budgetContactEmails": ["me@build.test"]}, "budgetContactEmails", "receives no mail"),
         ({"budgetThresholds": [50, 2000]}, "budgetThresholds", "(0, 1000]"),
         ({"budgetThresholds": [50, 50]}, "budgetThresholds", "distinct"),
         ({"budgetThresholds": [10, 20, 30, 40, 50, 60]}, "budgetThresholds", "at most 5"),
@@ -222,6 +225,11 @@ def test_dev_stack_file_is_complete_and_valid():
     assert keys == set(config_load.config_keys()) - {"location"}
     assert "azure-native:location" in stack_file
 
+    # as shipped, the alert address is a placeholder: refused, naming the key and the fix
+    with pytest.raises(ConfigError, match=r"budgetContactEmails.*reserved example domain.*"
+                                          r"pulumi config set"):
+        run(stack_file, entry=config_load.load_config)
+    stack_file[f"{PROJECT}:budgetContactEmails"] = ["ml-team@contoso.com"]
     captured = {}
     run(stack_file, entry=lambda: captured.setdefault("cfg", config_load.load_config()))
     cfg = captured["cfg"]
