@@ -185,6 +185,12 @@ def render(est, console) -> None:
     if est.budget_usd is not None:
         verdict = "; ".join(est.over_budget) or "within it"
         console.print(f"budget_usd {est.budget_usd:,.2f}: {verdict}")
+    _print_timeouts(est, console)
+
+
+def _print_timeouts(est, console) -> None:
+    for problem in est.timeouts:
+        console.print(f"warning: {problem}", style="yellow", markup=False, highlight=False)
 
 
 @click.command()
@@ -339,7 +345,9 @@ def budget_guard(cfg, outputs, allow_over_budget: bool, console) -> Callable[[],
             problems = ["budget_usd cannot be checked: the data is not on this machine (no "
                         "estimate) and azure.max_run_minutes is not set (no worst case)"]
     else:
-        problems = guarded_estimate(cfg, outputs).over_budget
+        est = guarded_estimate(cfg, outputs)
+        _print_timeouts(est, console)
+        problems = est.over_budget
     return lambda: enforce_budget(
         problems, cfg.budget_usd, allow_over_budget, console,
         "Nothing was submitted: lower the cost (fewer steps, a smaller azure.max_run_minutes), "
@@ -379,6 +387,10 @@ def sweep_budget_guard(cfg, outputs, arm: str, allow_over_budget: bool, console)
     if here:  # every trial priced as the dearest the search allows
         est = guarded_estimate(costliest_trial(cfg), outputs)
         trial = next(a.cost_usd for a in est.arms if a.arm == arm)
+        for problem in est.timeouts:
+            if problem.startswith(f"{arm}:"):
+                console.print(f"warning: the dearest trial, {problem.removeprefix(arm + ': ')}",
+                              style="yellow", markup=False, highlight=False)
     expected, worst = sweep_cost(cfg, price, trial)
     dearest = [k for k in cfg.sweep.search_space if k in COST_FIELDS]
     shown = (f"{expected:,.2f} USD" + (f" (every trial at the dearest {', '.join(dearest)})"

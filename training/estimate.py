@@ -73,6 +73,17 @@ class PairEstimate:
     cost_usd: float  # every arm of every replicate
     worst_case_usd: float | None  # None: no max_run_minutes, no upper bound
     budget_usd: float | None
+    max_run_minutes: int | None = None
+
+    @property
+    def timeouts(self) -> list[str]:
+        """The arms estimated to outlast azure.max_run_minutes: stopped before they finish, their
+        cost then the worst case's, their training lost (empty: none)."""
+        limit = self.max_run_minutes
+        return [f"{a.arm}: the estimated {a.hours:.2f} h exceed azure.max_run_minutes {limit} "
+                f"({limit / 60:.2f} h): the job would be stopped before it finishes (raise "
+                "azure.max_run_minutes or train fewer steps; --mfu if yours is measured higher)"
+                for a in self.arms if limit and a.hours * 60 > limit]
 
     @property
     def over_budget(self) -> list[str]:
@@ -89,6 +100,7 @@ class PairEstimate:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["over_budget"] = self.over_budget
+        data["timeouts"] = self.timeouts
         return data
 
 
@@ -167,7 +179,7 @@ def estimate_pair(cfg: ExperimentConfig, *, vm: VmSize, vm_source: str, n_params
         mfu_source=mfu_source, price_per_hour=price, price_source=price_source,
         n_params=n_params, method=cfg.method, flops_formula=formula, token_source=token_source,
         replicates=replicates, arms=arms, cost_usd=cost, worst_case_usd=worst,
-        budget_usd=cfg.budget_usd)
+        budget_usd=cfg.budget_usd, max_run_minutes=az.max_run_minutes)
 
 
 def worst_case_usd(cfg: ExperimentConfig, price_per_hour: float) -> float | None:

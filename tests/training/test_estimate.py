@@ -201,3 +201,34 @@ def test_mfu_must_be_a_fraction(mfu):
     result = _run(["estimate", "--config", str(REPO / "experiments" / "local.yaml"),
                    "--mfu", mfu])
     assert result.exit_code == 2 and "--mfu" in result.output
+
+
+def test_an_arm_estimated_to_outlast_max_run_minutes_is_said(tmp_path, hub_cache):
+    from tests.training.fake_azure import OUTPUTS, FakeAzureML
+
+    data = yaml.safe_load((REPO / "experiments" / "paired-comments.yaml").read_text())
+    for arm in ("control", "experiment"):
+        data["arms"][arm]["train"] = str(REPO / "examples" / "data" / f"{arm}.jsonl")
+    data["eval"] = str(REPO / "examples" / "data" / "eval.jsonl")
+    data["training"]["max_steps"] = 20000
+    data["azure"]["max_run_minutes"] = 60
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(data))
+    table = _run(["estimate", "--config", str(path)])
+    assert table.exit_code == 0, table.output
+    assert "warning: control: the estimated" in table.output
+    assert "exceed azure.max_run_minutes 60 (1.00 h): the job would be stopped" in table.output
+    est = json.loads(_run(["estimate", "--config", str(path), "--format", "json"]).output)
+    assert [t.split(":")[0] for t in est["timeouts"]] == ["control", "experiment"]
+    assert all(a["hours"] > 1 for a in est["arms"])
+    data["azure"]["max_run_minutes"] = 43200  # room enough: nothing said
+    path.write_text(yaml.safe_dump(data))
+    assert json.loads(_run(["estimate", "--config", str(path), "--format", "json"]).output)[
+        "timeouts"] == []
+    outputs = tmp_path / "out.json"
+    outputs.write_text(json.dumps(OUTPUTS))
+    data["azure"]["max_run_minutes"] = 60
+    path.write_text(yaml.safe_dump(data))
+    submitted = _run(["submit", "--config", str(path), "--outputs-file", str(outputs)],
+                     FakeAzureML())
+    assert "the job would be stopped before it finishes" in submitted.output, submitted.output
