@@ -95,15 +95,17 @@ def _compare_uri(tracking_uri, stack, outputs_file, pulumi_dir=Path(".")):
 def _list_pairs(uri: str, fmt: str) -> None:
     import json
 
-    from mlflow.exceptions import MlflowException
-
-    from training.compare import client_for, list_pairs, store_error
+    from training.compare import CompareError, list_pairs, open_store, store_error
 
     try:
-        pairs = list_pairs(client_for(uri))
-    except MlflowException as e:
-        click.echo(f"error: {store_error(uri, e)}", err=True)
-        sys.exit(1)
+        pairs = list_pairs(open_store(uri))
+    except CompareError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:  # MlflowException, SQLAlchemy's, a dropped connection
+        e = store_error(uri, e)
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
     if fmt == "json":
         click.echo(json.dumps(pairs, indent=2))
         return

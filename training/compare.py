@@ -74,11 +74,28 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def store_error(uri: str, error: Exception) -> CompareError:
-    """A store that cannot be read, as one line (the exception's first)."""
+def store_error(uri: str, error: Exception, at_open: bool = False) -> CompareError:
+    """A store that cannot be read, as one line (the exception's first): exit 2 when the URI
+    names no store (a file store this MLflow refuses, a file that is not a database), 1 when the
+    store is there but does not answer."""
+    from sqlalchemy.exc import DatabaseError
+
     text = str(error).strip()
-    first = text.splitlines()[0][:300] if text else type(error).__name__
-    return CompareError(redacted(f"cannot read the MLflow store {uri}: {first}"), exit_code=1)
+    first = text.splitlines()[0] if text else type(error).__name__
+    if len(first) > 300:  # whole sentences: MLflow's file-store refusal runs on for a paragraph
+        first = first[:first.rfind(". ", 0, 300) + 1] or first[:300]
+    not_a_store = at_open or isinstance(error, DatabaseError)
+    return CompareError(redacted(f"cannot read the MLflow store {uri}: {first}"),
+                        exit_code=2 if not_a_store else 1)
+
+
+def open_store(uri: str):
+    """The store's client; CompareError when MLflow refuses the URI (a file store, a scheme it
+    does not know)."""
+    try:
+        return client_for(uri)
+    except Exception as e:  # MLflow's own refusals are not always MlflowException
+        raise store_error(uri, e, at_open=True) from None
 
 
 def _experiments(client) -> dict[str, str]:
@@ -388,12 +405,12 @@ def example_diffs(runs: dict[int, dict[str, ArmRun]]):
 
 def compare(tracking_uri: str, pair: str, resamples: int = stats.RESAMPLES, outputs=None):
     """(report, runs) of a pair in the store at tracking_uri; CompareError for bad input."""
-    from mlflow.exceptions import MlflowException
-
-    client = client_for(tracking_uri)
+    client = open_store(tracking_uri)
     try:
         runs = find_runs(client, pair)
         load_details(client, runs)
-    except MlflowException as e:
+    except CompareError:
+        raise
+    except Exception as e:  # MlflowException, SQLAlchemy's, a dropped connection
         raise store_error(tracking_uri, e) from None
     return build(runs, pair, tracking_uri, resamples, outputs), runs

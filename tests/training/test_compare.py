@@ -400,3 +400,21 @@ def test_a_bad_pair_id_sends_nothing_and_a_dead_store_is_a_failed_request(tmp_pa
         assert result.exit_code == 1, result.output
         assert "cannot read the MLflow store http://127.0.0.1:9" in result.output
         assert "PW123456" not in result.output
+
+
+@pytest.mark.parametrize("store", ["file-store", "not-a-database"])
+def test_a_uri_that_names_no_store_is_one_line_and_exit_2(tmp_path, store):
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    if store == "file-store":  # the classic ./mlruns, which this MLflow refuses
+        uri = (tmp_path / "mlruns").as_uri()
+    else:
+        (tmp_path / "notes.txt").write_text("not sqlite\n")
+        uri = f"sqlite:///{tmp_path / 'notes.txt'}"
+    for args in (["p"], []):  # a verdict, and the list of pairs
+        result = CliRunner().invoke(main, ["compare", *args, "--tracking-uri", uri])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: cannot read the MLflow store {uri}: ")
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
