@@ -118,7 +118,8 @@ def pick(cfg, outputs):
     return vm, source
 
 
-def cluster_check(cfg, outputs, console, nothing_done: str = "nothing was submitted"):
+def cluster_check(cfg, outputs, console, nothing_done: str = "nothing was submitted",
+                  what: str = "one arm"):
     """Before `train submit`/`sweep` (dry runs too) and in `train estimate`: the processes fit
     the VM's GPUs and one arm fits their memory (the memory plan), else exit 2 with the figures
     and cheapest fixes. Returns the plan (None when the model's shape is unknown)."""
@@ -136,7 +137,7 @@ def cluster_check(cfg, outputs, console, nothing_done: str = "nothing was submit
         return None
     check = check_vm(cfg, vm, shape)
     if not check.fits:
-        _cli().bad_input(f"one arm does not fit {vm.name}'s GPU memory: {nothing_done}\n"
+        _cli().bad_input(f"{what} does not fit {vm.name}'s GPU memory: {nothing_done}\n"
                          + "\n".join(check.lines()))
     return check
 

@@ -75,6 +75,7 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget)
 
     cluster_check(cfg, outputs, console)
     cfg = _pinned(cfg, console, required=not dry_run)
+    _check_hungriest_trial(cfg, outputs, console)
     stamps = forced_stamps() if force else None
 
     def plan():
@@ -167,6 +168,20 @@ def _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job,
     console.print(f"status {v.status}: {v.studio_url or ''}", overflow="ignore", crop=False)
     console.print(f"when it has finished: train submit --from-sweep {template.name} "
                   "--config ... (same --stack / --outputs-file)")
+
+
+def _check_hungriest_trial(cfg, outputs, console) -> None:
+    """Every trial must fit the GPU, not only the file's values: a searched batch size, LoRA
+    rank or checkpointing that does not fit would die of OOM after its (billed) start-up."""
+    from training.cli_estimate import cluster_check
+    from training.sweep import MEMORY_FIELDS, extreme_trial, sweep_problems
+
+    if sweep_problems(cfg):  # plan_sweep names them
+        return
+    hungriest, values = extreme_trial(cfg, MEMORY_FIELDS)
+    if values:
+        shown = ", ".join(f"{k} {v}" for k, v in values.items())
+        cluster_check(hungriest, outputs, console, what=f"the sweep's hungriest trial ({shown})")
 
 
 def _check_existing_sweep(existing, template, status: str) -> None:

@@ -116,33 +116,45 @@ def sweep_problems(cfg: ExperimentConfig) -> list[str]:
 
 
 # Searched fields that make a trial dearer as they grow (more steps, tokens or recomputation).
-COST_FIELDS = ("training.epochs", "training.max_steps", "training.per_device_batch_size",
-               "training.gradient_accumulation_steps", "training.gradient_checkpointing")
+COST_FIELDS = {"training.epochs": max, "training.max_steps": max,
+               "training.per_device_batch_size": max,
+               "training.gradient_accumulation_steps": max,
+               "training.gradient_checkpointing": max}  # True recomputes
+# Searched fields that make a trial hungrier for GPU memory.
+MEMORY_FIELDS = {"training.per_device_batch_size": max, "lora.r": max,
+                 "training.gradient_checkpointing": min}  # False keeps every activation
 
 
-def costliest_trial(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The arm's config with each searched cost field at its dearest value: what the sweep's
-    estimate prices, so a search over epochs or steps is not priced at the file's value. Call on
-    a sweep that passed `sweep_problems`."""
+def extreme_trial(cfg: ExperimentConfig, fields: dict) -> tuple[ExperimentConfig, dict]:
+    """The arm's config with each searched field of `fields` at its extreme (max or min) sampled
+    value, and those values: the dearest trial (COST_FIELDS, what the sweep's estimate prices)
+    or the hungriest (MEMORY_FIELDS, what must fit the GPU). Call on a sweep that passed
+    `sweep_problems`; values that pass alone but not together leave the file's config."""
     from training.config import ConfigError
     from training.overrides import apply_overrides
 
-    dearest = {}
+    chosen = {}
     for key, p in cfg.sweep.search_space.items():
-        if key not in COST_FIELDS:
+        if key not in fields:
             continue
         if p.type == "choice":
             values = [v for v in p.values if v is not None and not isinstance(v, str)]
             if values:
-                dearest[key] = max(values)  # True > False: checkpointing recomputes
-        elif p.type == "quniform":  # Azure samples round(uniform(min, max) / q) * q
-            dearest[key] = round(p.max_value / p.q) * p.q
-        else:
-            dearest[key] = p.max_value
+                chosen[key] = fields[key](values)
+            continue
+        ends = (p.min_value, p.max_value)
+        if p.type == "quniform":  # Azure samples round(uniform(min, max) / q) * q
+            ends = tuple(round(v / p.q) * p.q for v in ends)
+        chosen[key] = fields[key](ends)
     try:
-        return apply_overrides(cfg, dearest, source="sweep.search_space")
-    except ConfigError:  # each value passed alone, not all at once: price the file's values
-        return cfg
+        return apply_overrides(cfg, chosen, source="sweep.search_space"), chosen
+    except ConfigError:
+        return cfg, {}
+
+
+def costliest_trial(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The dearest trial the search allows: what the sweep's estimate prices."""
+    return extreme_trial(cfg, COST_FIELDS)[0]
 
 
 def sweep_name(pair_id: str, arm: str, stamp: str | None = None) -> str:

@@ -374,3 +374,21 @@ def test_the_costliest_trial_takes_each_cost_fields_largest_value():
     assert dearest.training.gradient_accumulation_steps == 8  # round(7 / 2) * 2
     assert dearest.training.gradient_checkpointing is True
     assert dearest.training.learning_rate == cfg.training.learning_rate  # not a cost field
+
+
+@pytest.mark.parametrize("space, shown", [
+    ({"training.per_device_batch_size": {"type": "choice", "values": [4, 64]}},
+     "training.per_device_batch_size 64"),
+    ({"training.gradient_checkpointing": {"type": "choice", "values": [True, False]}},
+     "training.gradient_checkpointing False"),
+])
+def test_a_searched_value_that_cannot_fit_the_gpu_is_refused_before_any_request(
+        train, fake, tmp_path, space, shown):
+    data = yaml.safe_load(with_sweep(tmp_path, search_space=space).read_text())
+    data["training"]["gradient_checkpointing"] = True  # the file's own values fit
+    path = tmp_path / "hungry.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = train("sweep", "--config", str(path))
+    assert result.exit_code == 2, result.output
+    assert f"the sweep's hungriest trial ({shown}) does not fit" in result.output
+    assert fake.requests == []
