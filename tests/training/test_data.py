@@ -785,6 +785,34 @@ def test_a_policy_that_leaves_nothing_to_learn_from_is_refused(tmp_path, tiny_to
     # cut before any answer: nothing to learn from (and a NaN eval loss), refused in training
     with pytest.raises(DataError, match="no example keeps a token to learn from"):
         fit_to_length(VARIED, tiny_tokenizer, 3, "truncate", "rows.jsonl")
+    # ... and by validation first, which counts the rows training will leave out
+    report = validate_files(path, tokenizer=tiny_tokenizer, max_seq_length=3,
+                            long_examples="truncate")
+    assert report.problems == [
+        f"{path}: all {len(VARIED)} examples are cut at max_seq_length 3 tokens before their "
+        "answer: training.long_examples: truncate leaves nothing to learn from (raise "
+        "max_seq_length)"]
+
+
+def test_validation_counts_the_truncated_rows_that_training_leaves_out(tmp_path, tiny_tokenizer):
+    from training.data import fit_to_length
+
+    path = write_lines(tmp_path / "rows.jsonl", VARIED)
+    lengths = row_lengths(VARIED, tiny_tokenizer)
+    for limit in sorted(set(lengths))[:-1]:
+        rows, _, n_long = fit_to_length(VARIED, tiny_tokenizer, limit, "truncate")
+        left_out = len(VARIED) - len(rows)
+        if left_out == 0 or left_out == len(VARIED):
+            continue
+        report = validate_files(path, tokenizer=tiny_tokenizer, max_seq_length=limit,
+                                long_examples="truncate")
+        assert report.ok, report.problems
+        assert f"{n_long} example(s) over max_seq_length {limit} tokens: truncated in training " \
+               f"(training.long_examples: truncate); {left_out} of them cut before the answer, " \
+               "left out" in " ".join(report.warnings), report.warnings
+        break
+    else:
+        pytest.fail("no max_seq_length leaves some rows out and keeps others")
 
 
 def _generated_rows() -> list[dict]:

@@ -173,9 +173,16 @@ class _TokenCounter:
     def start(self, scan: _FileScan) -> None:
         self.scan = scan
         self.first_chat = True
+        # truncate: the rows still being counted, and those found too long, encoded as training
+        # will encode them to see whether the cut leaves any token to learn from
+        self.pending: dict[int, dict] = {}
+        self.cut_rows: list[dict] = []
+        self.cut_before_answer = 0
         self.chats: list[tuple[int, list[dict]]] = []  # (line, messages) for the encoder
 
     def add(self, number: int, row: dict, fmt: str) -> None:
+        if self.long_examples == "truncate" and self.max_seq_length is not None:
+            self.pending[number] = row
         specials = self.specials
         if fmt == CHAT:
             messages = row["messages"]
@@ -295,11 +302,31 @@ class _TokenCounter:
 
     def _done(self, number: int, n: int) -> None:
         self.scan.lengths.append(n)
+        row = self.pending.pop(number, None) if self.pending else None
         if self.max_seq_length is not None and n > self.max_seq_length:
             if self.long_examples == "error":
                 self.scan.problem(number, f"{n} tokens, over max_seq_length {self.max_seq_length}")
             else:
                 self.scan.too_long += 1
+                if row is not None:
+                    self.cut_rows.append(row)
+                    if len(self.cut_rows) >= _BATCH_ROWS:
+                        self._check_cuts()
+
+    def _check_cuts(self) -> None:
+        """Count the too-long rows whose cut at max_seq_length keeps no labelled token: training
+        leaves them out (encoding.fit_to_length)."""
+        import sys
+
+        from training.data.encoding import IGNORE_INDEX, encode_examples
+
+        if not self.cut_rows:
+            return
+        limit = self.max_seq_length
+        for e in encode_examples(self.cut_rows, self.tokenizer, sys.maxsize):
+            if all(t == IGNORE_INDEX for t in e["labels"][:limit]):
+                self.cut_before_answer += 1
+        self.cut_rows.clear()
 
     def finish(self) -> None:
         """Count what is left of the current file."""
@@ -309,15 +336,21 @@ class _TokenCounter:
             self._submit()
         while self.inflight:
             self._resolve()
-        if (self.scan is not None and self.long_examples == "drop" and self.scan.lengths
-                and self.scan.too_long == len(self.scan.lengths)):  # nothing would be left
-            self.scan.problem(0, f"all {self.scan.too_long} examples are over max_seq_length "
-                                 f"{self.max_seq_length} tokens: training.long_examples: drop "
-                                 "leaves nothing (raise max_seq_length, or truncate)")
-        elif self.scan is not None and self.scan.too_long:
+        self._check_cuts()
+        scan, cut_out = self.scan, self.cut_before_answer
+        if (scan is not None and self.long_examples == "drop" and scan.lengths
+                and scan.too_long == len(scan.lengths)):  # nothing would be left
+            scan.problem(0, f"all {scan.too_long} examples are over max_seq_length "
+                            f"{self.max_seq_length} tokens: training.long_examples: drop "
+                            "leaves nothing (raise max_seq_length, or truncate)")
+        elif scan is not None and scan.lengths and cut_out == len(scan.lengths):
+            scan.problem(0, f"all {cut_out} examples are cut at max_seq_length "
+                            f"{self.max_seq_length} tokens before their answer: "
+                            "training.long_examples: truncate leaves nothing to learn from "
+                            "(raise max_seq_length)")
+        elif scan is not None and scan.too_long:
             done = "dropped" if self.long_examples == "drop" else "truncated"
-            cut = ("; one cut before its answer is left out" if self.long_examples == "truncate"
-                   else "")
+            cut = (f"; {cut_out} of them cut before the answer, left out" if cut_out else "")
             self.scan.warnings.append((0, f"{self.scan.too_long} example(s) over max_seq_length "
                                           f"{self.max_seq_length} tokens: {done} in training "
                                           f"(training.long_examples: {self.long_examples}){cut}"))
