@@ -1,6 +1,6 @@
 """Training throughput: the guide's recipe against this project's, on skewed-length chat data.
 
-    .venv/bin/python bench/throughput.py                  # CPU, the tiny model, a few minutes
+    .venv/bin/python bench/throughput.py                  # CPU, the tiny model, about 2 minutes
     .venv/bin/python bench/throughput.py --repeats 3      # a, b, b, a, a, b: ratios per round
     .venv/bin/python bench/throughput.py --device cuda    # Llama-3-8B shape, random weights, LoRA,
                                                           # bf16, seq 2048, packing; MFU, batch fit
@@ -20,449 +20,41 @@ Everything else is the recipe's own code: `training.recipe.load_model` and `trai
 lm_head only on labelled positions), the HF Trainer, `training.eval_examples.example_losses` for
 the final loss on the shared eval set (assistant tokens, token-weighted, the same for both).
 Useful tokens are the examples' real (non-padding) tokens: the same count for (a) and (b), so the
-ratio of useful tokens per second is the ratio of wall times. The last line is `speedup: X.XX`.
+ratio of useful tokens per second is the ratio of training-loop times. The last line is `speedup: X.XX`.
 See bench/README.md for the numbers and the MFU formula.
+
+The code: this file (the arguments, the alternating rounds, the report), throughput_runs.py (one
+arm's measured training loop; the GPU batch search) and throughput_setup.py (the synthetic data,
+the arms' configurations, the random-weights shapes, the MFU arithmetic).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import hashlib
 import math
 import os
-import random
 import statistics
 import sys
 import tempfile
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
+if str(REPO) not in sys.path:  # `training`
     sys.path.insert(0, str(REPO))
-
-EXAMPLES_PER_UPDATE = 16  # the guide's 2 x 8
-RANDOM_SHAPES = ("llama3-8b", "mini")  # random-weights models built from a shape, no download
-
-# --------------------------------------------------------------------------- synthetic data
-_NAMES = ("count", "data", "key", "value", "items", "row", "rows", "total", "index", "limit", "path",
-          "name", "size", "buffer", "result", "record", "records", "user", "users", "config",
-          "options", "cache", "queue", "offset", "start", "end", "text", "line", "lines", "token",
-          "tokens", "score", "scores", "price", "amount", "batch", "state", "node", "nodes",
-          "parent", "child")
-_LINES = ("{a} = {b} + {c}", "if {a} is None:", "    return {b}", "for {a} in {b}:",
-          "    {c}.append({a})", "{a} = max({b}, min({c}, 100))", "return [x for x in {a} if x]",
-          "{a} = {b}.get({c!r}, 0)", "while {a} < {b}:", "    {a} += 1", "{a} = sorted({b})",
-          "raise ValueError({a!r})", "{a} = {b}[{c}:]", "with open({a}) as {b}:",
-          "{a} = len({b}) // 2", "    {b}[{a}] = {c}")
-_COMMENTS = ("# {a} must stay below the limit, so {b} is clamped here.",
-             "# Return the {a} of {b}; an empty {c} has none.",
-             "# Edge case: {a} is None when {b} was never set.",
-             "# {b} is sorted first because {c} is searched in order.",
-             "# The {a} wins over {b}; callers rely on {c} being unique.")
-
-
-def synthetic_rows(n: int, seed: int, median_lines: float, sigma: float = 1.0) -> list[dict]:
-    """`n` chat rows "comment this function" -> a review comment, deterministic for a seed.
-
-    The function's length in lines is log-normal (median `median_lines`, shape `sigma`): most
-    examples are short and a few run long (they are cut at the max length when encoded), like
-    real review comments. The comment grows slowly with the code."""
-    if n < 1 or median_lines <= 0 or sigma < 0:
-        raise ValueError("need n >= 1, median_lines > 0 and sigma >= 0")
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        lines = max(1, round(rng.lognormvariate(math.log(median_lines), sigma)))
-        words = [rng.choice(_NAMES) for _ in range(3)]
-        code = [f"def {words[0]}_{words[1]}({words[2]}):"]
-        for _ in range(lines):
-            a, b, c = (rng.choice(_NAMES) for _ in range(3))
-            code.append("    " + rng.choice(_LINES).format(a=a, b=b, c=c))
-        comment = [rng.choice(_COMMENTS).format(a=words[0], b=words[1], c=words[2])
-                   for _ in range(1 + min(4, lines // 8))]
-        rows.append({"messages": [
-            {"role": "user", "content": "Comment this function:\n" + "\n".join(code)},
-            {"role": "assistant", "content": "\n".join(comment)},
-        ]})
-    return rows
-
-
-# --------------------------------------------------------------------------- the two recipes
-@dataclass(frozen=True)
-class ArmSpec:
-    name: str
-    label: str
-    per_device_batch_size: int
-    gradient_accumulation_steps: int
-    packing: bool
-    loss_on_every_token: bool
-
-
-def arm_specs(micro_batch: int = 4) -> dict[str, ArmSpec]:
-    """(a) the guide's recipe and (b) the project's; both take 16 examples per update."""
-    if micro_batch < 1 or EXAMPLES_PER_UPDATE % micro_batch:
-        raise ValueError(f"--micro-batch must divide {EXAMPLES_PER_UPDATE}, got {micro_batch}")
-    return {
-        "a": ArmSpec("a", "guide: pad to max, 2x8, all tokens", 2, 8, False, True),
-        "b": ArmSpec("b", f"recipe: packed, {micro_batch}x{EXAMPLES_PER_UPDATE // micro_batch}, "
-                          "assistant tokens", micro_batch, EXAMPLES_PER_UPDATE // micro_batch,
-                     True, False),
-    }
-
-
-def experiment_config(args, spec: ArmSpec, base_model: str):
-    """The arm's experiment file, validated like a user's; only the batch shape and packing differ
-    between (a) and (b); the optimizer, schedule, precision and seed are the same."""
-    from training.config import ExperimentConfig
-
-    data = {
-        "name": "bench-throughput", "base_model": base_model, "method": args.method,
-        "training": {
-            "max_steps": args.updates, "learning_rate": args.learning_rate,
-            "lr_scheduler": "cosine", "warmup": 0.05,
-            "per_device_batch_size": spec.per_device_batch_size,
-            "gradient_accumulation_steps": spec.gradient_accumulation_steps,
-            "max_seq_length": args.max_seq_length, "seed": args.seed,
-            "precision": "auto", "packing": spec.packing,
-            "gradient_checkpointing": args.gradient_checkpointing,
-            "eval_every": args.updates, "save_every": args.updates, "log_every": args.updates,
-        },
-        "arms": {"control": {"train": "unused.jsonl"}, "experiment": {"train": "unused.jsonl"}},
-    }
-    return ExperimentConfig.model_validate(data)
-
-
-class Recording:
-    """Wraps a collator: counts the tokens each batch computes and the examples it holds."""
-
-    def __init__(self, collator):
-        self.collator = collator
-        self.real = self.computed = self.labelled = 0
-        self.examples: list[str] = []
-
-    def __call__(self, features):
-        for f in features:
-            self.examples.append(hashlib.sha1(str(f["input_ids"]).encode()).hexdigest()[:16])
-            self.real += len(f["input_ids"])
-        batch = self.collator(features)
-        self.computed += batch["input_ids"].numel()
-        self.labelled += int((batch["labels"][:, 1:] != -100).sum())
-        return batch
-
-
-def make_collator(spec: ArmSpec, tokenizer, max_len: int, cuda: bool = False,
-                  all_logits: bool = False):
-    from transformers import DataCollatorForSeq2Seq
-
-    from training.collate import make_collator as recipe_collator
-
-    if not spec.loss_on_every_token:  # (b): the recipe's own collator
-        return recipe_collator(tokenizer, spec.packing, cuda, labelled_logits_only=not all_logits)
-    # the guide: every example padded to the max length; pad positions carry no loss
-    return DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=max_len,
-                                  label_pad_token_id=-100)
-
-
-def encode(rows, tokenizer, max_len: int, every_token: bool):
-    """The recipe's encoding (chat template, assistant-only labels, truncation); the guide's
-    labels are the input ids themselves."""
-    from datasets import Dataset
-
-    from training.data import encode_examples
-
-    enc = encode_examples(rows, tokenizer, max_len)
-    if every_token:
-        enc = [{"input_ids": e["input_ids"], "labels": list(e["input_ids"])} for e in enc]
-    return Dataset.from_list(enc)
-
-
-# --------------------------------------------------------------------------- measuring
-class PeakMemory:
-    """Peak memory while a block runs: the GPU's allocator peak, or on CPU the process's resident
-    set above its level at the start (sampled every 20 ms; freed heap is trimmed first)."""
-
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-        self.peak = 0
-        self.util: list[float] = []
-        self._stop = threading.Event()
-
-    @staticmethod
-    def rss() -> int:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    @staticmethod
-    def gpu_utilisation() -> float | None:
-        """The GPU's busy share now (NVML through torch, else nvidia-smi), or None."""
-        import subprocess
-
-        import torch
-
-        with contextlib.suppress(Exception):  # torch needs pynvml (nvidia-ml-py)
-            return float(torch.cuda.utilization())
-        with contextlib.suppress(Exception):
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
-                                  "--format=csv,noheader,nounits", "-i", "0"],
-                                 capture_output=True, text=True, timeout=5, check=True)
-            return float(out.stdout.split()[0])
-        return None
-
-    def _sample(self):
-        while not self._stop.wait(0.02 if not self.cuda else 0.5):
-            if self.cuda:
-                if (u := self.gpu_utilisation()) is not None:
-                    self.util.append(u)
-            else:
-                self.peak = max(self.peak, self.rss() - self.base)
-
-    def __enter__(self):
-        import torch
-
-        if self.cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = 0
-        else:
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
-            self.base = self.rss()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        self._stop.set()
-        self._thread.join()
-        if self.cuda:
-            self.peak = torch.cuda.max_memory_allocated()
-        return False
-
-
-@contextlib.contextmanager
-def random_weights(shape_name: str, layers: int | None):
-    """Make `from_pretrained` of the recipe's `load_model` build a model of a known shape with
-    random weights (no download, nothing written): the recipe's dtype, attention, device and
-    LoRA choices still apply."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(**shape_config(shape_name, layers))
-    real = AutoModelForCausalLM.from_pretrained
-
-    def build(path, revision=None, dtype=None, attn_implementation=None, device_map=None, **kw):
-        device = "cuda" if device_map else "cpu"
-        with torch.device(device):
-            return AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                                    attn_implementation=attn_implementation)
-
-    AutoModelForCausalLM.from_pretrained = build
-    try:
-        yield
-    finally:
-        AutoModelForCausalLM.from_pretrained = real
-
-
-def shape_config(name: str, layers: int | None = None) -> dict:
-    from training.model_shape import model_shape
-
-    if name == "llama3-8b":
-        s = model_shape("meta-llama/Meta-Llama-3-8B")  # the built-in table: no download
-        cfg = dict(hidden_size=s.hidden, intermediate_size=s.intermediate,
-                   num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads,
-                   num_key_value_heads=s.n_kv_heads, vocab_size=s.vocab,
-                   tie_word_embeddings=s.tied_embeddings, rope_theta=500000.0,
-                   max_position_embeddings=8192, rms_norm_eps=1e-5)
-    elif name == "mini":  # the same code path, small enough to try on a CPU
-        cfg = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, vocab_size=4096,
-                   tie_word_embeddings=False, max_position_embeddings=4096)
-    else:
-        raise ValueError(f"unknown random shape {name!r}")
-    if layers:
-        cfg["num_hidden_layers"] = layers
-    return cfg
-
-
-def loop_timer():
-    """A Trainer callback timing the training loop (first to last step, batches included): what
-    a long run pays per token; the one-time set-up and tear-down of `train()` are left out."""
-    from transformers import TrainerCallback
-
-    class LoopTimer(TrainerCallback):
-        seconds = cpu_seconds = 0.0
-
-        def on_train_begin(self, args, state, control, **kw):
-            self._t0, self._c0 = time.perf_counter(), time.process_time()
-
-        def on_train_end(self, args, state, control, **kw):
-            self.seconds = time.perf_counter() - self._t0
-            self.cpu_seconds = time.process_time() - self._c0  # this process's CPU time
-
-    return LoopTimer()
-
-
-@dataclass
-class Result:
-    spec: ArmSpec
-    loop_s: float  # the training loop, what tokens per second are over
-    wall_s: float  # the whole `trainer.train()` call
-    cpu_s: float  # CPU time of the process during the loop: less sensitive to a shared machine
-    real_tokens: int
-    computed_tokens: int
-    labelled_tokens: int
-    peak_bytes: int
-    eval_loss: float
-    train_loss: float
-    examples: list[str] = field(repr=False)
-    gpu_util: float | None = None
-    n_params: int = 0
-    n_trainable: int = 0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.real_tokens / self.loop_s
-
-    @property
-    def padding_share(self) -> float:
-        return 1 - self.real_tokens / self.computed_tokens
-
-
-def run_arm(args, spec: ArmSpec, data, tokenizer, model_ref, out: Path) -> Result:
-    import torch
-    from transformers import PrinterCallback, Trainer, set_seed
-
-    from training import eval_examples
-    from training.recipe import choose_precision, load_model, training_arguments
-
-    cuda = args.device == "cuda"
-    cfg = experiment_config(args, spec, args.base_model_name)
-    precision = choose_precision("auto", cuda, cuda and torch.cuda.is_bf16_supported())
-    train_ds = data["a_train"] if spec.loss_on_every_token else data["b_train"]
-    collator = Recording(make_collator(spec, tokenizer, args.max_seq_length, cuda,
-                                       args.all_logits))
-    set_seed(args.seed)  # the same initial weights (and LoRA init) for both arms
-    with random_weights(args.model, args.layers) if args.model in RANDOM_SHAPES \
-            else contextlib.nullcontext():
-        model = load_model(cfg, model_ref, precision)
-    if args.cudnn_attention:
-        torch.backends.cuda.enable_cudnn_sdp(True)
-    if args.masked_attention:
-        model.set_attn_implementation("sdpa")
-    if args.packed_attention:
-        from training import attention
-
-        attention.CUDA = True
-        model.set_attn_implementation(attention.register())
-    targs = training_arguments(cfg, out / spec.name, precision)
-    targs.set_evaluate("no")
-    targs.set_save("no")
-    targs.set_logging("steps", steps=args.updates, report_to="none")
-    targs.dataloader_num_workers = args.dataloader_workers
-    timer = loop_timer()
-    trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=collator,
-                      processing_class=tokenizer, callbacks=[timer])
-    trainer.remove_callback(PrinterCallback)  # as the recipe: no log dicts on stdout
-    if cuda:
-        torch.cuda.synchronize()
-    with PeakMemory(cuda) as mem:
-        t0 = time.perf_counter()
-        out_ = trainer.train()
-        if cuda:
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
-    losses = eval_examples.example_losses(trainer.model, data["eval"], args.eval_batch,
-                                          trainer.args.device)
-    n = sum(k for k, loss in losses if k)
-    eval_loss = sum(k * loss for k, loss in losses if k) / n
-    result = Result(spec, timer.seconds, wall, timer.cpu_seconds, collator.real, collator.computed, collator.labelled, mem.peak,
-                    eval_loss, out_.training_loss, collator.examples,
-                    statistics.fmean(mem.util) if mem.util else None,
-                    sum(p.numel() for p in model.parameters()),
-                    sum(p.numel() for p in model.parameters() if p.requires_grad))
-    del trainer, model
-    if cuda:
-        torch.cuda.empty_cache()
-    return result
-
-
-# --------------------------------------------------------------------------- GPU extras
-def mfu(result: Result, method: str, gradient_checkpointing: bool, peak_tflops: float):
-    """(MFU with train estimate's formula, MFU by the strict 6·N_trainable + 4·N_frozen)."""
-    from training.estimate import flops_per_token
-
-    per_token, _ = flops_per_token(method, result.n_params, gradient_checkpointing)
-    frozen = result.n_params - result.n_trainable
-    strict = 6 * result.n_trainable + 4 * frozen
-    rate = peak_tflops * 1e12
-    return (per_token * result.tokens_per_second / rate, strict * result.tokens_per_second / rate)
-
-
-def gpu_peak_tflops(name: str) -> float | None:
-    """Dense bf16 peak of the GPU, from its name (training/hardware.py's table)."""
-    from training import hardware
-
-    n = name.lower()
-    for key, acc in (("h100 nvl", hardware.H100_NVL), ("h100", hardware.H100),
-                     ("h200", hardware.H100), ("a100", hardware.A100_80)):
-        if key in n:
-            return acc.peak_tflops  # H200: the same H100 tensor cores (989 TFLOP/s dense bf16)
-    return None
-
-
-def largest_batch(args, tokenizer, model_ref, limit: int = 64) -> int:
-    """The largest per-device batch of packed max-length examples (the worst case) that trains a
-    step without running out of GPU memory: doubling, then bisection."""
-    import torch
-
-    from training.collate import make_collator as recipe_collator
-    from training.recipe import choose_precision, load_model
-
-    spec = ArmSpec("fit", "fit", 1, 1, True, False)
-    cfg = experiment_config(args, spec, args.base_model_name)
-    precision = choose_precision("auto", True, torch.cuda.is_bf16_supported())
-    with random_weights(args.model, args.layers):
-        model = load_model(cfg, model_ref, precision)
-    model.train()
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-6)
-    collate = recipe_collator(tokenizer, True, True)  # packed; every position labelled here
-    ids = list(range(10, 10 + args.max_seq_length))
-
-    def fits(b: int) -> bool:
-        batch = collate([{"input_ids": ids, "labels": ids}] * b)
-        batch = {k: v.cuda() for k, v in batch.items()}
-        try:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                model(**batch).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
-            return True
-        except torch.OutOfMemoryError:
-            return False
-        finally:
-            opt.zero_grad(set_to_none=True)
-            del batch
-            torch.cuda.empty_cache()
-
-    good, bad = 0, None
-    b = 1
-    while b <= limit and fits(b):
-        good, b = b, b * 2
-    bad = b if b <= limit else None
-    while bad is not None and bad - good > 1:
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return good
+if str(REPO / "bench") not in sys.path:  # this script's modules, when the tests load it by path
+    sys.path.append(str(REPO / "bench"))
+
+# E402: these are this script's own modules, found through the path set just above
+from throughput_runs import Result, largest_batch, run_arm  # noqa: E402
+from throughput_setup import (  # noqa: E402
+    EXAMPLES_PER_UPDATE,
+    RANDOM_SHAPES,
+    arm_specs,
+    encode,
+    gpu_peak_tflops,
+    mfu,
+    synthetic_rows,
+)
 
 
 # --------------------------------------------------------------------------- the report

@@ -1,8 +1,10 @@
 """bench/throughput.py: its data generator, arguments and arithmetic (the benchmark itself is not
 run in the test suite: it takes minutes)."""
 
+import importlib
 import importlib.util
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,13 +16,15 @@ PATH = Path(__file__).resolve().parents[2] / "bench" / "throughput.py"
 spec = importlib.util.spec_from_file_location("bench_throughput", PATH)
 bench = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = bench  # dataclasses look their module up there
-spec.loader.exec_module(bench)
+spec.loader.exec_module(bench)  # from outside bench/: it must find its own modules itself
+setup = importlib.import_module("throughput_setup")  # the data, arms, shapes and MFU
+runs = importlib.import_module("throughput_runs")  # the measured runs
 
 
 def test_synthetic_rows_are_deterministic_chat_rows_with_skewed_lengths():
-    rows = bench.synthetic_rows(400, seed=7, median_lines=2, sigma=1.3)
-    assert rows == bench.synthetic_rows(400, seed=7, median_lines=2, sigma=1.3)
-    assert rows != bench.synthetic_rows(400, seed=8, median_lines=2, sigma=1.3)
+    rows = setup.synthetic_rows(400, seed=7, median_lines=2, sigma=1.3)
+    assert rows == setup.synthetic_rows(400, seed=7, median_lines=2, sigma=1.3)
+    assert rows != setup.synthetic_rows(400, seed=8, median_lines=2, sigma=1.3)
     assert all(detect_format(r) == CHAT for r in rows)
     assert [m["role"] for m in rows[0]["messages"]] == ["user", "assistant"]
     sizes = sorted(len(r["messages"][0]["content"]) for r in rows)
@@ -31,22 +35,22 @@ def test_synthetic_rows_are_deterministic_chat_rows_with_skewed_lengths():
 
 def test_synthetic_rows_reject_bad_parameters():
     with pytest.raises(ValueError):
-        bench.synthetic_rows(0, seed=1, median_lines=2)
+        setup.synthetic_rows(0, seed=1, median_lines=2)
     with pytest.raises(ValueError):
-        bench.synthetic_rows(10, seed=1, median_lines=0)
+        setup.synthetic_rows(10, seed=1, median_lines=0)
 
 
 def test_both_arms_take_the_same_examples_per_update():
-    specs = bench.arm_specs()
+    specs = setup.arm_specs()
     a, b = specs["a"], specs["b"]
     assert (a.per_device_batch_size, a.gradient_accumulation_steps, a.packing) == (2, 8, False)
     assert a.loss_on_every_token and not b.loss_on_every_token and b.packing
     assert (b.per_device_batch_size, b.gradient_accumulation_steps) == (4, 4)
     for micro in (1, 2, 4, 8, 16):
-        s = bench.arm_specs(micro)["b"]
+        s = setup.arm_specs(micro)["b"]
         assert s.per_device_batch_size * s.gradient_accumulation_steps == 16
     with pytest.raises(ValueError, match="divide 16"):
-        bench.arm_specs(5)
+        setup.arm_specs(5)
 
 
 def test_defaults_per_device():
@@ -72,17 +76,26 @@ def test_bad_arguments_exit_2(argv, capsys):
 
 
 def test_llama3_8b_shape_and_mfu_arithmetic():
-    cfg = bench.shape_config("llama3-8b")
+    cfg = setup.shape_config("llama3-8b")
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"],
             cfg["num_key_value_heads"]) == (4096, 32, 128256, 8)
-    assert bench.shape_config("llama3-8b", layers=2)["num_hidden_layers"] == 2
-    spec = bench.arm_specs()["b"]
-    r = bench.Result(spec, loop_s=2.0, wall_s=2.5, cpu_s=2.0, real_tokens=2000, computed_tokens=2000, labelled_tokens=500,
-                     peak_bytes=0, eval_loss=1.0, train_loss=1.0, examples=[],
-                     n_params=8_000_000_000, n_trainable=40_000_000)
-    ours, strict = bench.mfu(r, "lora", False, peak_tflops=1000.0)
+    assert setup.shape_config("llama3-8b", layers=2)["num_hidden_layers"] == 2
+    spec = setup.arm_specs()["b"]
+    r = runs.Result(spec, loop_s=2.0, wall_s=2.5, cpu_s=2.0, real_tokens=2000,
+                    computed_tokens=2000, labelled_tokens=500, peak_bytes=0, eval_loss=1.0,
+                    train_loss=1.0, examples=[], n_params=8_000_000_000, n_trainable=40_000_000)
+    ours, strict = setup.mfu(r, "lora", False, peak_tflops=1000.0)
     assert ours == pytest.approx(4 * 8e9 * 1000 / 1e15)  # train estimate's 4·N per token
     assert strict == pytest.approx((6 * 4e7 + 4 * (8e9 - 4e7)) * 1000 / 1e15)
     assert r.padding_share == 0 and r.tokens_per_second == 1000
-    assert bench.gpu_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert bench.gpu_peak_tflops("Tesla T4") is None
+    assert setup.gpu_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert setup.gpu_peak_tflops("Tesla T4") is None
+
+
+def test_runs_as_a_script_from_another_directory(tmp_path):
+    """`python bench/throughput.py` finds its modules beside it (throughput_setup.py,
+    throughput_runs.py) wherever it is started from."""
+    run = subprocess.run([sys.executable, str(PATH), "--help"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: throughput.py") and "--micro-batch" in run.stdout
