@@ -163,7 +163,7 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
 
     cluster_check(cfg, outputs, console)
     if cfg.budget_usd is None or dry_run:  # else the budget guard validates it as it counts
-        from training.cli_estimate import check_local_data
+        from training.cli_budget import check_local_data
 
         check_local_data(cfg)
     cfg = _pinned(cfg, console, required=not dry_run)
@@ -186,7 +186,7 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
     if dry_run:
         _dry_run(planned, config_yaml, out_dir, console)
         return
-    from training.cli_estimate import budget_guard
+    from training.cli_budget import budget_guard
 
     within_budget = budget_guard(cfg, outputs, allow_over_budget, console)
     _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds, within_budget,

@@ -128,7 +128,7 @@ def _budget_guard(cfg, prep, allow_over_budget: bool, console):
         return None
     costs = estimate_pair_cost(prep.report, cfg.base_model, cfg.openai.n_epochs,
                                token_limit=cfg.openai.example_token_limit)
-    from training.cli_estimate import enforce_budget
+    from training.cli_budget import enforce_budget
 
     total = sum(c.usd for c in costs.values())
     problems = ([f"the estimate {total:,.2f} USD exceeds budget_usd {cfg.budget_usd:,.2f}"]

@@ -90,7 +90,7 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget)
     if dry_run:
         _dry_run(template, cfg, config_yaml, out_dir, console)
         return
-    from training.cli_estimate import sweep_budget_guard
+    from training.cli_budget import sweep_budget_guard
 
     _submit_sweep(template, cfg, config_yaml, outputs, console, build_sweep_job,
                   guard=lambda: sweep_budget_guard(cfg, outputs, arm, allow_over_budget, console),
