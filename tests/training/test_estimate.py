@@ -90,6 +90,14 @@ def test_vm_size_sources_and_overrides():
     assert (vm.price_per_hour, vm.accelerator.peak_tflops, source) == (9.5, 500, "azure.vm_size")
 
 
+def with_example_data(data: dict) -> dict:
+    """An experiment file's data, as absolute paths to examples/data (here on this machine)."""
+    for arm in ("control", "experiment"):
+        data["arms"][arm]["train"] = str(REPO / "examples" / "data" / f"{arm}.jsonl")
+    data["eval"] = str(REPO / "examples" / "data" / "eval.jsonl")
+    return data
+
+
 def _run(args, fake=None):
     from tests.training.fake_azure import FakeCredential
     from training.cli import main
@@ -118,9 +126,7 @@ def test_estimate_command_on_the_local_pair(tiny_model_path, fmt):
 def test_estimate_rejects_what_cannot_run(tmp_path, tiny_model_path):
     data = yaml.safe_load((REPO / "experiments" / "local.yaml").read_text())
     data["azure"] = {"compute": "gpu", "processes_per_node": 8}
-    for arm in ("control", "experiment"):
-        data["arms"][arm]["train"] = str(REPO / "examples" / "data" / f"{arm}.jsonl")
-    data["eval"] = str(REPO / "examples" / "data" / "eval.jsonl")
+    with_example_data(data)
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump(data))
     result = _run(["estimate", "--config", str(path)])
@@ -167,9 +173,7 @@ def test_hosted_backend_is_priced_from_billed_tokens():
 def test_an_azure_openai_estimate_says_its_prices_are_openais(tmp_path):
     data = yaml.safe_load((REPO / "experiments" / "hosted-openai.yaml").read_text())
     data["backend"] = "azure-openai"
-    for arm in ("control", "experiment"):
-        data["arms"][arm]["train"] = str(REPO / "examples" / "data" / f"{arm}.jsonl")
-    data["eval"] = str(REPO / "examples" / "data" / "eval.jsonl")
+    with_example_data(data)
     path = tmp_path / "azure-openai.yaml"
     path.write_text(yaml.safe_dump(data))
     table = _run(["estimate", "--config", str(path)])
@@ -207,9 +211,7 @@ def test_an_arm_estimated_to_outlast_max_run_minutes_is_said(tmp_path, hub_cache
     from tests.training.fake_azure import OUTPUTS, FakeAzureML
 
     data = yaml.safe_load((REPO / "experiments" / "paired-comments.yaml").read_text())
-    for arm in ("control", "experiment"):
-        data["arms"][arm]["train"] = str(REPO / "examples" / "data" / f"{arm}.jsonl")
-    data["eval"] = str(REPO / "examples" / "data" / "eval.jsonl")
+    with_example_data(data)
     data["training"]["max_steps"] = 20000
     data["azure"]["max_run_minutes"] = 60
     path = tmp_path / "long.yaml"

@@ -339,11 +339,10 @@ def test_a_search_over_epochs_is_priced_at_its_dearest_trial(train, fake, tmp_pa
         space = {"training.learning_rate": {"type": "choice", "values": [1e-4, 2e-4]},
                  "training.epochs": {"type": "choice", "values": epochs_values}}
         cfg = with_sweep(path, search_space=space)
-        data = yaml.safe_load(cfg.read_text())  # data on this machine: an estimate, not a bound
-        for arm in ("control", "experiment"):
-            data["arms"][arm]["train"] = str(REPO / "examples" / "data" / f"{arm}.jsonl")
-        data["eval"] = str(REPO / "examples" / "data" / "eval.jsonl")
-        cfg.write_text(yaml.safe_dump(data))
+        from tests.training.test_estimate import with_example_data
+
+        # data on this machine: an estimate, not a bound
+        cfg.write_text(yaml.safe_dump(with_example_data(yaml.safe_load(cfg.read_text()))))
         result = train("sweep", "--config", str(cfg), "--allow-over-budget", "--force")
         assert result.exit_code == 0, result.output
         return float(re.search(r"expected ([\d,.]+) USD", result.output)[1].replace(",", ""))
