@@ -342,10 +342,11 @@ def _criteria(params: dict, arms: dict, total_cost: float | None) -> list[dict]:
         limit = _num(params.get(f"success.{name}"))
         if limit is None:
             continue
-        for arm in ARMS:
+        for arm in ARMS:  # an arm that did not finish is not judged on an earlier value
             value = arms[arm][metric]
             out.append({"name": name, "arm": arm, "limit": limit, "value": value,
-                        "passed": value is not None and value <= limit})
+                        "passed": (value is not None and value <= limit)
+                        if arms[arm]["finished"] else None})
     budget = _num(params.get("budget_usd"))
     if budget is not None:
         out.append({"name": "budget_usd", "arm": None, "limit": budget, "value": total_cost,
@@ -384,7 +385,8 @@ def _verdict(report: dict, fair: bool, finished: bool) -> dict:
         text += f"; {len(failed)} success criteria failed"
     ok = trusted and not failed
     return {"trusted": trusted, "significant": significant, "better": better,
-            "criteria_passed": not failed, "summary": text, "exit_code": 0 if ok else 1}
+            "criteria_passed": not failed if finished else None, "summary": text,
+            "exit_code": 0 if ok else 1}
 
 
 def example_diffs(runs: dict[int, dict[str, ArmRun]]):

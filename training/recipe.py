@@ -97,11 +97,11 @@ class Preemption:
 
 
 # ----------------------------------------------------------------------------- callbacks
-def make_callbacks(preemption: Preemption, report):
+def make_callbacks(preemption: Preemption, report, divergence):
     """The recipe's callbacks (training.trainer_callbacks), `report` (a ReportCallback) last."""
     from training.trainer_callbacks import MarkComplete, StopOnSignal
 
-    return [StopOnSignal(preemption), MarkComplete(), report]
+    return [StopOnSignal(preemption), MarkComplete(), divergence, report]
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -208,6 +208,7 @@ def training_arguments(cfg: ExperimentConfig, out: Path, precision: str,
         ddp_find_unused_parameters=False,
         disable_tqdm=True,
         report_to="none",
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN: StopOnDivergence sees it
         **(fsdp or {}),
     )
 
@@ -252,10 +253,10 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
     # packed (padding-free) or padded batches; the lm_head only where the loss is (training/collate)
     collator = make_collator(tokenizer, t.packing, cuda)
     tracked = is_main and not os.environ.get("PAIRED_FINETUNE_NO_MLFLOW")
-    from training.trainer_callbacks import ReportCallback
+    from training.trainer_callbacks import ReportCallback, StopOnDivergence
 
-    report = ReportCallback(tracked)
-    callbacks = make_callbacks(preemption, report)
+    report, divergence = ReportCallback(tracked), StopOnDivergence()
+    callbacks = make_callbacks(preemption, report, divergence)
     if t.early_stopping:
         callbacks.append(EarlyStoppingCallback(t.early_stopping.patience,
                                                t.early_stopping.min_delta))
@@ -289,7 +290,15 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
             if tracked:
                 tracking.end_run("KILLED")  # stopped by a signal: not FINISHED
             return 128 + preemption.signum
-        metrics, example_losses = final_metrics(trainer, report, eval_ds, t, precision)
+        metrics, example_losses = ((None, None) if divergence.diverged else
+                                   final_metrics(trainer, report, eval_ds, t, precision))
+        if divergence.diverged or divergence.check(metrics, trainer.state.global_step):
+            print(f"error: the {arm} arm diverged ({divergence.diverged}): its weights are not "
+                  "usable and no final result was written; lower training.learning_rate, raise "
+                  "training.warmup, or train in bf16 rather than fp16", file=sys.stderr)
+            if tracked:
+                tracking.end_run("FAILED")
+            return 1
         write_results(trainer, tokenizer, out, metrics, eval_rows, example_losses, is_main,
                       tracked)
     return 0

@@ -3,6 +3,7 @@
 Imported by the recipe when it builds its Trainer (transformers is heavy: never at CLI start).
 
 - `StopOnSignal`: SIGTERM/SIGINT becomes `save now, then stop` at the next step, on every rank.
+- `StopOnDivergence`: a loss that is not a number ends training at once, nothing saved.
 - `MarkComplete`: writes COMPLETE into a checkpoint once every rank's files are on disk; only such
   checkpoints are resumed from.
 - `ReportCallback`: the progress events (`training.events`), a readable log line, throughput over
@@ -57,6 +58,30 @@ class StopOnSignal(TrainerCallback):
         if stop:
             control.should_save = True
             control.should_training_stop = True
+        return control
+
+
+class StopOnDivergence(TrainerCallback):
+    """A train or eval loss that is inf or NaN (a learning rate too high, an fp16 overflow) stops
+    training at once, without saving or evaluating the broken weights; the recipe then fails the
+    arm. The logged losses are averaged over the ranks first, so every rank stops together."""
+
+    def __init__(self):
+        self.diverged: str | None = None  # what was seen, for the error message
+
+    def check(self, logs: dict, step: int) -> str | None:
+        for key, name in (("loss", "train loss"), ("train_loss", "train loss"),
+                          ("eval_loss", "eval loss")):
+            value = logs.get(key)
+            if value is not None and not math.isfinite(value):
+                self.diverged = self.diverged or f"{name} {value} at step {step}"
+        return self.diverged
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self.check(logs or {}, state.global_step):
+            control.should_training_stop = True
+            control.should_save = False
+            control.should_evaluate = False
         return control
 
 

@@ -303,6 +303,18 @@ def test_a_known_shift_is_found_and_its_interval_covers_it():
     json.dumps(rep)  # JSON-able as it is
 
 
+def test_an_arm_that_failed_is_not_judged_on_an_earlier_eval_loss():
+    c = np.ones(5)
+    failed = arm_run("experiment", c, **{"success.max_eval_loss": "9.0"})
+    failed.status = "FAILED"  # diverged: its last logged eval loss is from before the blow-up
+    rep = compare.build({0: {"control": arm_run("control", c, **{"success.max_eval_loss": "9.0"}),
+                             "experiment": failed}}, "p", "u")
+    judged = {c["arm"]: c["passed"] for c in rep["criteria"]}
+    assert judged == {"control": True, "experiment": None}  # shown as "not checked"
+    assert rep["verdict"]["criteria_passed"] is None and rep["verdict"]["exit_code"] == 1
+    assert "not every run finished" in rep["verdict"]["summary"]
+
+
 def test_different_eval_examples_or_no_shared_eval_set_are_not_paired():
     c = np.ones(5)
     exp_run = arm_run("experiment", c + 1)

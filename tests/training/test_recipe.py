@@ -242,3 +242,23 @@ def test_bad_data_exits_2_and_trains_nothing(tiny_model_path, tmp_path):
     assert proc.returncode == 2
     assert f"{bad}:2:" in proc.stderr
     assert not (out / "checkpoints").exists()
+
+
+@slow
+def test_a_diverged_arm_fails_saves_nothing_and_its_run_is_failed(tiny_model_path, tmp_path,
+                                                                  tracking_env):
+    from mlflow import MlflowClient
+
+    cfg = write_experiment(tmp_path, max_steps=8, eval_every=4, save_every=4, learning_rate=1e6)
+    out = tmp_path / "arm"
+    proc = run_recipe(cfg, out, env=tracking_env, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "error: the control arm diverged (" in proc.stderr and "nan" in proc.stderr.lower()
+    assert not (out / "metrics.json").exists() and not (out / "model").exists()
+    saved = list((out / "checkpoints").glob("checkpoint-*")) if (out / "checkpoints").exists() \
+        else []
+    assert saved == [], saved  # the broken weights are never checkpointed
+    (run,) = MlflowClient(tracking_env["MLFLOW_TRACKING_URI"]).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_env["MLFLOW_TRACKING_URI"])
+         .search_experiments()])
+    assert run.info.status == "FAILED"
