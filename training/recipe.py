@@ -197,6 +197,9 @@ def training_arguments(cfg: ExperimentConfig, out: Path, precision: str,
         save_total_limit=t.keep_checkpoints,
         logging_steps=t.log_every,
         load_best_model_at_end=t.early_stopping is not None,
+        # early stopping's patience count rides in the checkpoint: a resumed arm stops where an
+        # uninterrupted one does
+        restore_callback_states_from_checkpoint=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         seed=t.seed,

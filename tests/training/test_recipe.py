@@ -262,3 +262,25 @@ def test_a_diverged_arm_fails_saves_nothing_and_its_run_is_failed(tiny_model_pat
         [e.experiment_id for e in MlflowClient(tracking_env["MLFLOW_TRACKING_URI"])
          .search_experiments()])
     assert run.info.status == "FAILED"
+
+
+@slow
+def test_early_stopping_patience_survives_an_interruption(tiny_model_path, tmp_path):
+    # no evaluation improves by 100: the first (step 5) sets the best, 10 and 15 exhaust a
+    # patience of 2, so an uninterrupted arm stops at 15. Stopped at 11-14 and resumed, it must
+    # still stop at 15, not start counting again (which would stop it at 20).
+    cfg = write_experiment(tmp_path, max_steps=60, eval_every=5, save_every=5,
+                           early_stopping={"patience": 2, "min_delta": 100.0})
+    out, env = tmp_path / "arm", {**os.environ, "PAIRED_FINETUNE_NO_MLFLOW": "1"}
+    proc = subprocess.Popen(recipe_cmd(cfg, out, "control"), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+    for line in proc.stdout:
+        if (parse_event(line) or {}).get("step", 0) >= 11:
+            proc.send_signal(signal.SIGTERM)
+            break
+    events = read_events(proc.stdout)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert 11 <= events[-1]["step"] < 15, events[-1]
+    run_recipe(cfg, out, env=env)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["global_step"], metrics["stopped_early"]) == (15, True)
