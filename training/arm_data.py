@@ -11,6 +11,7 @@ temp folder), rewritten by each run.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -44,9 +45,11 @@ def split_holdout(rows: list, fraction: float, seed: int) -> tuple[list, list]:
 
 
 def cache_folder(out: Path) -> Path:
+    """Where the arm's encoded data is memory-mapped from: the node's own disk (the arm folder
+    may be a mounted blob), one folder per user (another's is not writable) and per arm."""
     root = os.environ.get("PAIRED_FINETUNE_DATA_CACHE") or tempfile.gettempdir()
     key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
-    return Path(root) / "paired-finetune-data" / key
+    return Path(root) / f"paired-finetune-data-{os.getuid()}" / key
 
 
 def prepare_arm_data(t, tokenizer, arm: str, out: Path, train_file: Path,
@@ -58,6 +61,9 @@ def prepare_arm_data(t, tokenizer, arm: str, out: Path, train_file: Path,
     eval_rows, params = None, {}
     with state.local_main_process_first():
         if state.is_local_main_process:
+            # encoded afresh by every start of the arm: gone when this process ends, however it
+            # ends (the other local processes' memory maps outlive the unlink)
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
             eval_rows, params = _encode_to_disk(t, tokenizer, arm, train_file, eval_file, folder)
         train, eval_ = (load_from_disk(str(folder / part)) for part in ("train", "eval"))
     return ArmData(train, eval_, eval_rows, params)
@@ -107,6 +113,7 @@ def _encode_to_disk(t, tokenizer, arm: str, train_file: Path, eval_file: Path | 
         emit("long_examples", policy=t.long_examples, train=long_train, eval=long_eval)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # a write cut short leaves nothing
     Dataset.from_list(train_enc).save_to_disk(str(tmp / "train"))
     Dataset.from_list(eval_enc).save_to_disk(str(tmp / "eval"))
     shutil.rmtree(folder, ignore_errors=True)

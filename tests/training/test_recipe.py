@@ -271,7 +271,8 @@ def test_early_stopping_patience_survives_an_interruption(tiny_model_path, tmp_p
     # still stop at 15, not start counting again (which would stop it at 20).
     cfg = write_experiment(tmp_path, max_steps=60, eval_every=5, save_every=5,
                            early_stopping={"patience": 2, "min_delta": 100.0})
-    out, env = tmp_path / "arm", {**os.environ, "PAIRED_FINETUNE_NO_MLFLOW": "1"}
+    out, cache = tmp_path / "arm", tmp_path / "cache"
+    env = {**os.environ, "PAIRED_FINETUNE_NO_MLFLOW": "1", "PAIRED_FINETUNE_DATA_CACHE": str(cache)}
     proc = subprocess.Popen(recipe_cmd(cfg, out, "control"), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
     for line in proc.stdout:
@@ -281,6 +282,8 @@ def test_early_stopping_patience_survives_an_interruption(tiny_model_path, tmp_p
     events = read_events(proc.stdout)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     assert 11 <= events[-1]["step"] < 15, events[-1]
+    assert list(cache.rglob("*.arrow")) == []  # the encoded data goes with the process
     run_recipe(cfg, out, env=env)
+    assert cache.is_dir() and list(cache.rglob("*")) == [next(cache.iterdir())]
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["global_step"], metrics["stopped_early"]) == (15, True)
