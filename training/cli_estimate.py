@@ -109,7 +109,13 @@ def n_params_of(cfg) -> int:
 def pick(cfg, outputs):
     """(VmSize, where its name came from); raises ValueError for what cannot run on it."""
     from training.estimate import pick_vm
+    from training.stack import StackError
 
+    if outputs is not None:  # a cluster the stack does not have: what submit refuses
+        try:
+            outputs.cluster(cfg.azure.compute)
+        except StackError as e:
+            raise ValueError(str(e)) from None
     vm, source = pick_vm(cfg, outputs and outputs.gpu_vm_size, outputs and outputs.cpu_vm_size,
                          cluster_kind(cfg, outputs))
     if vm.is_gpu and cfg.azure.processes_per_node > vm.count:

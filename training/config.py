@@ -168,11 +168,14 @@ class AzureSettings(Strict):
         description="VM size of the cluster, for estimates and the memory plan [default: the "
                     "stack's gpu_vm_size / cpu_vm_size, else the infra default]")
     price_per_hour: float | None = Field(
-        None, gt=0, description="USD per node hour [default: the built-in list price]")
+        None, gt=0, le=10_000,
+        description="USD per node hour, at most 10,000 [default: the built-in list price]")
     gpu_peak_tflops: float | None = Field(
-        None, gt=0, description="dense peak per GPU, for a VM size the built-in table lacks")
+        None, gt=0, le=100_000,
+        description="dense peak TFLOP/s per GPU, for a VM size the built-in table lacks")
     gpu_memory_gib: float | None = Field(
-        None, gt=0, description="memory per GPU, for a VM size the built-in table lacks")
+        None, gt=0, le=10_000,
+        description="memory per GPU (GiB), for a VM size the built-in table lacks")
 
     @field_validator("shm_size")
     @classmethod

@@ -163,6 +163,7 @@ def estimate_pair(cfg: ExperimentConfig, *, vm: VmSize, vm_source: str, n_params
         steps = optimizer_steps(cfg, trained_on.rows, world)
         tokens = tokens_trained(cfg, trained_on, world)
         held_out = data[arm].tokens - trained_on.tokens
+        # every eval_every steps, plus the final pass for the per-example losses
         evals = steps // cfg.training.eval_every + 1
         eval_flops = 2 * n_params * (eval_tokens if eval_tokens is not None else held_out) * evals
         train_flops = per_token * tokens

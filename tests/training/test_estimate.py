@@ -234,3 +234,17 @@ def test_an_arm_estimated_to_outlast_max_run_minutes_is_said(tmp_path, hub_cache
     submitted = _run(["submit", "--config", str(path), "--outputs-file", str(outputs)],
                      FakeAzureML())
     assert "the job would be stopped before it finishes" in submitted.output, submitted.output
+
+
+def test_a_compute_the_stack_does_not_have_is_refused_as_submit_refuses_it(tmp_path, hub_cache):
+    from tests.training.fake_azure import OUTPUTS
+
+    data = with_example_data(yaml.safe_load((REPO / "experiments" /
+                                             "paired-comments.yaml").read_text()))
+    data["azure"]["compute"] = "foo-cluster"
+    path, outputs = tmp_path / "x.yaml", tmp_path / "out.json"
+    path.write_text(yaml.safe_dump(data))
+    outputs.write_text(json.dumps(OUTPUTS))
+    result = _run(["estimate", "--config", str(path), "--outputs-file", str(outputs)])
+    assert result.exit_code == 2, result.output
+    assert "azure.compute: 'foo-cluster' is not a cluster of this stack" in result.output

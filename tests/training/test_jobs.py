@@ -129,6 +129,7 @@ def test_unknown_references_in_the_command_are_caught():
 @pytest.mark.parametrize("field, value", [
     ("instance_count", 0), ("processes_per_node", -1), ("shm_size", "lots"),
     ("max_run_minutes", 0), ("compute", "x"), ("environment", "no version"),
+    ("price_per_hour", 1e308), ("gpu_peak_tflops", 1e6), ("gpu_memory_gib", 1e9),
 ])
 def test_azure_section_is_validated(field, value):
     from training.config import ConfigError
