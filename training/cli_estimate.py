@@ -247,13 +247,29 @@ def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):
     # `train submit` checks it before its guard; here it is printed as well
     plan = cluster_check(cfg, outputs, cli._console(), nothing_done="the pair would not run")
     est = guarded_estimate(cfg, outputs, mfu)
+    notes = estimate_notes(cfg)
     if fmt == "json":
         memory = {"memory_plan": plan.lines(), "fits": plan.fits} if plan else {}
-        click.echo(json.dumps({**est.to_dict(), **memory}, indent=2))
+        click.echo(json.dumps({**est.to_dict(), **memory, "notes": notes}, indent=2))
     else:
         render(est, cli._console())
         if plan is not None:
             cli._console().print("\n".join(plan.lines()), highlight=False)
+        for note in notes:
+            cli._console().print(f"note: {note}", highlight=False)
+
+
+def estimate_notes(cfg) -> list[str]:
+    """What the formulas leave out for this config, in words."""
+    t, notes = cfg.training, []
+    if not t.packing:
+        notes.append("training.packing is off: padding tokens are computed too, which the "
+                     "figures (real tokens, an MFU measured with packing) leave out: expect "
+                     "more time on data of uneven lengths")
+    if t.long_examples != "error":
+        notes.append(f"training.long_examples: {t.long_examples}: examples over "
+                     f"max_seq_length are counted whole, so the figures are an upper bound")
+    return notes
 
 
 def _hosted_estimate(cfg, fmt: str) -> None:

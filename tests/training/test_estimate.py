@@ -248,3 +248,17 @@ def test_a_compute_the_stack_does_not_have_is_refused_as_submit_refuses_it(tmp_p
     result = _run(["estimate", "--config", str(path), "--outputs-file", str(outputs)])
     assert result.exit_code == 2, result.output
     assert "azure.compute: 'foo-cluster' is not a cluster of this stack" in result.output
+
+
+def test_what_the_formulas_leave_out_is_said(tmp_path, tiny_model_path):
+    data = yaml.safe_load((REPO / "experiments" / "local.yaml").read_text())
+    data = with_example_data(data)
+    data["training"].update({"packing": False, "long_examples": "drop"})
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    notes = json.loads(_run(["estimate", "--config", str(path), "--format", "json"]).output)[
+        "notes"]
+    assert [n.split(":")[0] for n in notes] == ["training.packing is off",
+                                                "training.long_examples"]
+    table = _run(["estimate", "--config", str(path)])
+    assert "note: training.packing is off" in table.output
