@@ -194,6 +194,8 @@ def _print_registered(done, console) -> None:
         for r in done:
             what = "registered" if r.created else "already registered (nothing new)"
             console.print(f"{r.arm}: {r.name} version {r.version}: {what}")
+            if r.note:
+                console.print(f"note: {r.note}", style="yellow", markup=False, highlight=False)
             printed += 1
     except BaseException:
         if printed:

@@ -59,6 +59,7 @@ class Registered:
     name: str
     version: str
     created: bool
+    note: str | None = None  # e.g. a version that could not be linked to the arm's run
 
 
 def metric_tags(metrics: dict) -> dict[str, str]:
@@ -84,6 +85,9 @@ def clean_tags(tags: dict) -> dict[str, str]:
 def pick_replicate(jobs_by_arm: dict[str, list], replicate: int | None, key) -> dict:
     """One job (or folder) per arm: the pair's, or replicate K's when it has several."""
     chosen = {}
+    present = sorted({str(key(i)) for items in jobs_by_arm.values() for i in items})
+    if replicate is not None and len(present) > 1 and str(replicate) not in present:
+        raise BadPair(f"no replicate {replicate}: the pair's replicates are {', '.join(present)}")
     for arm in ARMS:
         items = jobs_by_arm.get(arm, [])
         if replicate is not None:
@@ -227,6 +231,11 @@ def local_models(output_dir: Path, pair_id: str, name: str | None,
 
     pair_dir = output_dir / pair_id
     manifest_file = pair_dir / "pair.json"
+    parent = re.fullmatch(r"(.+)-r(\d+)", pair_id)
+    if (not manifest_file.is_file() and parent and replicate in (None, int(parent[2]))
+            and (output_dir / parent[1] / "pair.json").is_file()):
+        # a replicate's own id, as `train run` prints it and `train compare` takes it
+        return local_models(output_dir, parent[1], name, int(parent[2]))
     if not manifest_file.is_file():
         known = sorted(p.parent.name for p in output_dir.glob("*/pair.json"))[-10:]
         hint = ("pairs there: " + ", ".join(known)) if known else "no pairs there"
@@ -303,4 +312,6 @@ def register_mlflow(uri: str, models: list[ArmModel], experiment: str | None):
             source = f"{run.info.artifact_uri.rstrip('/')}/model"
         version = client.create_model_version(m.name, source, run_id=run_id, tags=m.tags,
                                               description=m.description)
-        yield Registered(m.arm, m.name, str(version.version), True)
+        yield Registered(m.arm, m.name, str(version.version), True,
+                         None if run_id else f"not linked to a run: {uri} holds no MLflow run "
+                         f"of {m.tags['pair_id']} {m.arm} (train run tracked it elsewhere?)")

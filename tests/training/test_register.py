@@ -133,6 +133,9 @@ def test_name_and_replicates(register_azure, workspace):
                               tags={"parent_pair_id": "rep", "replicate": str(k)})
     result = register_azure("rep")
     assert result.exit_code == 2 and "--replicate" in result.output
+    result = register_azure("rep", "--replicate", "2")
+    assert result.exit_code == 2 and "no replicate 2: the pair's replicates are 0, 1" in \
+        result.output
     result = register_azure("rep", "--replicate", "1", "--name", "comments-v2")
     assert result.exit_code == 0, result.output
     puts = model_puts(workspace)
@@ -256,3 +259,27 @@ def test_the_tracking_password_is_never_printed(tmp_path, monkeypatch):
     assert result.exit_code == 1, result.output
     assert "MLflow model registry at http://127.0.0.1:9/" in result.output
     assert "S3CRETPW" not in result.output and "alice" not in result.output
+
+
+def test_a_local_replicate_by_its_own_pair_id_and_a_store_without_its_runs(tmp_path):
+    from mlflow import MlflowClient
+
+    import shutil
+
+    root = tmp_path / "runs"
+    pair_dir = local_pair(root, "reps")  # the flat layout, then as two replicates r0/ and r1/
+    (pair_dir / "r0").mkdir()
+    for arm in ("control", "experiment"):
+        (pair_dir / arm).rename(pair_dir / "r0" / arm)
+    shutil.copytree(pair_dir / "r0", pair_dir / "r1")
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"  # holds none of the pair's runs
+    argv = ["register", "--tracking-uri", uri, "--output-dir", str(root)]
+    out_of_range = CliRunner().invoke(main, [*argv[:1], "reps", "--replicate", "2", *argv[1:]])
+    assert out_of_range.exit_code == 2, out_of_range.output
+    assert "no replicate 2: the pair's replicates are 0, 1" in out_of_range.output
+    result = CliRunner().invoke(main, [*argv[:1], "reps-r1", *argv[1:]])  # as train run names it
+    assert result.exit_code == 0, result.output
+    assert result.output.count("note: not linked to a run") == 2
+    client = MlflowClient(uri, registry_uri=uri)
+    (version,) = client.search_model_versions("name = 'paired-comments-local-control'")
+    assert version.tags["pair_id"] == "reps-r1" and version.tags["replicate"] == "1"
