@@ -262,9 +262,9 @@ def test_the_tracking_password_is_never_printed(tmp_path, monkeypatch):
 
 
 def test_a_local_replicate_by_its_own_pair_id_and_a_store_without_its_runs(tmp_path):
-    from mlflow import MlflowClient
-
     import shutil
+
+    from mlflow import MlflowClient
 
     root = tmp_path / "runs"
     pair_dir = local_pair(root, "reps")  # the flat layout, then as two replicates r0/ and r1/
