@@ -247,7 +247,7 @@ def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):
     # `train submit` checks it before its guard; here it is printed as well
     plan = cluster_check(cfg, outputs, cli._console(), nothing_done="the pair would not run")
     est = guarded_estimate(cfg, outputs, mfu)
-    notes = estimate_notes(cfg)
+    notes = estimate_notes(cfg, pick(cfg, outputs)[0])
     if fmt == "json":
         memory = {"memory_plan": plan.lines(), "fits": plan.fits} if plan else {}
         click.echo(json.dumps({**est.to_dict(), **memory, "notes": notes}, indent=2))
@@ -259,9 +259,14 @@ def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):
             cli._console().print(f"note: {note}", highlight=False)
 
 
-def estimate_notes(cfg) -> list[str]:
+def estimate_notes(cfg, vm) -> list[str]:
     """What the formulas leave out for this config, in words."""
     t, notes = cfg.training, []
+    if vm.is_gpu and cfg.azure.processes_per_node < vm.count:
+        idle = vm.count - cfg.azure.processes_per_node
+        notes.append(f"{vm.name} has {vm.count} GPUs per node and the arm runs "
+                     f"{cfg.azure.processes_per_node} process(es) per node: {idle} GPU(s) per "
+                     "node are paid for and idle (raise azure.processes_per_node to use them)")
     if not t.packing:
         notes.append("training.packing is off: padding tokens are computed too, which the "
                      "figures (real tokens, an MFU measured with packing) leave out: expect "

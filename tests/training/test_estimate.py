@@ -262,3 +262,9 @@ def test_what_the_formulas_leave_out_is_said(tmp_path, tiny_model_path):
                                                 "training.long_examples"]
     table = _run(["estimate", "--config", str(path)])
     assert "note: training.packing is off" in table.output
+    data["azure"] = {"compute": "gpu", "vm_size": "Standard_NC48ads_A100_v4",
+                     "processes_per_node": 1}
+    path.write_text(yaml.safe_dump(data))
+    table = _run(["estimate", "--config", str(path)])
+    assert "has 2 GPUs per node and the arm runs 1 process(es) per node: 1 GPU(s) per node are " \
+           "paid for and idle" in table.output, table.output
