@@ -82,6 +82,19 @@ def test_holdout_is_deterministic_and_disjoint():
 
 
 # ----------------------------------------------------------------------------- training runs
+def sigterm_at(cfg_path, out, step: int, env) -> list[dict]:
+    """Run the control arm, SIGTERM it once it reports `step`; its events from then on."""
+    proc = subprocess.Popen(recipe_cmd(cfg_path, out, "control"), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+    for line in proc.stdout:
+        if (parse_event(line) or {}).get("step", 0) >= step:
+            proc.send_signal(signal.SIGTERM)
+            break
+    events = read_events(proc.stdout)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    return events
+
+
 def run_recipe(cfg_path, out, arm="control", env=None, check=True):
     proc = subprocess.run(recipe_cmd(cfg_path, out, arm), capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=300)
@@ -109,14 +122,7 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tiny_model_path, tm
 
     # Interrupted: SIGTERM once training is under way, well before the end.
     resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(recipe_cmd(cfg, resumed, "control"), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=tracking_env, cwd=REPO)
-    for line in proc.stdout:
-        if (parse_event(line) or {}).get("step", 0) >= 12:
-            proc.send_signal(signal.SIGTERM)
-            break
-    events = read_events(proc.stdout)
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    events = sigterm_at(cfg, resumed, 12, tracking_env)
     assert events[-1]["event"] == "preempted"
     stopped_at = events[-1]["step"]
     assert 12 <= stopped_at < 40
@@ -273,14 +279,7 @@ def test_early_stopping_patience_survives_an_interruption(tiny_model_path, tmp_p
                            early_stopping={"patience": 2, "min_delta": 100.0})
     out, cache = tmp_path / "arm", tmp_path / "cache"
     env = {**os.environ, "PAIRED_FINETUNE_NO_MLFLOW": "1", "PAIRED_FINETUNE_DATA_CACHE": str(cache)}
-    proc = subprocess.Popen(recipe_cmd(cfg, out, "control"), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
-    for line in proc.stdout:
-        if (parse_event(line) or {}).get("step", 0) >= 11:
-            proc.send_signal(signal.SIGTERM)
-            break
-    events = read_events(proc.stdout)
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    events = sigterm_at(cfg, out, 11, env)
     assert 11 <= events[-1]["step"] < 15, events[-1]
     assert list(cache.rglob("*.arrow")) == []  # the encoded data goes with the process
     run_recipe(cfg, out, env=env)
