@@ -171,6 +171,12 @@ def encode_example(row: dict, tokenizer, max_seq_length: int) -> dict:
     return encode_examples([row], tokenizer, max_seq_length)[0]
 
 
+def learns_nothing_when_cut(encoded: dict, max_seq_length: int) -> bool:
+    """Cut at max_seq_length, the example keeps no labelled token: it teaches nothing (and scores
+    NaN), so training leaves it out."""
+    return all(t == IGNORE_INDEX for t in encoded["labels"][:max_seq_length])
+
+
 def fit_to_length(rows: list[dict], tokenizer, max_seq_length: int, policy: str,
                   what: str = "data") -> tuple[list[dict], list[dict], int]:
     """(rows, encoded, how many were over max_seq_length) under training.long_examples: `error`
@@ -193,8 +199,7 @@ def fit_to_length(rows: list[dict], tokenizer, max_seq_length: int, policy: str,
         return [rows[i] for i in keep], [encoded[i] for i in keep], len(long)
     fitted = [{"input_ids": e["input_ids"][:max_seq_length], "labels": e["labels"][:max_seq_length]}
               for e in encoded]
-    # a cut that leaves no labelled token teaches nothing (and scores NaN): such rows are left out
-    keep = [i for i, e in enumerate(fitted) if any(t != IGNORE_INDEX for t in e["labels"])]
+    keep = [i for i, e in enumerate(fitted) if not learns_nothing_when_cut(e, max_seq_length)]
     if not keep:
         raise DataError([f"{what}: cut at max_seq_length {max_seq_length}, no example keeps a "
                          "token to learn from (the answers come after the cut): raise "

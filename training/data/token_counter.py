@@ -318,14 +318,13 @@ class _TokenCounter:
         leaves them out (encoding.fit_to_length)."""
         import sys
 
-        from training.data.encoding import IGNORE_INDEX, encode_examples
+        from training.data.encoding import encode_examples, learns_nothing_when_cut
 
         if not self.cut_rows:
             return
-        limit = self.max_seq_length
-        for e in encode_examples(self.cut_rows, self.tokenizer, sys.maxsize):
-            if all(t == IGNORE_INDEX for t in e["labels"][:limit]):
-                self.cut_before_answer += 1
+        self.cut_before_answer += sum(
+            learns_nothing_when_cut(e, self.max_seq_length)
+            for e in encode_examples(self.cut_rows, self.tokenizer, sys.maxsize))
         self.cut_rows.clear()
 
     def finish(self) -> None:
