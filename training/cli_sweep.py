@@ -75,7 +75,6 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget)
 
     cluster_check(cfg, outputs, console)
     cfg = _pinned(cfg, console, required=not dry_run)
-    _check_hungriest_trial(cfg, outputs, console)
     stamps = forced_stamps() if force else None
 
     def plan():
@@ -83,9 +82,10 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget)
                           code_version(), next(stamps) if stamps else None)
 
     try:
-        template = plan()
+        template = plan()  # the sweep's rules first: the hungriest trial needs a valid search
     except jobs_mod.JobSpecError as e:
         cli.bad_input(str(e))
+    _check_hungriest_trial(cfg, outputs, console)
     config_yaml = job_config(cfg, outputs).to_yaml()
     if dry_run:
         _dry_run(template, cfg, config_yaml, out_dir, console)
@@ -174,10 +174,8 @@ def _check_hungriest_trial(cfg, outputs, console) -> None:
     """Every trial must fit the GPU, not only the file's values: a searched batch size, LoRA
     rank or checkpointing that does not fit would die of OOM after its (billed) start-up."""
     from training.cli_estimate import cluster_check
-    from training.sweep import MEMORY_FIELDS, extreme_trial, sweep_problems
+    from training.sweep import MEMORY_FIELDS, extreme_trial
 
-    if sweep_problems(cfg):  # plan_sweep names them
-        return
     hungriest, values = extreme_trial(cfg, MEMORY_FIELDS)
     if values:
         shown = ", ".join(f"{k} {v}" for k, v in values.items())

@@ -42,6 +42,16 @@ def field_of(name: str) -> str:
     return f"{section}.{rest}"
 
 
+def sampled_ends(p) -> list:
+    """The extreme values a trial may get from a search parameter: every choice, else min_value
+    and max_value (quniform's as Azure rounds them)."""
+    if p.type == "choice":
+        return list(p.values)
+    if p.type == "quniform":  # Azure samples round(uniform(min, max) / q) * q
+        return [round(v / p.q) * p.q for v in (p.min_value, p.max_value)]
+    return [p.min_value, p.max_value]
+
+
 def sweep_problems(cfg: ExperimentConfig) -> list[str]:
     """Every reason Azure ML would reject this sweep (or a trial would fail), as `sweep.x: why`."""
     from training.config import ConfigError
@@ -74,7 +84,6 @@ def sweep_problems(cfg: ExperimentConfig) -> list[str]:
             if not p.values or p.min_value is not None or p.max_value is not None or p.q:
                 problems.append(f"{where}: choice takes `values` (a list) only")
                 continue
-            samples = list(p.values)
         else:
             if p.values is not None or p.min_value is None or p.max_value is None:
                 problems.append(f"{where}: {p.type} takes min_value and max_value")
@@ -96,12 +105,10 @@ def sweep_problems(cfg: ExperimentConfig) -> list[str]:
                     p.q).is_integer():
                 problems.append(f"{where}: an integer field needs an integer q")
                 continue
-            samples = [p.min_value, p.max_value]
-            if p.type == "quniform":  # Azure samples round(uniform(min, max) / q) * q
-                samples = [round(p.min_value / p.q) * p.q, round(p.max_value / p.q) * p.q]
-                if samples[0] == samples[1]:
-                    problems.append(f"{where}: with q {p.q:g} every trial gets {samples[0]:g}")
-                    continue
+        samples = sampled_ends(p)
+        if p.type == "quniform" and samples[0] == samples[1]:
+            problems.append(f"{where}: with q {p.q:g} every trial gets {samples[0]:g}")
+            continue
         for value in samples:  # the values a trial may get must pass the recipe's validation
             try:
                 apply_overrides(cfg, {key: value}, source=where)
@@ -135,17 +142,9 @@ def extreme_trial(cfg: ExperimentConfig, fields: dict) -> tuple[ExperimentConfig
 
     chosen = {}
     for key, p in cfg.sweep.search_space.items():
-        if key not in fields:
-            continue
-        if p.type == "choice":
-            values = [v for v in p.values if v is not None and not isinstance(v, str)]
-            if values:
-                chosen[key] = fields[key](values)
-            continue
-        ends = (p.min_value, p.max_value)
-        if p.type == "quniform":  # Azure samples round(uniform(min, max) / q) * q
-            ends = tuple(round(v / p.q) * p.q for v in ends)
-        chosen[key] = fields[key](ends)
+        values = [v for v in sampled_ends(p) if v is not None and not isinstance(v, str)]
+        if key in fields and values:
+            chosen[key] = fields[key](values)
     try:
         return apply_overrides(cfg, chosen, source="sweep.search_space"), chosen
     except ConfigError:
