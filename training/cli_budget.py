@@ -96,11 +96,11 @@ def sweep_budget_guard(cfg, outputs, arm: str, allow_over_budget: bool, console)
     trial = None
     if here:  # every trial priced as the dearest the search allows
         est = guarded_estimate(costliest_trial(cfg), outputs)
-        trial = next(a.cost_usd for a in est.arms if a.arm == arm)
-        for problem in est.timeouts:
-            if problem.startswith(f"{arm}:"):
-                console.print(f"warning: the dearest trial, {problem.removeprefix(arm + ': ')}",
-                              style="yellow", markup=False, highlight=False)
+        tuned = next(a for a in est.arms if a.arm == arm)
+        trial = tuned.cost_usd
+        if why := est.timeout(tuned):
+            console.print(f"warning: the dearest trial, {why}", style="yellow", markup=False,
+                          highlight=False)
     expected, worst = sweep_cost(cfg, price, trial)
     dearest = [k for k in cfg.sweep.search_space if k in COST_FIELDS]
     shown = (f"{expected:,.2f} USD" + (f" (every trial at the dearest {', '.join(dearest)})"

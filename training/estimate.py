@@ -75,15 +75,20 @@ class PairEstimate:
     budget_usd: float | None
     max_run_minutes: int | None = None
 
+    def timeout(self, a: ArmEstimate) -> str | None:
+        """Why arm `a` would be stopped by azure.max_run_minutes before it finishes (its cost
+        then the worst case's, its training lost); None: it fits."""
+        limit = self.max_run_minutes
+        if not limit or a.hours * 60 <= limit:
+            return None
+        return (f"the estimated {a.hours:.2f} h exceed azure.max_run_minutes {limit} "
+                f"({limit / 60:.2f} h): the job would be stopped before it finishes (raise "
+                "azure.max_run_minutes or train fewer steps; --mfu if yours is measured higher)")
+
     @property
     def timeouts(self) -> list[str]:
-        """The arms estimated to outlast azure.max_run_minutes: stopped before they finish, their
-        cost then the worst case's, their training lost (empty: none)."""
-        limit = self.max_run_minutes
-        return [f"{a.arm}: the estimated {a.hours:.2f} h exceed azure.max_run_minutes {limit} "
-                f"({limit / 60:.2f} h): the job would be stopped before it finishes (raise "
-                "azure.max_run_minutes or train fewer steps; --mfu if yours is measured higher)"
-                for a in self.arms if limit and a.hours * 60 > limit]
+        """Every arm's `timeout`, named (empty: none)."""
+        return [f"{a.arm}: {why}" for a in self.arms if (why := self.timeout(a))]
 
     @property
     def over_budget(self) -> list[str]:

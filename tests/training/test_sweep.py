@@ -391,3 +391,18 @@ def test_a_searched_value_that_cannot_fit_the_gpu_is_refused_before_any_request(
     assert result.exit_code == 2, result.output
     assert f"the sweep's hungriest trial ({shown}) does not fit" in result.output
     assert fake.requests == []
+
+
+def test_a_dearest_trial_that_outlasts_max_run_minutes_is_said(train, fake, tmp_path):
+    from tests.training.test_estimate import with_example_data
+
+    space = {"training.learning_rate": {"type": "choice", "values": [1e-4, 2e-4]}}
+    cfg = with_sweep(tmp_path, search_space=space)
+    data = with_example_data(yaml.safe_load(cfg.read_text()))
+    data["training"]["max_steps"] = 20000
+    data["azure"]["max_run_minutes"] = 60
+    cfg.write_text(yaml.safe_dump(data))
+    result = train("sweep", "--config", str(cfg), "--allow-over-budget")
+    assert result.exit_code == 0, result.output
+    assert "warning: the dearest trial, the estimated" in result.output
+    assert "exceed azure.max_run_minutes 60 (1.00 h)" in result.output
