@@ -293,9 +293,10 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
             if tracked:
                 tracking.end_run("KILLED")  # stopped by a signal: not FINISHED
             return 128 + preemption.signum
-        metrics, example_losses = ((None, None) if divergence.diverged else
-                                   final_metrics(trainer, report, eval_ds, t, precision))
-        if divergence.diverged or divergence.check(metrics, trainer.state.global_step):
+        if not divergence.diverged:  # the final evaluation may be the first non-finite loss
+            metrics, example_losses = final_metrics(trainer, report, eval_ds, t, precision)
+            divergence.check(metrics, trainer.state.global_step)
+        if divergence.diverged:
             print(f"error: the {arm} arm diverged ({divergence.diverged}): its weights are not "
                   "usable and no final result was written; lower training.learning_rate, raise "
                   "training.warmup, or train in bf16 rather than fp16", file=sys.stderr)
