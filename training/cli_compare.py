@@ -95,15 +95,11 @@ def _compare_uri(tracking_uri, stack, outputs_file, pulumi_dir=Path(".")):
 def _list_pairs(uri: str, fmt: str) -> None:
     import json
 
-    from training.compare import CompareError, list_pairs, open_store, store_error
+    from training.compare import CompareError, recent_pairs
 
     try:
-        pairs = list_pairs(open_store(uri))
+        pairs = recent_pairs(uri)
     except CompareError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except Exception as e:  # MlflowException, SQLAlchemy's, a dropped connection
-        e = store_error(uri, e)
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     if fmt == "json":

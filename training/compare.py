@@ -23,6 +23,7 @@ import os
 import re
 import tempfile
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -408,11 +409,26 @@ def example_diffs(runs: dict[int, dict[str, ArmRun]]):
 def compare(tracking_uri: str, pair: str, resamples: int = stats.RESAMPLES, outputs=None):
     """(report, runs) of a pair in the store at tracking_uri; CompareError for bad input."""
     client = open_store(tracking_uri)
-    try:
+    with _reading(tracking_uri):
         runs = find_runs(client, pair)
         load_details(client, runs)
+    return build(runs, pair, tracking_uri, resamples, outputs), runs
+
+
+def recent_pairs(tracking_uri: str) -> list[dict]:
+    """`list_pairs` of the store at tracking_uri; CompareError when it cannot be read."""
+    client = open_store(tracking_uri)
+    with _reading(tracking_uri):
+        return list_pairs(client)
+
+
+@contextmanager
+def _reading(uri: str):
+    """Reading the store: any failure (MlflowException, SQLAlchemy's, a dropped connection) is
+    one CompareError line."""
+    try:
+        yield
     except CompareError:
         raise
-    except Exception as e:  # MlflowException, SQLAlchemy's, a dropped connection
-        raise store_error(tracking_uri, e) from None
-    return build(runs, pair, tracking_uri, resamples, outputs), runs
+    except Exception as e:
+        raise store_error(uri, e) from None
