@@ -39,7 +39,7 @@ def compare(pair, tracking_uri, stack, outputs_file, pulumi_dir, fmt, plot_path)
         _cli().bad_input("pass at most one of --tracking-uri, --stack, --outputs-file")
     if plot_path is not None:
         _check_plot_path(plot_path, pair)
-    from training.compare import PAIR_RE
+    from training.compare_store import PAIR_RE
 
     if pair is not None and not PAIR_RE.match(pair):  # before any request
         _cli().bad_input(f"{pair!r} is not a pair id (letters, digits, '.', '_', '-')")
@@ -95,7 +95,7 @@ def _compare_uri(tracking_uri, stack, outputs_file, pulumi_dir=Path(".")):
 def _list_pairs(uri: str, fmt: str) -> None:
     import json
 
-    from training.compare import CompareError, recent_pairs
+    from training.compare_store import CompareError, recent_pairs
 
     try:
         pairs = recent_pairs(uri)
@@ -123,7 +123,8 @@ def print_verdict(uri: str, pair: str, fmt: str, plot_path: Path | None = None, 
     import json
 
     from training import compare_render
-    from training.compare import CompareError, compare, example_diffs
+    from training.compare import compare, example_diffs
+    from training.compare_store import CompareError
 
     try:
         report, runs = compare(uri, pair, outputs=outputs)

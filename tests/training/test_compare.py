@@ -18,7 +18,7 @@ import yaml
 
 from tests.training.pairs import DATA, REPO, recipe_cmd, write_experiment
 from training import compare
-from training.compare import ArmRun
+from training.compare_store import ArmRun
 
 SHORT = {"max_steps": 4, "eval_every": 2, "save_every": 4}
 # under pytest-xdist the whole module runs on one worker (KEEP_TOGETHER in tests/conftest.py):
