@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         parser.error("--target-seconds must be a positive number")
 
     from training import data
-    from training.models import load_tokenizer, resolve_base_model
+    from training.experiment.models import load_tokenizer, resolve_base_model
 
     with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
         path = Path(tmp) / "chat.jsonl"

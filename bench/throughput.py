@@ -224,7 +224,7 @@ def parse_args(argv=None):
     if (args.threads is not None and args.threads < 0) or args.dataloader_workers < 0:
         p.error("--threads and --dataloader-workers must be at least 0")
     if args.threads is None:
-        from training.backends.local import threads_per_arm
+        from training.local.backend import threads_per_arm
 
         args.threads = 0 if gpu else threads_per_arm()
     if args.micro_batch is not None:
@@ -256,8 +256,8 @@ def main(argv=None) -> int:
             return 2
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False)
-    from training.base_model import reference
-    from training.models import TINY_LLAMA, load_tokenizer
+    from training.experiment.base_model import reference
+    from training.experiment.models import TINY_LLAMA, load_tokenizer
 
     random_shape = args.model in RANDOM_SHAPES
     args.base_model_name = TINY_LLAMA if random_shape else args.model
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
             print("error: not even one max-length example fits", file=sys.stderr)
             return 1
     if args.micro_batch is None:
-        from training.config import Training
+        from training.experiment.config import Training
 
         fit = Training.model_fields["per_device_batch_size"].default  # the recipe's default, 4
         if best_batch is not None:  # automatic batch sizing: the largest that fits, at most 16

@@ -157,8 +157,8 @@ def run_arm(args, spec: ArmSpec, data, tokenizer, model_ref, out: Path) -> Resul
     import torch
     from transformers import PrinterCallback, Trainer, set_seed
 
-    from training import eval_examples
-    from training.recipe import choose_precision, load_model, training_arguments
+    from training.experiment import eval_examples
+    from training.recipe.train import choose_precision, load_model, training_arguments
 
     cuda = args.device == "cuda"
     cfg = experiment_config(args, spec, args.base_model_name)
@@ -175,7 +175,7 @@ def run_arm(args, spec: ArmSpec, data, tokenizer, model_ref, out: Path) -> Resul
     if args.masked_attention:
         model.set_attn_implementation("sdpa")
     if args.packed_attention:
-        from training import attention
+        from training.recipe import attention
 
         attention.CUDA = True
         model.set_attn_implementation(attention.register())
@@ -217,8 +217,8 @@ def largest_batch(args, tokenizer, model_ref, limit: int = 64) -> int:
     step without running out of GPU memory: doubling, then bisection."""
     import torch
 
-    from training.collate import make_collator as recipe_collator
-    from training.recipe import choose_precision, load_model
+    from training.recipe.collate import make_collator as recipe_collator
+    from training.recipe.train import choose_precision, load_model
 
     spec = ArmSpec("fit", "fit", 1, 1, True, False)
     cfg = experiment_config(args, spec, args.base_model_name)

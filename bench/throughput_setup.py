@@ -91,7 +91,7 @@ def arm_specs(micro_batch: int = 4) -> dict[str, ArmSpec]:
 def experiment_config(args, spec: ArmSpec, base_model: str):
     """The arm's experiment file, validated like a user's; only the batch shape and packing differ
     between (a) and (b); the optimizer, schedule, precision and seed are the same."""
-    from training.config import ExperimentConfig
+    from training.experiment.config import ExperimentConfig
 
     data = {
         "name": "bench-throughput", "base_model": base_model, "method": args.method,
@@ -114,7 +114,7 @@ def make_collator(spec: ArmSpec, tokenizer, max_len: int, cuda: bool = False,
                   all_logits: bool = False):
     from transformers import DataCollatorForSeq2Seq
 
-    from training.collate import make_collator as recipe_collator
+    from training.recipe.collate import make_collator as recipe_collator
 
     if not spec.loss_on_every_token:  # (b): the recipe's own collator
         return recipe_collator(tokenizer, spec.packing, cuda, labelled_logits_only=not all_logits)
@@ -162,7 +162,7 @@ def random_weights(shape_name: str, layers: int | None):
 
 
 def shape_config(name: str, layers: int | None = None) -> dict:
-    from training.model_shape import model_shape
+    from training.plan.model_shape import model_shape
 
     if name == "llama3-8b":
         s = model_shape("meta-llama/Meta-Llama-3-8B")  # the built-in table: no download
@@ -185,7 +185,7 @@ def shape_config(name: str, layers: int | None = None) -> dict:
 # --------------------------------------------------------------------------- MFU (GPU mode)
 def mfu(result: Result, method: str, gradient_checkpointing: bool, peak_tflops: float):
     """(MFU with train estimate's formula, MFU by the strict 6·N_trainable + 4·N_frozen)."""
-    from training.estimate import flops_per_token
+    from training.plan.estimate import flops_per_token
 
     per_token, _ = flops_per_token(method, result.n_params, gradient_checkpointing)
     frozen = result.n_params - result.n_trainable
@@ -196,7 +196,7 @@ def mfu(result: Result, method: str, gradient_checkpointing: bool, peak_tflops: 
 
 def gpu_peak_tflops(name: str) -> float | None:
     """Dense bf16 peak of the GPU, from its name (training/hardware.py's table)."""
-    from training import hardware
+    from training.plan import hardware
 
     n = name.lower()
     for key, acc in (("h100 nvl", hardware.H100_NVL), ("h100", hardware.H100),

@@ -54,7 +54,7 @@ def test_both_arms_take_the_same_examples_per_update():
 
 
 def test_defaults_per_device():
-    from training.backends.local import threads_per_arm
+    from training.local.backend import threads_per_arm
 
     cpu = bench.parse_args([])
     assert (cpu.device, cpu.model, cpu.method, cpu.max_seq_length, cpu.find_batch) == (

@@ -383,7 +383,7 @@ def test_stack_outputs_are_what_the_training_cli_reads(default_run):
     would hand it over."""
     import json
 
-    from training.stack import StackOutputs, parse_outputs
+    from training.experiment.stack import StackOutputs, parse_outputs
 
     outputs = default_run.outputs
     assert set(outputs) == set(program.OUTPUT_KEYS) == set(StackOutputs.model_fields)

@@ -13,7 +13,7 @@ def tiny_model_path(tmp_path_factory):
     PAIRED_FINETUNE_CACHE points at that folder for the rest of the session, so code under test
     that calls `resolve_base_model("tiny-llama")` (and subprocesses it starts) reuses the build
     instead of writing to the user's cache."""
-    from training.models import ensure_tiny_llama
+    from training.experiment.models import ensure_tiny_llama
 
     cache = tmp_path_factory.mktemp("paired-finetune-cache")
     with pytest.MonkeyPatch.context() as mp:
@@ -24,7 +24,7 @@ def tiny_model_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_path):
     """The tiny Llama's tokenizer, through `load_tokenizer` (Llama-3 chat template, pad token)."""
-    from training.models import load_tokenizer
+    from training.experiment.models import load_tokenizer
 
     return load_tokenizer(tiny_model_path)
 
@@ -86,7 +86,7 @@ def train(fake, outputs_file):
     from click.testing import CliRunner
 
     from tests.training.fake_azure import FakeCredential
-    from training.cli import main
+    from training.cli.app import main
 
     example = Path(__file__).resolve().parents[2] / "experiments" / "paired-comments.yaml"
 

@@ -49,7 +49,7 @@ def patch_accelerate_for_cpu_fsdp() -> None:
 def add_kill_switch(step: int) -> None:
     from transformers import TrainerCallback
 
-    from training import recipe
+    from training.recipe import train as recipe
 
     class KillAt(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -64,6 +64,6 @@ if __name__ == "__main__":
     patch_accelerate_for_cpu_fsdp()
     if kill_at := os.environ.get("PAIRED_FINETUNE_TEST_KILL_AT"):
         add_kill_switch(int(kill_at))
-    from training.recipe import main
+    from training.recipe.train import main
 
     sys.exit(main(sys.argv[1:]))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from training.events import parse_event
+from training.experiment.events import parse_event
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "examples" / "data"

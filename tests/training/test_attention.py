@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from training.attention import register
+from training.recipe.attention import register
 
 
 def _model(attention: str) -> LlamaForCausalLM:

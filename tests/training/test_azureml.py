@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.training.fake_azure import OUTPUTS, FakeCredential, _error, _response
-from training.cli import main
+from training.cli.app import main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "paired-comments.yaml"
@@ -222,7 +222,7 @@ def test_base_model_that_cannot_be_pinned_is_exit_2(train, fake, tmp_path):
 
 
 def test_code_snapshot_is_the_package_and_the_config(tmp_path):
-    from training.backends.azureml import snapshot_files, stage_code
+    from training.azureml.backend import snapshot_files, stage_code
 
     code = stage_code(tmp_path / "code", "name: x\n")
     (code / "training" / "__pycache__").mkdir(exist_ok=True)
@@ -465,7 +465,7 @@ def test_one_data_asset_named_twice_is_a_warning(fake, tmp_path):
 def test_jobs_of_an_older_version_are_checked_by_what_they_record(train, fake, tmp_path):
     """Jobs submitted before the run and data tags existed: their data versions are read from
     their inputs, and a pair missing an arm cannot be completed without knowing what ran."""
-    from training.jobs import DATA_TAGS, RUN_TAGS
+    from training.azureml.jobs import DATA_TAGS, RUN_TAGS
 
     assert train("submit", "--pair-id", "p6").exit_code == 0
     for job in fake.jobs.values():

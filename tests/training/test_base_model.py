@@ -9,9 +9,9 @@ import typing
 
 import pytest
 
-from training import base_model
-from training.base_model import BaseModelError, fingerprint, pin, resolve
-from training.config import parse_config
+from training.experiment import base_model
+from training.experiment.base_model import BaseModelError, fingerprint, pin, resolve
+from training.experiment.config import parse_config
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 OLD = "fedcba9876543210fedcba9876543210fedcba98"
@@ -227,7 +227,7 @@ def test_offline_uses_the_cache_and_fails_when_it_is_empty(hub, tmp_path, monkey
 
 
 def test_the_revision_is_part_of_the_pair_id(hub):
-    from training.backends.local import pair_id_for
+    from training.local.backend import pair_id_for
 
     hub.routes["/api/models/org/model"] = info(sha=SHA)
     first = pin(cfg_for("org/model"))[0]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import DataCollatorWithFlattening, LlamaConfig, LlamaForCausalLM
 
-from training.collate import KeepLabelledLogits
+from training.recipe.collate import KeepLabelledLogits
 
 IGNORE = -100
 
@@ -69,9 +69,9 @@ def test_packed_rows_train_exactly_like_padded_batches_with_the_recipes_model(
     model (`load_model`) gives the same loss and gradients on a packed row as on a padded batch
     of the same examples, also outside a Trainer (which turns the KV cache off itself; with the
     config's use_cache on, each packed example attended to the ones before it)."""
-    from training.collate import make_collator
-    from training.config import ExperimentConfig
-    from training.recipe import load_model
+    from training.recipe.collate import make_collator
+    from training.experiment.config import ExperimentConfig
+    from training.recipe.train import load_model
 
     cfg = ExperimentConfig.model_validate({
         "name": "packing", "base_model": "tiny-llama", "method": method,

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tests.training.pairs import DATA, REPO, recipe_cmd, write_experiment
-from training import compare
-from training.compare_store import ArmRun
+from training.verdict import compare
+from training.verdict.store import ArmRun
 
 SHORT = {"max_steps": 4, "eval_every": 2, "save_every": 4}
 # under pytest-xdist the whole module runs on one worker (KEEP_TOGETHER in tests/conftest.py):
@@ -230,7 +230,7 @@ def test_compare_through_the_stack_outputs_and_the_workspace_tracking_server(
     from click.testing import CliRunner
 
     from tests.training.fake_azure import OUTPUTS, WORKSPACE, FakeAzureML, FakeCredential, _response
-    from training.cli import main
+    from training.cli.app import main
 
     fake = FakeAzureML()
     asked = []
@@ -343,7 +343,7 @@ def test_arms_that_loaded_different_base_model_revisions_are_unfair():
 @pytest.mark.parametrize(("budget", "passed"), [(1.0, True), (0.1, False)])
 def test_azure_runs_cost_their_duration_at_the_vm_price_and_meet_the_budget(budget, passed):
     from tests.training.fake_azure import OUTPUTS
-    from training.stack import parse_outputs
+    from training.experiment.stack import parse_outputs
 
     c = np.ones(5)
     params = {"budget_usd": str(budget), "azure.instance_count": "2"}
@@ -372,7 +372,7 @@ def test_azure_runs_cost_their_duration_at_the_vm_price_and_meet_the_budget(budg
 def test_a_plot_path_that_cannot_be_written_is_refused_first(tmp_path):
     from click.testing import CliRunner
 
-    from training.cli import main
+    from training.cli.app import main
 
     a_file = tmp_path / "afile"
     a_file.write_text("")
@@ -391,7 +391,7 @@ def test_a_bad_pair_id_sends_nothing_and_a_dead_store_is_a_failed_request(tmp_pa
     from click.testing import CliRunner
 
     from tests.training.fake_azure import OUTPUTS, FakeAzureML, FakeCredential
-    from training.cli import main
+    from training.cli.app import main
 
     fake = FakeAzureML()
     outputs = tmp_path / "outputs.json"
@@ -418,7 +418,7 @@ def test_a_bad_pair_id_sends_nothing_and_a_dead_store_is_a_failed_request(tmp_pa
 def test_a_uri_that_names_no_store_is_one_line_and_exit_2(tmp_path, store):
     from click.testing import CliRunner
 
-    from training.cli import main
+    from training.cli.app import main
 
     if store == "file-store":  # the classic ./mlruns, which this MLflow refuses
         uri = (tmp_path / "mlruns").as_uri()

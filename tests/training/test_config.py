@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.config import ConfigError, load_config, parse_config
+from training.experiment.config import ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -333,7 +333,7 @@ def markup_token_eats_newlines(tokenizer):
 @pytest.mark.parametrize("change", [other_template, markup_token_eats_newlines])
 def test_lengths_are_exact_for_other_templates_and_tokenizers(tmp_path, tiny_model_path, change):
     """Whatever the template or the tokenizer's added tokens, counts equal encode_example's."""
-    from training.models import load_tokenizer
+    from training.experiment.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_path)
     change(tokenizer)
@@ -425,7 +425,7 @@ def test_text_is_labelled_throughout_and_truncation(tiny_tokenizer):
 
 
 def test_a_template_that_rewrites_earlier_turns_is_reported(tmp_path, tiny_model_path):
-    from training.models import load_tokenizer
+    from training.experiment.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_path)
     # Like templates that drop earlier reasoning: only the last assistant turn keeps its content.
@@ -452,7 +452,7 @@ def test_generation_markers_and_the_prefix_fallback_give_the_same_labels(tiny_mo
     nothing, and the labels from the assistant mask equal those of the one fallback (rendering
     prefixes) that a template without markers takes."""
     from training.data.encoding import has_generation_markers
-    from training.models import LLAMA3_CHAT_TEMPLATE, load_tokenizer
+    from training.experiment.models import LLAMA3_CHAT_TEMPLATE, load_tokenizer
 
     marked = load_tokenizer(tiny_model_path)
     assert marked.chat_template == LLAMA3_CHAT_TEMPLATE and has_generation_markers(marked)
@@ -834,7 +834,7 @@ def test_the_fast_counter_equals_the_encoder_on_every_bundled_and_generated_data
     long file's counts come from a counting process (forced here from the first batch)."""
     from training.data.token_counter import _TokenCounter
     from training.data.validation import _scan_file
-    from training.models import load_tokenizer
+    from training.experiment.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_path)
     if template == "other":

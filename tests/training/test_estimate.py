@@ -7,15 +7,15 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from training.config import parse_config
-from training.estimate import (
+from training.experiment.config import parse_config
+from training.plan.estimate import (
     DataTokens,
     estimate_pair,
     flops_per_token,
     pick_vm,
     tokens_trained,
 )
-from training.hardware import vm_size
+from training.plan.hardware import vm_size
 
 REPO = Path(__file__).resolve().parents[2]
 N_8B = 8_030_261_248  # Meta-Llama-3-8B
@@ -100,7 +100,7 @@ def with_example_data(data: dict) -> dict:
 
 def _run(args, fake=None):
     from tests.training.fake_azure import FakeCredential
-    from training.cli import main
+    from training.cli.app import main
 
     obj = {"azure_transport": fake, "azure_credential": FakeCredential()} if fake else None
     return CliRunner().invoke(main, args, obj=obj)

@@ -1,6 +1,6 @@
 """training.events: the `@@ {json}` progress lines between the recipe and the local backend."""
 
-from training.events import EVENT_PREFIX, emit, parse_event
+from training.experiment.events import EVENT_PREFIX, emit, parse_event
 
 
 def test_an_emitted_event_parses_back(capsys, monkeypatch):

@@ -14,7 +14,7 @@ from tests.training.pairs import REPO
 # what torch's import does when the Ctrl-C lands in it: code run with PyRun_String raises
 PROGRAM = textwrap.dedent("""
     import ctypes, sys
-    from training.exit_codes import exit_interrupted
+    from training.errors import exit_interrupted
     try:
         if ctypes.pythonapi.PyRun_SimpleString(b"raise KeyboardInterrupt") != 0:
             raise KeyboardInterrupt

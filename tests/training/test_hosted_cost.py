@@ -2,7 +2,7 @@
 
 import pytest
 
-from training import hosted, hosted_cost
+from training.hosted import service as hosted, cost as hosted_cost
 
 
 def test_auto_epochs_and_cost():

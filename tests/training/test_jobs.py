@@ -6,15 +6,15 @@ import pytest
 import yaml
 
 from tests.training.fake_azure import OUTPUTS
-from training.config import load_config, parse_config
-from training.jobs import (
+from training.experiment.config import load_config, parse_config
+from training.azureml.jobs import (
     JobSpecError,
     azure_pair_id,
     check_references,
     job_yaml,
     plan_pair,
 )
-from training.stack import parse_outputs
+from training.experiment.stack import parse_outputs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,7 +132,7 @@ def test_unknown_references_in_the_command_are_caught():
     ("price_per_hour", 1e308), ("gpu_peak_tflops", 1e6), ("gpu_memory_gib", 1e9),
 ])
 def test_azure_section_is_validated(field, value):
-    from training.config import ConfigError
+    from training.experiment.config import ConfigError
 
     data = config().model_dump(mode="json")
     data["azure"][field] = value
@@ -163,7 +163,7 @@ def test_dry_run_yaml_round_trips_through_load_job(tmp_path):
 
 
 def test_an_experiment_named_like_a_sweep_still_gets_a_pair_id():
-    from training.jobs import azure_pair_id, check_pair_id
+    from training.azureml.jobs import azure_pair_id, check_pair_id
 
     for name in ("lr-sweep", "my-sweep-test"):
         pair_id = azure_pair_id(config().model_copy(update={"name": name}), outputs())
@@ -174,6 +174,6 @@ def test_an_experiment_named_like_a_sweep_still_gets_a_pair_id():
 @pytest.mark.parametrize("size, same", [("16384m", "16g"), ("16g", "16g"), ("1536m", "1536m"),
                                          ("2097152k", "2g"), ("1024b", "1k"), ("1000m", "1000m")])
 def test_one_shm_size_has_one_spelling_in_the_resources_tag(size, same):
-    from training.jobs import shm_in_largest_unit
+    from training.azureml.jobs import shm_in_largest_unit
 
     assert shm_in_largest_unit(size) == same

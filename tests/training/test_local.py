@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tests.training.pairs import REPO, write_experiment
-from training.backends.local import pair_id_for
-from training.config import load_config
+from training.local.backend import pair_id_for
+from training.experiment.config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +168,7 @@ def test_a_pair_id_cannot_be_reused_for_another_config(tmp_path, tracking_env, t
     second = write_experiment(tmp_path / "b", max_steps=14)
     pair_dir = tmp_path / "runs" / "mine"
     pair_dir.mkdir(parents=True)
-    from training.backends.local import prepare_pair
+    from training.local.backend import prepare_pair
 
     prepare_pair(load_config(first), pair_dir, "mine", {"control": "x"})
     proc = train_run(second, tmp_path / "runs", tracking_env, "--pair-id", "mine", check=False)

@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from training import locks
+from training.experiment import locks
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from training import locks
+from training.experiment import locks
 locks.acquire(Path(sys.argv[1]))
 print("locked", flush=True)
 time.sleep(600)  # killed by the test

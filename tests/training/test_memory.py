@@ -7,10 +7,10 @@ import pytest
 from click.testing import CliRunner
 
 from tests.training.pairs import write_experiment
-from training import memory
-from training.config import parse_config
-from training.hardware import vm_size
-from training.memory import GIB, LINEARS, Setup, model_shape, plan
+from training.plan import memory
+from training.experiment.config import parse_config
+from training.plan.hardware import vm_size
+from training.plan.memory import GIB, LINEARS, Setup, model_shape, plan
 
 L3_8B, L3_70B = "meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-70B"
 OVERHEAD = 1.5 * GIB  # + 10% of the rest
@@ -176,7 +176,7 @@ def test_shape_from_a_folder_the_cache_and_unknown(tmp_path, hub_cache):
 
 
 def test_train_run_exits_2_with_the_plan_when_an_arm_cannot_fit(tmp_path, tiny_model_path):
-    from training.cli import main
+    from training.cli.app import main
 
     cfg = write_experiment(tmp_path, azure={"gpu_memory_gib": 0.01})
     result = CliRunner().invoke(main, ["run", "--config", str(cfg), "--output-dir",
@@ -189,8 +189,8 @@ def test_train_run_exits_2_with_the_plan_when_an_arm_cannot_fit(tmp_path, tiny_m
 
 def test_the_70b_example_fits_its_vm_sharded():
     from tests.training.pairs import REPO
-    from training.config import load_config
-    from training.estimate import pick_vm
+    from training.experiment.config import load_config
+    from training.plan.estimate import pick_vm
 
     cfg = load_config(REPO / "experiments" / "llama3-70b.yaml")
     vm, _source = pick_vm(cfg, None, None, "gpu")
@@ -204,7 +204,7 @@ def test_the_70b_example_fits_its_vm_sharded():
 
 
 def test_data_validate_config_plans_as_train_run_does(tmp_path, tiny_model_path):
-    from training.cli import main
+    from training.cli.app import main
 
     cfg = write_experiment(tmp_path, azure={"gpu_memory_gib": 0.01})
     result = CliRunner().invoke(main, ["data", "validate", "--config", str(cfg)])

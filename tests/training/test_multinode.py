@@ -20,15 +20,15 @@ from click.testing import CliRunner
 
 from tests.training.fake_azure import OUTPUTS
 from tests.training.pairs import write_experiment
-from training.cli import main
+from training.cli.app import main
 
 PROBE = """
 import json, os, sys
 import torch.distributed as dist
-from training import recipe
-from training.config import load_config
-from training.hardware import vm_size
-from training.memory import check_vm, model_shape
+from training.recipe import train as recipe
+from training.experiment.config import load_config
+from training.plan.hardware import vm_size
+from training.plan.memory import check_vm, model_shape
 
 cfg = load_config(sys.argv[1])
 plan = check_vm(cfg, vm_size(cfg.azure.vm_size), model_shape(cfg.base_model)).plan

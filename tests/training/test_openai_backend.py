@@ -21,8 +21,8 @@ import yaml
 
 from tests.training import openai_server
 from tests.training.pairs import DATA
-from training.backends import openai as backend
-from training.config import load_config
+from training.hosted import backend
+from training.experiment.config import load_config
 
 KEY = "sk-test-DO-NOT-LEAK-4f1c9e"
 
@@ -453,7 +453,7 @@ def test_a_blank_or_pasted_key_is_bad_input_and_never_shown(monkeypatch, key, pr
                                       "http://x.openai.azure.com", "https://",
                                       "https://u:p@x.openai.azure.com", "https://x.com/?a=1"])
 def test_an_endpoint_that_is_not_an_https_url_is_refused_at_load(tmp_path, endpoint):
-    from training.config import ConfigError
+    from training.experiment.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"openai\.azure_endpoint.*https://NAME"):
         load_config(write_config(tmp_path, azure_endpoint=endpoint))

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from training.paths import dir_problem, file_problem, inside, name_problem
+from training.experiment.paths import dir_problem, file_problem, inside, name_problem
 
 
 def test_file_problems_are_named_without_opening(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 
-from training.config import parse_config
-from training.preflight import (
+from training.experiment.config import parse_config
+from training.plan.preflight import (
     hardware_problems,
     module_names,
     problems,

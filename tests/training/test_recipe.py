@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.training.pairs import REPO, read_events, recipe_cmd, write_experiment
-from training.events import parse_event
-from training.recipe import (
+from training.experiment.events import parse_event
+from training.recipe.train import (
     COMPLETE,
     attention_backends,
     choose_precision,
@@ -39,7 +39,7 @@ def test_precision_is_chosen_from_the_hardware(requested, cuda, bf16, chosen):
 
 @pytest.mark.parametrize(("requested", "cuda", "bf16"), [("fp16", False, False), ("bf16", True, False)])
 def test_precision_the_hardware_lacks_is_a_config_error(requested, cuda, bf16):
-    from training.config import ConfigError
+    from training.experiment.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"training\.precision"):
         choose_precision(requested, cuda=cuda, bf16_supported=bf16)
@@ -174,7 +174,7 @@ def test_lora_adapter_saves_and_reloads(tiny_model_path, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from training.data import encode_example, load_examples
-    from training.models import load_tokenizer
+    from training.experiment.models import load_tokenizer
 
     reloaded = AutoPeftModelForCausalLM.from_pretrained(model_dir)
     assert isinstance(reloaded, PeftModel)

@@ -21,7 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.training.pairs import DATA, REPO, recipe_cmd, write_experiment
-from training.cli import main
+from training.cli.app import main
 
 
 def run_cli(*args):
@@ -286,7 +286,7 @@ def test_an_arm_gives_the_same_weights_in_the_pair_and_alone_and_a_late_ctrl_c_c
         tmp_path, tracking_env, tiny_model_path):
     from safetensors.torch import load_file
 
-    from training.backends.local import threads_per_arm
+    from training.local.backend import threads_per_arm
 
     cfg = write_experiment(tmp_path, max_steps=4, eval_every=2, save_every=2)
     env = {**tracking_env, "PAIRED_FINETUNE_NO_MLFLOW": "1"}  # weights only: no tracking

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from tests.training.pairs import REPO, write_experiment
-from training.config import ConfigError
-from training.sharding import check_enabled, runtime_sharding
+from training.experiment.config import ConfigError
+from training.recipe.sharding import check_enabled, runtime_sharding
 
 
 def free_port() -> int:
@@ -143,7 +143,7 @@ def test_fsdp_asked_but_ddp_set_up_is_refused():
 
 
 def test_auto_sharding_on_cpu_is_none(tmp_path):
-    from training.config import load_config
+    from training.experiment.config import load_config
 
     cfg = load_config(write_experiment(tmp_path))
     assert cfg.training.sharding == "auto"
@@ -151,7 +151,7 @@ def test_auto_sharding_on_cpu_is_none(tmp_path):
 
 
 def test_cpu_offload_needs_sharding(tmp_path):
-    from training.config import load_config
+    from training.experiment.config import load_config
 
     path = write_experiment(tmp_path)
     data = yaml.safe_load(path.read_text())

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from tests.training.fake_azure import OUTPUTS
-from training.cli import main
-from training.stack import StackError, load_outputs, parse_outputs, read_outputs_file, read_stack
+from training.cli.app import main
+from training.experiment.stack import StackError, load_outputs, parse_outputs, read_outputs_file, read_stack
 
 
 def write(tmp_path, data, name="outputs.json"):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from training import stats
+from training.verdict import stats
 
 
 def losses(n=200, seed=1):

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from training.cli import main
-from training.config import load_config, parse_config
-from training.sweep import sweep_problems
+from training.cli.app import main
+from training.experiment.config import load_config, parse_config
+from training.azureml.sweep import sweep_problems
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "paired-comments.yaml"
@@ -358,7 +358,7 @@ def test_a_search_over_epochs_is_priced_at_its_dearest_trial(train, fake, tmp_pa
 
 
 def test_the_costliest_trial_takes_each_cost_fields_largest_value():
-    from training.sweep import costliest_trial
+    from training.azureml.sweep import costliest_trial
 
     data = yaml.safe_load(CONFIG.read_text())
     data["sweep"]["search_space"] = {

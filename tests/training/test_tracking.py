@@ -2,7 +2,7 @@
 
 import pytest
 
-from training import tracking
+from training.experiment import tracking
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_an_sqlite_store_that_cannot_be_opened_fails_at_once(tmp_path):
 
     import pytest
 
-    from training.tracking import ensure_experiment
+    from training.experiment.tracking import ensure_experiment
 
     started = time.monotonic()
     for uri, problem in ((f"sqlite:///{tmp_path}/missing/x.db", "no such directory"),
@@ -64,7 +64,7 @@ def test_an_sqlite_store_that_cannot_be_opened_fails_at_once(tmp_path):
 
 
 def test_printed_urls_lose_passwords_and_signatures():
-    from training.tracking import redacted
+    from training.experiment.tracking import redacted
 
     text = "GET https://a.blob.core.windows.net/l/std_log.txt?sv=2021&sig=S3CR3T&se=2026 failed"
     assert redacted(text) == ("GET https://a.blob.core.windows.net/l/std_log.txt?sv=2021&sig=***"

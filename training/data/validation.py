@@ -141,7 +141,7 @@ class _FileScan:
 
 
 def _scan_file(path: str, *, counter: _TokenCounter | None = None, keep: bool = False) -> _FileScan:
-    from training.paths import file_problem
+    from training.experiment.paths import file_problem
 
     scan = _FileScan(path)
     if os.path.isdir(path):

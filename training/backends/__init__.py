@@ -1,1 +1,0 @@
-"""Where a pair runs: `local` (subprocesses on this machine); `azureml` comes with submission."""
