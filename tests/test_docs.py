@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli.app import main
+from training.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),

@@ -86,7 +86,7 @@ def train(fake, outputs_file):
     from click.testing import CliRunner
 
     from tests.training.fake_azure import FakeCredential
-    from training.cli.app import main
+    from training.cli import main
 
     example = Path(__file__).resolve().parents[2] / "experiments" / "paired-comments.yaml"
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from tests.training.fake_azure import OUTPUTS
 from tests.training.pairs import DATA, write_experiment
-from training.cli.app import main
+from training.cli import main
 
 
 def free_port() -> int:

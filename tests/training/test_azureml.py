@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.training.fake_azure import OUTPUTS, FakeCredential, _error, _response
-from training.cli.app import main
+from training.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "paired-comments.yaml"
@@ -232,7 +232,7 @@ def test_code_snapshot_is_the_package_and_the_config(tmp_path):
         (code / junk).parent.mkdir(parents=True, exist_ok=True)
         (code / junk).write_text("x")
     files = snapshot_files(code)
-    assert "pair.yaml" in files and "training/recipe.py" in files
+    assert "pair.yaml" in files and "training/recipe/train.py" in files
     assert "training/assets/tiny_corpus.txt" in files
     assert all(f in ("pair.yaml", ".amlignore") or f.startswith("training/") for f in files)
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]

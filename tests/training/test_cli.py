@@ -4,7 +4,7 @@ import sys
 from click.testing import CliRunner
 
 from tests.training.pairs import DATA, REPO
-from training.cli.app import main
+from training.cli import main
 
 HEAVY = ("torch", "transformers", "mlflow", "azure", "datasets", "peft")
 
@@ -12,7 +12,7 @@ HEAVY = ("torch", "transformers", "mlflow", "azure", "datasets", "peft")
 def test_help_is_fast_and_imports_nothing_heavy():
     code = (
         "import sys\n"
-        "from training.cli.app import main\n"
+        "from training.cli import main\n"
         "try:\n    main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
     )

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from tests.training import openai_server
 from tests.training.test_openai_backend import KEY, write_config
-from training.cli.app import main
+from training.cli import main
 
 
 @pytest.fixture

@@ -230,7 +230,7 @@ def test_compare_through_the_stack_outputs_and_the_workspace_tracking_server(
     from click.testing import CliRunner
 
     from tests.training.fake_azure import OUTPUTS, WORKSPACE, FakeAzureML, FakeCredential, _response
-    from training.cli.app import main
+    from training.cli import main
 
     fake = FakeAzureML()
     asked = []
@@ -372,7 +372,7 @@ def test_azure_runs_cost_their_duration_at_the_vm_price_and_meet_the_budget(budg
 def test_a_plot_path_that_cannot_be_written_is_refused_first(tmp_path):
     from click.testing import CliRunner
 
-    from training.cli.app import main
+    from training.cli import main
 
     a_file = tmp_path / "afile"
     a_file.write_text("")
@@ -391,7 +391,7 @@ def test_a_bad_pair_id_sends_nothing_and_a_dead_store_is_a_failed_request(tmp_pa
     from click.testing import CliRunner
 
     from tests.training.fake_azure import OUTPUTS, FakeAzureML, FakeCredential
-    from training.cli.app import main
+    from training.cli import main
 
     fake = FakeAzureML()
     outputs = tmp_path / "outputs.json"
@@ -418,7 +418,7 @@ def test_a_bad_pair_id_sends_nothing_and_a_dead_store_is_a_failed_request(tmp_pa
 def test_a_uri_that_names_no_store_is_one_line_and_exit_2(tmp_path, store):
     from click.testing import CliRunner
 
-    from training.cli.app import main
+    from training.cli import main
 
     if store == "file-store":  # the classic ./mlruns, which this MLflow refuses
         uri = (tmp_path / "mlruns").as_uri()

@@ -100,7 +100,7 @@ def with_example_data(data: dict) -> dict:
 
 def _run(args, fake=None):
     from tests.training.fake_azure import FakeCredential
-    from training.cli.app import main
+    from training.cli import main
 
     obj = {"azure_transport": fake, "azure_credential": FakeCredential()} if fake else None
     return CliRunner().invoke(main, args, obj=obj)

@@ -47,7 +47,7 @@ def test_an_arm_adopts_the_lock_handed_down_and_not_another(tmp_path, monkeypatc
     lock = locks.acquire(folder)
     other_lock = locks.acquire(other)
     try:
-        code = ("import sys; from pathlib import Path; from training import locks\n"
+        code = ("import sys; from pathlib import Path; from training.experiment import locks\n"
                 "try:\n    l = locks.adopt_or_acquire(Path(sys.argv[1])); print('ok', l.fd)\n"
                 "except locks.Busy as e:\n    print('busy')\n")
         env = {**os.environ, locks.FD_ENV: str(lock.fd)}

@@ -176,7 +176,7 @@ def test_shape_from_a_folder_the_cache_and_unknown(tmp_path, hub_cache):
 
 
 def test_train_run_exits_2_with_the_plan_when_an_arm_cannot_fit(tmp_path, tiny_model_path):
-    from training.cli.app import main
+    from training.cli import main
 
     cfg = write_experiment(tmp_path, azure={"gpu_memory_gib": 0.01})
     result = CliRunner().invoke(main, ["run", "--config", str(cfg), "--output-dir",
@@ -204,7 +204,7 @@ def test_the_70b_example_fits_its_vm_sharded():
 
 
 def test_data_validate_config_plans_as_train_run_does(tmp_path, tiny_model_path):
-    from training.cli.app import main
+    from training.cli import main
 
     cfg = write_experiment(tmp_path, azure={"gpu_memory_gib": 0.01})
     result = CliRunner().invoke(main, ["data", "validate", "--config", str(cfg)])

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from tests.training.fake_azure import OUTPUTS
 from tests.training.pairs import write_experiment
-from training.cli.app import main
+from training.cli import main
 
 PROBE = """
 import json, os, sys

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from tests.training.fake_azure import OUTPUTS, WORKSPACE, FakeCredential
 from tests.training.fake_azure_assets import FakeWorkspace
 from training.azureml import register as reg
-from training.cli.app import main
+from training.cli import main
 
 PAIR = "paired-comments-1a2b3c4d"
 EVAL_ID = ("azureml:/subscriptions/x/resourceGroups/rg/providers/Microsoft.MachineLearningServices"

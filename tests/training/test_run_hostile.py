@@ -21,7 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.training.pairs import DATA, REPO, recipe_cmd, write_experiment
-from training.cli.app import main
+from training.cli import main
 
 
 def run_cli(*args):

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.training.fake_azure import OUTPUTS
-from training.cli.app import main
+from training.cli import main
 from training.experiment.stack import StackError, load_outputs, parse_outputs, read_outputs_file, read_stack
 
 

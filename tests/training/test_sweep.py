@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from training.cli.app import main
+from training.cli import main
 from training.experiment.config import load_config, parse_config
 from training.azureml.sweep import sweep_problems
 

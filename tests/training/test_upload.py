@@ -14,7 +14,7 @@ from tests.training.fake_azure import OUTPUTS, WORKSPACE, FakeCredential
 from tests.training.fake_azure_assets import ACCOUNT, CONTAINER, FakeWorkspace
 from tests.training.fake_blob import FakeBlobStorage
 from training.azureml import upload
-from training.cli.app import main
+from training.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 ROW = {"messages": [{"role": "user", "content": "Comment: def f(x): return x"},

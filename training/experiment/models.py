@@ -52,7 +52,7 @@ TINY_LLAMA_CONFIG = dict(
 )
 TINY_VOCAB_SIZE = 4096
 
-CORPUS = Path(__file__).parent / "assets" / "tiny_corpus.txt"
+CORPUS = Path(__file__).parents[1] / "assets" / "tiny_corpus.txt"
 
 
 def cache_root() -> Path:
