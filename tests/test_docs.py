@@ -44,3 +44,35 @@ def test_every_train_command_in_the_docs_exists(doc):
         for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest):
             assert option in known | {"--help"}, (
                 f"{doc.name}: `train {name}` has no option {option}")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+MARKDOWN = [doc for doc in DOCS if doc.suffix == ".md"]
+
+
+@pytest.mark.parametrize("doc", MARKDOWN, ids=lambda p: p.name)
+def test_every_link_in_the_docs_resolves(doc):
+    """Relative links name a file that exists and, with #anchor, a heading of it."""
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (doc.parent / path).resolve() if path else doc
+        assert linked.exists(), f"{doc.name}: link to {target}: no such file"
+        if anchor and linked.suffix == ".md":
+            headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", linked.read_text(),
+                                                      flags=re.S), flags=re.M)
+            assert anchor in {slug(h) for h in headings}, f"{doc.name}: no heading #{anchor}"
+
+
+def test_readme_is_a_first_page():
+    """The README stays short: the details are docs/ pages, and it links every one of them."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for page in sorted((REPO / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in readme, f"README does not link docs/{page.name}"
