@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
 CI = WORKFLOWS / "ci.yml"
 DEPLOY = WORKFLOWS / "deploy.yml"
+EXPERIMENT = WORKFLOWS / "experiment.yml"
 ZIZMOR_CONFIG = ROOT / "zizmor.yml"
 
 
