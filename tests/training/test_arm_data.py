@@ -3,9 +3,9 @@
 from contextlib import contextmanager
 
 from tests.training.pairs import DATA
-from training.recipe.arm_data import cache_folder, prepare_arm_data, split_holdout
-from training.experiment.config import Training
 from training.data import encode_example, load_examples
+from training.experiment.config import Training
+from training.recipe.arm_data import cache_folder, prepare_arm_data, split_holdout
 
 
 class State:

@@ -69,8 +69,8 @@ def test_packed_rows_train_exactly_like_padded_batches_with_the_recipes_model(
     model (`load_model`) gives the same loss and gradients on a packed row as on a padded batch
     of the same examples, also outside a Trainer (which turns the KV cache off itself; with the
     config's use_cache on, each packed example attended to the ones before it)."""
-    from training.recipe.collate import make_collator
     from training.experiment.config import ExperimentConfig
+    from training.recipe.collate import make_collator
     from training.recipe.train import load_model
 
     cfg = ExperimentConfig.model_validate({

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from training.hosted import service as hosted
 from training.experiment.config import ConfigError, parse_config
+from training.hosted import service as hosted
 
 
 def chat(*turns, **extra):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from training.hosted import service as hosted, cost as hosted_cost
+from training.hosted import cost as hosted_cost
+from training.hosted import service as hosted
 
 
 def test_auto_epochs_and_cost():

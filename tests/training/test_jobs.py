@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from tests.training.fake_azure import OUTPUTS
-from training.experiment.config import load_config, parse_config
 from training.azureml.jobs import (
     JobSpecError,
     azure_pair_id,
@@ -14,6 +13,7 @@ from training.azureml.jobs import (
     job_yaml,
     plan_pair,
 )
+from training.experiment.config import load_config, parse_config
 from training.experiment.stack import parse_outputs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,7 +163,8 @@ def test_dry_run_yaml_round_trips_through_load_job(tmp_path):
 
 
 def test_an_experiment_named_like_a_sweep_still_gets_a_pair_id():
-    from training.azureml.jobs import azure_pair_id, check_pair_id
+    from training.azureml.jobs import azure_pair_id
+    from training.experiment.pair import check_pair_id
 
     for name in ("lr-sweep", "my-sweep-test"):
         pair_id = azure_pair_id(config().model_copy(update={"name": name}), outputs())

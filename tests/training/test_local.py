@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tests.training.pairs import REPO, write_experiment
-from training.local.backend import pair_id_for
 from training.experiment.config import load_config
+from training.local.backend import pair_id_for
 
 pytestmark = pytest.mark.slow
 

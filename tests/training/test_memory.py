@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from tests.training.pairs import write_experiment
-from training.plan import memory
 from training.experiment.config import parse_config
+from training.plan import memory
 from training.plan.hardware import vm_size
 from training.plan.memory import GIB, LINEARS, Setup, model_shape, plan
 

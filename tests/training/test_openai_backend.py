@@ -21,8 +21,8 @@ import yaml
 
 from tests.training import openai_server
 from tests.training.pairs import DATA
-from training.hosted import backend
 from training.experiment.config import load_config
+from training.hosted import backend
 
 KEY = "sk-test-DO-NOT-LEAK-4f1c9e"
 

@@ -11,13 +11,9 @@ import pytest
 
 from tests.training.pairs import REPO, read_events, recipe_cmd, write_experiment
 from training.experiment.events import parse_event
-from training.recipe.train import (
-    COMPLETE,
-    attention_backends,
-    choose_precision,
-    latest_complete_checkpoint,
-    split_holdout,
-)
+from training.plan.hardware import choose_precision
+from training.recipe.checkpoints import COMPLETE, latest_complete_checkpoint
+from training.recipe.train import attention_backends, split_holdout
 
 slow = pytest.mark.slow
 

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 from tests.training.fake_azure import OUTPUTS, WORKSPACE, FakeCredential
 from tests.training.fake_azure_assets import FakeWorkspace
-from training.azureml import register as reg
+from training.azureml.jobs import asset_id
 from training.cli import main
+from training.experiment.registry import metric_tags
 
 PAIR = "paired-comments-1a2b3c4d"
 EVAL_ID = ("azureml:/subscriptions/x/resourceGroups/rg/providers/Microsoft.MachineLearningServices"
@@ -150,11 +151,11 @@ def test_unknown_pair_is_exit_2(register_azure, workspace):
 
 
 def test_asset_id_and_metric_tags():
-    assert reg.asset_id(EVAL_ID) == "azureml:eval:1"
-    assert reg.asset_id("azureml:control-train:3") == "azureml:control-train:3"
-    assert reg.metric_tags({"final_eval_loss": 0.123456789, "eval_loss": 2.0}) == {
+    assert asset_id(EVAL_ID) == "azureml:eval:1"
+    assert asset_id("azureml:control-train:3") == "azureml:control-train:3"
+    assert metric_tags({"final_eval_loss": 0.123456789, "eval_loss": 2.0}) == {
         "final_eval_loss": "0.123457"}
-    assert reg.metric_tags({"eval_loss": 2.0, "other": 1.0, "nan": float("nan")}) == {
+    assert metric_tags({"eval_loss": 2.0, "other": 1.0, "nan": float("nan")}) == {
         "final_eval_loss": "2"}
 
 

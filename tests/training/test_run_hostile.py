@@ -99,7 +99,7 @@ def test_bad_files_and_names(tmp_path, tiny_model_path):
         (write_experiment(tmp_path / "c", eval_file=tmp_path), (),
          "error: data files cannot be read:", f"eval: {tmp_path}: a directory, not a file"),
         (write_experiment(tmp_path / "d"), ("--pair-id", "../escape"),
-         "error: --pair-id '../escape': must be 1-128 letters", "inside --output-dir"),
+         "error: --pair-id '../escape' is not a pair id: lower-case letters", "the pair folder"),
         (write_experiment(tmp_path / "e"), ("--pair-id", "a/b"), "error: --pair-id 'a/b'", ""),
         (edit(write_experiment(tmp_path / "f"), base_model="./models/mine"), (),
          f"error: {tmp_path / 'f' / 'experiment.yaml'}:2: base_model: no such folder: "

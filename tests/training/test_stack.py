@@ -9,7 +9,13 @@ from click.testing import CliRunner
 
 from tests.training.fake_azure import OUTPUTS
 from training.cli import main
-from training.experiment.stack import StackError, load_outputs, parse_outputs, read_outputs_file, read_stack
+from training.experiment.stack import (
+    StackError,
+    load_outputs,
+    parse_outputs,
+    read_outputs_file,
+    read_stack,
+)
 
 
 def write(tmp_path, data, name="outputs.json"):

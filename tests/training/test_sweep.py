@@ -8,9 +8,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from training.azureml.sweep import sweep_problems
 from training.cli import main
 from training.experiment.config import load_config, parse_config
-from training.azureml.sweep import sweep_problems
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "paired-comments.yaml"

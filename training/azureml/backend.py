@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.azureml.jobs import CONFIG_FILE, ArmJob, build_command
+from training.errors import TrainError
 from training.experiment.stack import StackOutputs
 from training.terminal import printable
 
@@ -40,7 +41,7 @@ tests/
 """
 
 
-class SubmitError(Exception):
+class SubmitError(TrainError):
     """A request failed after the checks passed (exit 1); the message says what was undone.
     `bad_input`: the pair as asked conflicts with what exists (exit 2); `interrupted`: Ctrl-C."""
 
@@ -75,15 +76,19 @@ def quiet_sdk() -> None:
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.ERROR)
 
 
+def default_credential():
+    """The caller's Azure identity: `az login`, a managed identity, or the environment's."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
 def connect(outputs: StackOutputs, credential=None, transport=None):
     """An MLClient on the stack's workspace. `transport` and `credential` are for tests."""
     quiet_sdk()
     from azure.ai.ml import MLClient
 
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
+    credential = credential or default_credential()
     kwargs = {"transport": transport} if transport is not None else {}
     return MLClient(credential, outputs.subscription_id, outputs.resource_group,
                     outputs.workspace_name, **kwargs)
@@ -118,7 +123,7 @@ def snapshot_files(code_dir: Path) -> list[str]:
     return sorted(rel for _, rel in files)
 
 
-def _status(job) -> str:
+def job_status(job) -> str:
     status = getattr(job, "status", None) or "Unknown"
     return str(getattr(status, "value", status))  # the SDK returns str or a JobStatus enum
 
@@ -130,7 +135,7 @@ def view(job) -> JobView:
     if getattr(job, "creation_context", None) is not None:
         created = str(job.creation_context.created_at or "") or None
     return JobView(name=printable(job.name), arm=printable(tags.get("arm", "?")),
-                   pair_id=printable(tags.get("pair_id", "?")), status=printable(_status(job)),
+                   pair_id=printable(tags.get("pair_id", "?")), status=printable(job_status(job)),
                    studio_url=printable(getattr(job, "studio_url", None)),
                    created=printable(created), replicate=printable(tags.get("replicate")),
                    experiment=printable(getattr(job, "experiment_name", None)))
@@ -174,8 +179,8 @@ class AzurePair:
                                   + ". The arms would not be comparable: submit with the "
                                   "settings it ran with, or `--force` for a new pair",
                                   bad_input=True)
-        dead = {name: _status(job) for name, job in existing.items()
-                if job is not None and _status(job) in FAILED}
+        dead = {name: job_status(job) for name, job in existing.items()
+                if job is not None and job_status(job) in FAILED}
         missing = [j for j in jobs if existing[j.name] is None]
         if missing and dead:
             # a job name cannot be reused: this pair can no longer be completed as it is
@@ -217,8 +222,8 @@ class AzurePair:
                     unknown = current
             interrupted = isinstance(e, KeyboardInterrupt)
             ended = {n for n, (job, new) in result.items()
-                     if not new and _status(job) in TERMINAL}  # nothing to cancel there
-            what = "interrupted" if interrupted else f"could not create {current}: {_reason(e)}"
+                     if not new and job_status(job) in TERMINAL}  # nothing to cancel there
+            what = "interrupted" if interrupted else f"could not create {current}: {failure_reason(e)}"
             self._undo([n for n in result if n not in dead and n not in ended], what,
                        interrupted=interrupted, unknown=unknown)
 
@@ -294,7 +299,7 @@ class AzurePair:
         """Cancel every job of the pair that has not ended; (name, what happened) each, printable."""
         out = []
         for job in jobs:
-            status = _status(job)
+            status = job_status(job)
             if status in TERMINAL:
                 out.append((printable(job.name), f"already {printable(status)}"))
                 continue
@@ -302,7 +307,7 @@ class AzurePair:
                 self.client.jobs.begin_cancel(job.name).result()
                 out.append((printable(job.name), "cancel requested"))
             except Exception as e:
-                out.append((printable(job.name), f"could not cancel: {printable(_reason(e))}"))
+                out.append((printable(job.name), f"could not cancel: {printable(failure_reason(e))}"))
         return out
 
     def wait(self, names: list[str], on_update, poll_seconds: float = 30.0,
@@ -314,7 +319,7 @@ class AzurePair:
         failing_since = None
         while True:
             try:
-                statuses = {name: _status(self.client.jobs.get(name)) for name in names}
+                statuses = {name: job_status(self.client.jobs.get(name)) for name in names}
             except Exception as e:
                 if not _transient(e):
                     raise
@@ -333,7 +338,7 @@ class AzurePair:
         """Print the job's rank-0 log until it ends (the SDK raises if the job failed). The SDK
         prints log lines only while a job runs: for one that has ended, its log is printed first."""
         job = self.get(name)
-        if job is not None and _status(job) in TERMINAL:
+        if job is not None and job_status(job) in TERMINAL:
             self.print_ended_log(name)
         self.client.jobs.stream(name)
 
@@ -378,7 +383,7 @@ class AzurePair:
 def recorded_tags(job) -> dict:
     """A job's tags, with the data asset versions read from its inputs where the tags lack them
     (jobs submitted before the train_data/eval_data tags)."""
-    from training.azureml.register import asset_id
+    from training.azureml.jobs import asset_id
 
     tags = dict(job.tags or {})
     inputs = job.inputs or {}
@@ -404,7 +409,7 @@ def _transient(e: Exception) -> bool:
         status >= 500 or status == 429)
 
 
-def _reason(e: Exception) -> str:
+def failure_reason(e: Exception) -> str:
     from training.experiment.tracking import redacted
 
     message = getattr(e, "message", None) or str(e) or type(e).__name__

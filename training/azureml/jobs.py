@@ -19,17 +19,17 @@ which would launch every process twice.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 
+from training.errors import BadInput
 from training.experiment.config import ARMS, ExperimentConfig
+from training.experiment.pair import derive_pair_id, pair_id_problem, replicate_ids
 from training.experiment.stack import StackError, StackOutputs
 
 # Azure ML job names: letters, digits, '-' and '_', starting with a letter or digit; the SDK
 # lower-cases them, so pair ids are lower case from the start (lookups by name then match).
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,254}$")
-PAIR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,200}$")
 # The tags that say which pair, arm and experiment a job is: an existing job with the same name
 # but other values is not this pair's (another config under a reused --pair-id, a sweep).
 IDENTITY_TAGS = ("pair_id", "arm", "config_sha256", "seed", "base_model_revision")
@@ -39,11 +39,12 @@ DATA_TAGS = ("train_data", "eval_data")
 # what else both arms must share; checked when a pair is completed (an arm missing from an earlier
 # attempt is created now): the other arm ran with these, so the new one must too
 RUN_TAGS = ("code_version", "compute", "environment", "resources")
+_DATA_ID = re.compile(r"/data/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
 _REFERENCE = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
 CONFIG_FILE = "pair.yaml"  # the resolved experiment file, at the root of the code snapshot
 
 
-class JobSpecError(Exception):
+class JobSpecError(BadInput):
     """The pair's jobs cannot be built as asked: bad input, reported before any request."""
 
 
@@ -122,23 +123,8 @@ def azure_pair_id(cfg: ExperimentConfig, outputs: StackOutputs) -> str:
     versions -> same pair id, so submitting again finds the pair instead of training it twice.
     The world size enters too: it sets the global batch, hence the weights. Job names derive from
     it: letters, digits, '-'."""
-    h = hashlib.sha256(cfg.sha256().encode())
-    h.update(f"world_size={world_size(cfg)}".encode())
-    for key, asset_id in sorted(data_asset_ids(outputs).items()):
-        h.update(f"{key}={asset_id}".encode())
-    name = re.sub(r"[^a-z0-9-]", "-", cfg.name.lower())
-    name = re.sub(r"-sweep(?=-|$)", "-sweeps", name)  # '-sweep' is kept for the sweeps' names
-    return f"{name}-{h.hexdigest()[:10]}"
-
-
-def check_pair_id(pair_id: str, what: str = "--pair-id") -> str:
-    if not PAIR_ID.match(pair_id or ""):
-        raise JobSpecError(f"{what} {pair_id!r}: lower-case letters, digits, '-' and '_' only, "
-                           "starting with a letter or digit, at most 200 characters (it names "
-                           "the Azure ML jobs and the datastore folder)")
-    if re.search(r"-sweep(-|$)", pair_id):
-        raise JobSpecError(f"{what} {pair_id!r}: '-sweep' is kept for the sweeps' job names")
-    return pair_id
+    identity = [("world_size", str(world_size(cfg))), *sorted(data_asset_ids(outputs).items())]
+    return derive_pair_id(cfg.name, cfg.sha256(), identity)
 
 
 def identity_mismatch(job: ArmJob, tags: dict, completing: bool = False) -> list[str]:
@@ -158,17 +144,11 @@ def identity_mismatch(job: ArmJob, tags: dict, completing: bool = False) -> list
     return diff
 
 
-def replicate_ids(pair_id: str, replicates: int) -> list[str]:
-    """One pair id per replicate: the pair id itself when there is one replicate."""
-    if replicates == 1:
-        return [pair_id]
-    return [f"{pair_id}-r{k}" for k in range(replicates)]
-
-
 def plan_pair(cfg: ExperimentConfig, outputs: StackOutputs, pair_id: str, code_version: str,
               extra_tags: dict[str, str] | None = None) -> list[ArmJob]:
     """The jobs of the pair (both arms of every replicate), checked; raises JobSpecError."""
-    check_pair_id(pair_id)
+    if problem := pair_id_problem(pair_id):
+        raise JobSpecError(f"--pair-id {pair_id!r}: {problem}")
     az = cfg.azure
     try:
         compute = outputs.cluster(az.compute)
@@ -275,3 +255,9 @@ def job_yaml(job: ArmJob, code_dir: str) -> str:
     data = yaml.safe_load(buf.getvalue())
     data["code"] = code_dir
     return yaml.safe_dump(data, sort_keys=False, width=100)
+
+
+def asset_id(uri: str) -> str:
+    """A job input's data asset, as `azureml:name:version` (the service returns the long id)."""
+    match = _DATA_ID.search(uri or "")
+    return f"azureml:{match['name']}:{match['version']}" if match else uri

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import re
 
-from training.experiment.config import ExperimentConfig, SweepSettings
 from training.azureml.jobs import ArmJob, JobSpecError, build_command, plan_pair, world_size
+from training.experiment.config import ExperimentConfig, SweepSettings
 
 BAYESIAN_TYPES = {"choice", "uniform", "quniform"}
 # What a sweep may tune: hyperparameters. Not the seed (a lucky seed is not a finding), not the

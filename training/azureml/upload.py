@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.errors import BadInput, Failed
+
 # Files up to this size go in one request; larger ones in blocks of BLOCK_BYTES (the SDK's
 # defaults; tests make them small to exercise the chunked path).
 SINGLE_PUT_BYTES = 64 * 1024 * 1024
@@ -31,15 +33,15 @@ NEW_DATA_HINT = ("a data asset version names fixed bytes. To register new data: 
                  "version gets its own blob path), then `train data upload` again")
 
 
-class TargetError(Exception):
+class TargetError(BadInput):
     """The stack's data assets cannot be resolved to blobs (bad input: exit 2)."""
 
 
-class Refused(Exception):
+class Refused(Failed):
     """A blob holds other bytes than the local file, or did after the upload (exit 1)."""
 
 
-class NotPermitted(Exception):
+class NotPermitted(BadInput):
     """The identity may not read or write the container (exit 2, with the fix)."""
 
 

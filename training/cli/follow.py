@@ -1,107 +1,94 @@
-"""`train status`, `logs`, `cancel`: following a pair on Azure ML once it is submitted.
-
-Registered on the `train` group by `training.cli`, beside `submit` (`training.cli_azure`, whose
-stack options, client and error handling these share). A PAIR that cannot name a pair is bad
-input (exit 2) before any request.
+"""`train status`, `logs`, `cancel`: following a pair on Azure ML once it is submitted (a hosted
+pair: training.cli.hosted). A PAIR that cannot name a pair is bad input (exit 2) before any
+request. Results on stdout (`status --format json`: one object), diagnostics on stderr.
 """
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from training.cli.azure import (
-    EXIT_FAILED,
-    _azure_errors,
-    _cli,
-    _client,
-    _print_jobs,
+from training.cli.common import (
+    azure_client,
+    checked_pair_id,
+    emit_json,
+    format_option,
+    jobs_json,
+    pair_jobs,
+    print_jobs,
+    results,
     stack_options,
 )
 from training.cli.hosted import hosted_backend
+from training.errors import BadInput, Failed
 from training.experiment.config import ARMS
 
 
-def _checked(pair_id: str) -> str:
-    """A PAIR argument that cannot name a pair is bad input before any request."""
-    from training.azureml.jobs import JobSpecError, check_pair_id
-    from training.azureml.sweep import SWEEP_JOB
-
-    if SWEEP_JOB.match(pair_id):
-        _cli().bad_input(f"{pair_id} is a sweep's job, not a pair: `train status {pair_id}` "
-                         f"shows it and its studio link, `train cancel {pair_id}` stops it")
-    try:
-        return check_pair_id(pair_id, "PAIR")
-    except JobSpecError as e:
-        _cli().bad_input(str(e))
-
-
-def _sweep_job(name: str, outputs, console, cancel: bool) -> bool:
-    """`train status|cancel SWEEP_JOB`: a sweep made by `train sweep`, by its job name (False:
+def _sweep_job(name: str, pair):
+    """`train status|cancel SWEEP_JOB`: a sweep made by `train sweep`, by its job name (None:
     NAME is not a sweep's name, so it is a pair id)."""
-    from training.azureml.backend import AzurePair, view
     from training.azureml.sweep import SWEEP_JOB
 
     if not SWEEP_JOB.match(name):
-        return False
-    pair = AzurePair(_client(outputs))
+        return None
     job = pair.get(name)
     if job is None or getattr(job, "type", None) != "sweep":
-        _cli().bad_input(f"no sweep {name!r} in this workspace")
-    if cancel:
-        for job_name, what in pair.cancel([job]):
-            console.print(f"{job_name}: {what}" + (" (its running trials with it)"
-                                                    if what == "cancel requested" else ""),
-                          markup=False)
-            if what.startswith("could not"):
-                sys.exit(EXIT_FAILED)
-        return True
-    _print_jobs([view(job)], console)
-    return True
-
-
-def _pair_jobs(pair, pair_id: str):
-    jobs = pair.find(pair_id)
-    if not jobs:
-        known = list(pair.recent_pairs())[:10]
-        hint = ("recent pairs: " + ", ".join(known)) if known else "no pairs in this workspace"
-        _cli().bad_input(f"no pair {pair_id!r} in this workspace ({hint})")
-    return jobs
+        raise BadInput(f"no sweep {name!r} in this workspace")
+    return job
 
 
 @click.command()
 @hosted_backend("status")
 @click.argument("pair_id", metavar="[PAIR]", required=False)
 @stack_options
-@_azure_errors
-def status(pair_id, outputs):
+@format_option("table", "json")
+def status(pair_id, outputs, fmt):
     """The jobs of PAIR (status, studio links); without PAIR, the recent pairs in the workspace.
 
     \b
     train status --stack dev
     train status paired-comments-2dbdb98c0e --outputs-file stack-outputs.json
+    train status PAIR --stack dev --format json | jq -r '.jobs[].status'
     """
     from training.azureml.backend import AzurePair, view
 
-    console = _cli()._console()
-    if pair_id is not None and _sweep_job(pair_id, outputs, console, cancel=False):
+    out = results()
+    if pair_id is not None and not _sweep_name(pair_id):
+        checked_pair_id(pair_id)
+    pair = AzurePair(azure_client(outputs))
+    if pair_id is not None and (job := _sweep_job(pair_id, pair)) is not None:
+        if fmt == "json":
+            emit_json({"sweep_job": pair_id, "jobs": jobs_json([view(job)])})
+        else:
+            print_jobs([view(job)], out)
         return
-    if pair_id is not None:
-        _checked(pair_id)
-    pair = AzurePair(_client(outputs))
     if pair_id is None:
         pairs = pair.recent_pairs()
+        if fmt == "json":
+            emit_json({"workspace": outputs.workspace_name,
+                       "pairs": [{"pair_id": pid, "created": views[0].created,
+                                  "jobs": jobs_json(sorted(views, key=lambda v: v.name))}
+                                 for pid, views in pairs.items()]})
+            return
         if not pairs:
-            console.print(f"no pairs in workspace {outputs.workspace_name}")
+            out.print(f"no pairs in workspace {outputs.workspace_name}")
             return
         for pid, views in pairs.items():
             arms = "  ".join(f"{v.arm}{'' if v.replicate is None else ' r' + v.replicate}: "
                              f"{v.status}" for v in sorted(views, key=lambda v: v.name))
-            console.print(f"{pid:<40} {(views[0].created or '')[:19]:<20} {arms}",
-                          markup=False, highlight=False)
+            out.print(f"{pid:<40} {(views[0].created or '')[:19]:<20} {arms}",
+                      markup=False, highlight=False)
         return
-    _print_jobs([view(j) for j in _pair_jobs(pair, pair_id)], console)
+    views = [view(j) for j in pair_jobs(pair, pair_id)]
+    if fmt == "json":
+        emit_json({"pair_id": pair_id, "jobs": jobs_json(views)})
+    else:
+        print_jobs(views, out)
+
+
+def _sweep_name(name: str) -> bool:
+    from training.azureml.sweep import SWEEP_JOB
+
+    return bool(SWEEP_JOB.match(name))
 
 
 @click.command()
@@ -112,7 +99,6 @@ def status(pair_id, outputs):
 @click.option("--replicate", type=click.IntRange(min=0), default=None,
               help="With seed replicates: which one [default: the first].")
 @stack_options
-@_azure_errors
 def logs(pair_id, arm, replicate, outputs):
     """Stream the rank-0 log of one arm of PAIR until its job ends.
 
@@ -121,35 +107,31 @@ def logs(pair_id, arm, replicate, outputs):
     """
     from azure.ai.ml.exceptions import JobException
 
-    from training.azureml.backend import AzurePair
+    from training.azureml.backend import AzurePair, job_status
 
-    _checked(pair_id)
-    pair = AzurePair(_client(outputs))
-    jobs = [j for j in _pair_jobs(pair, pair_id) if (j.tags or {}).get("arm") == arm]
+    checked_pair_id(pair_id)
+    pair = AzurePair(azure_client(outputs))
+    jobs = [j for j in pair_jobs(pair, pair_id) if (j.tags or {}).get("arm") == arm]
     if replicate is not None:
         jobs = [j for j in jobs if (j.tags or {}).get("replicate") == str(replicate)]
     if not jobs:
-        _cli().bad_input(f"pair {pair_id} has no {arm} job"
-                         + ("" if replicate is None else f" for replicate {replicate}"))
+        raise BadInput(f"pair {pair_id} has no {arm} job"
+                       + ("" if replicate is None else f" for replicate {replicate}"))
     try:
         pair.stream(jobs[0].name)
     except JobException as e:
         reason = str(e).replace("Exception :", "").strip().splitlines()
-        from training.azureml.backend import _status
-
-        status = pair.get(jobs[0].name)
-        click.echo(f"error: {jobs[0].name} did not complete (status "
-                   f"{_status(status) if status is not None else '?'})"
-                   + (f": {reason[0]}" if reason and reason[0] else "")
-                   + f"; its logs: {getattr(status, 'studio_url', '') or 'the studio'}", err=True)
-        sys.exit(EXIT_FAILED)
+        job = pair.get(jobs[0].name)
+        raise Failed(f"{jobs[0].name} did not complete (status "
+                     f"{job_status(job) if job is not None else '?'})"
+                     + (f": {reason[0]}" if reason and reason[0] else "")
+                     + f"; its logs: {getattr(job, 'studio_url', '') or 'the studio'}") from None
 
 
 @click.command()
 @hosted_backend("cancel")
 @click.argument("pair_id", metavar="PAIR")
 @stack_options
-@_azure_errors
 def cancel(pair_id, outputs):
     """Cancel every job of PAIR that has not ended (both arms, every replicate).
 
@@ -158,16 +140,16 @@ def cancel(pair_id, outputs):
     """
     from training.azureml.backend import AzurePair
 
-    console = _cli()._console()
-    if _sweep_job(pair_id, outputs, console, cancel=True):
-        return
-    _checked(pair_id)
-    pair = AzurePair(_client(outputs))
-    results = pair.cancel(_pair_jobs(pair, pair_id))
-    for name, what in results:
-        console.print(f"{name}: {what}", markup=False)
-    if any(what.startswith("could not") for _, what in results):
-        sys.exit(EXIT_FAILED)
-
-
-COMMANDS = [status, logs, cancel]
+    out = results()
+    if not _sweep_name(pair_id):
+        checked_pair_id(pair_id)
+    pair = AzurePair(azure_client(outputs))
+    sweep_job = _sweep_job(pair_id, pair)
+    jobs = [sweep_job] if sweep_job is not None else pair_jobs(pair, pair_id)
+    results_ = pair.cancel(jobs)
+    for name, what in results_:
+        trials = " (its running trials with it)" if sweep_job and what == "cancel requested" else ""
+        out.print(f"{name}: {what}{trials}", markup=False)
+    if any(what.startswith("could not") for _, what in results_):
+        raise Failed("could not cancel every job: " + ", ".join(
+            name for name, what in results_ if what.startswith("could not")))

@@ -41,10 +41,9 @@ from training.data.rows import (
     detect_format,
     file_sha256,
 )
+from training.data.scan import FileSummary, LengthStats
 from training.data.token_counter import _TokenCounter
 from training.data.validation import (
-    FileSummary,
-    LengthStats,
     ValidationReport,
     load_examples,
     same_data_warnings,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from training.data.validation import LengthStats, ValidationReport
+from training.data.scan import LengthStats
+from training.data.validation import ValidationReport
 
 # print_report shows at most this many problems and warnings each.
 REPORT_LIMIT = 50

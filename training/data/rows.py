@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from training.errors import BadInput
+
 CHAT, PROMPT_COMPLETION, TEXT = "chat", "prompt_completion", "text"
 FORMATS = (CHAT, PROMPT_COMPLETION, TEXT)
 ROLES = ("system", "user", "assistant")
@@ -23,7 +25,7 @@ _READ_CHUNK = 1 << 22  # bytes per read while streaming a file
 _BOM = b"\xef\xbb\xbf"
 
 
-class DataError(Exception):
+class DataError(BadInput):
     """Training data is unusable. ``problems`` lists every one as ``path:line: what``."""
 
     def __init__(self, problems: list[str]):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import TYPE_CHECKING
 
 from training.data.encoding import LONG_EXAMPLE_POLICIES, encode_chats
 from training.data.fast_bpe import common_prefix, count_in_process, counting_process, fast_counter
@@ -29,9 +28,7 @@ from training.data.llama3 import (
     _same_as_template,
 )
 from training.data.rows import CHAT, PROMPT_COMPLETION, ROLES
-
-if TYPE_CHECKING:
-    from training.data.validation import _FileScan
+from training.data.scan import FileScan
 
 _BATCH_ROWS = 4096  # rows per tokenizer batch
 _PIECE_CACHE_MAX = 100_000  # repeated pieces whose token counts are remembered across batches
@@ -89,7 +86,7 @@ class _TokenCounter:
         self.process_after_batches = process_after_batches
         self.batches = 0
         self.inflight: deque = deque()
-        self.scan: _FileScan | None = None
+        self.scan: FileScan | None = None
         self.chats: list[tuple[int, list[dict]]] = []
         self._new_batch()
 
@@ -170,7 +167,7 @@ class _TokenCounter:
         self.repeated: set[int] = set()  # indices of pieces seen more than once in this batch
         self.rows: list[tuple[int, int, list[int]]] = []  # (line, tokens so far, pieces to add)
 
-    def start(self, scan: _FileScan) -> None:
+    def start(self, scan: FileScan) -> None:
         self.scan = scan
         self.first_chat = True
         # truncate: the rows still being counted, and those found too long, encoded as training

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from training.errors import BadInput
 
-class ConfigError(Exception):
+
+class ConfigError(BadInput):
     """A bad experiment file; the message names the file and every bad field."""
 
 

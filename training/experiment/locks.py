@@ -19,13 +19,14 @@ import sys
 import time
 from pathlib import Path
 
+from training.errors import BadInput
 from training.experiment.tracking import redacted
 
 LOCK_FILE = ".lock"
 FD_ENV = "PAIRED_FINETUNE_LOCK_FD"
 
 
-class Busy(Exception):
+class Busy(BadInput):
     """Another process holds the arm's lock; the message names it."""
 
 
@@ -91,3 +92,22 @@ def adopt_or_acquire(folder: Path) -> ArmLock:
         except OSError:
             pass  # not this folder's lock: lock as if started alone
     return acquire(folder)
+
+
+def submit_lock(pair_id: str, on_note) -> ArmLock:
+    """Two `train submit` of one pair at once (a CI re-run, a double Enter) would both find no
+    job and create two pairs under one id: on this machine, the second is refused (Busy). The
+    lock (in $PAIRED_FINETUNE_LOCK_DIR, else the temp folder) is held until the jobs exist."""
+    import os
+    import tempfile
+
+    root = Path(os.environ.get("PAIRED_FINETUNE_LOCK_DIR") or tempfile.gettempdir())
+    folder = root / f"paired-finetune-submit-{os.getuid()}" / pair_id  # one user's own folder
+    try:
+        return acquire(folder)
+    except Busy:
+        raise Busy(f"another `train submit` of pair {pair_id} is running "
+                   f"({holder(folder)})") from None
+    except OSError as e:  # no lock to be had here (permissions, a read-only temp folder)
+        on_note(f"submitting without the per-pair lock ({e.strerror or e})")
+        return ArmLock(folder, None)

@@ -15,12 +15,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from training.errors import BadInput
+
 PULUMI_TIMEOUT_S = 120
 # Azure resource names the outputs carry: letters, digits and the few separators Azure allows.
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.()-]{0,89}$"
 
 
-class StackError(Exception):
+class StackError(BadInput):
     """The stack outputs could not be read or are not what the CLI needs."""
 
 

@@ -20,25 +20,38 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.hosted import service as hosted
+from training.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from training.experiment.config import ARMS, ExperimentConfig
-from training.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
+from training.hosted import service as hosted
 
-DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
+# the client, its credentials and errors: their own module, re-exported here (one interface)
+from training.hosted.client import (  # noqa: F401
+    DEFAULT_AZURE_API_VERSION,
+    HostedError,
+    describe_error,
+    make_client,
+    retry_after,
+)
+
+# the finished jobs' metrics into MLflow: their own module, re-exported here (one interface)
+from training.hosted.results import job_steps, log_pair
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-class HostedError(Exception):
-    """A failure to report to the user; `exit_code` 2 for bad input, 1 for the service's refusal."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
-        super().__init__(message)
-        self.exit_code = exit_code
+def hyperparameters(cfg: ExperimentConfig) -> dict:
+    """What the pair trains with on the service: the same for both arms."""
+    return {k: getattr(cfg.openai, k) for k in ("n_epochs", "batch_size",
+                                                "learning_rate_multiplier")}
 
 
-# ------------------------------------------------------------------------------------------ client
-# The client, its credentials and its errors: their own module, re-exported here (one interface).
-from training.hosted.client import describe_error, make_client, retry_after  # noqa: E402
+def dry_run_requests(cfg: ExperimentConfig, prep) -> dict[str, dict]:
+    """Each arm's job request as it would be sent, the uploads' ids named by their files."""
+    return {arm: hosted.job_request(
+        model=cfg.base_model, seed=cfg.training.seed, hyperparameters=hyperparameters(cfg),
+        pair_id=prep.pair_id, arm=arm, training_file=f"<upload of {prep.files[arm]}>",
+        validation_file=cfg.eval and f"<upload of {cfg.eval}>", metadata=prep.metadata(arm))
+        for arm in ARMS}
 
 
 # ---------------------------------------------------------------------------------------- prepare
@@ -68,7 +81,7 @@ def prepare(cfg: ExperimentConfig, count: Callable[[str], int] | None = None,
             pair_id: str | None = None) -> Prepared:
     """Validate the pair's data for the service. `count` counts tokens (default: tiktoken for the
     model, else an estimate). Raises HostedError(exit 2) listing every problem."""
-    from training.local.backend import pair_id_for
+    from training.experiment.pair import derive_pair_id
 
     if getattr(cfg.training, "replicates", 1) > 1:
         raise HostedError("training.replicates: seed replicates are not supported on hosted "
@@ -103,7 +116,7 @@ def prepare(cfg: ExperimentConfig, count: Callable[[str], int] | None = None,
     hashes = {name: f.sha256 for name, f in report.files.items()}
     # the service's hyperparameters train the weights too (cfg.sha256 leaves the openai: section out)
     identity = {**hashes, "hosted": json.dumps(hosted_identity(cfg), sort_keys=True)}
-    return Prepared(cfg, pair_id or pair_id_for(cfg, identity), files, report, warnings)
+    return Prepared(cfg, pair_id or derive_pair_id(cfg.name, cfg.sha256(), sorted(identity.items())), files, report, warnings)
 
 
 def hosted_identity(cfg: ExperimentConfig) -> dict:
@@ -217,8 +230,7 @@ def submit_pair(client, prep: Prepared, *, force: bool = False, poll: float = 2.
             raise HostedError(f"{name}: uploading {path} failed ({describe_error(e)}); no job was "
                               f"created{kept}") from None
     cfg = prep.cfg
-    hyper = {k: getattr(cfg.openai, k) for k in ("n_epochs", "batch_size",
-                                                 "learning_rate_multiplier")}
+    hyper = hyperparameters(cfg)
     jobs: dict[str, dict] = {}
     # a create is never retried: the service may have made the job before the answer was lost,
     # and a retry would make a second one (the jobs API takes no idempotency key)
@@ -385,8 +397,5 @@ def wait_pair(client, pair_id: str, *, poll: float = 10.0, max_poll: float = 120
         interval = poll if fresh else min(max_poll, interval * factor)
         sleep(interval)
 
-
-# The finished jobs' metrics into MLflow: their own module, re-exported here (one interface).
-from training.hosted.results import job_steps, log_pair  # noqa: E402
 
 __all__ = ["job_steps", "log_pair", "make_client"]

@@ -7,8 +7,18 @@ from __future__ import annotations
 import math
 import os
 
-from training.hosted.backend import DEFAULT_AZURE_API_VERSION, EXIT_BAD_INPUT, HostedError
+from training.errors import EXIT_BAD_INPUT, EXIT_FAILED, TrainError
 from training.experiment.config import ExperimentConfig
+
+DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
+
+
+class HostedError(TrainError):
+    """A failure to report to the user; `exit_code` 2 for bad input, 1 for the service's refusal."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def make_client(backend: str, cfg: ExperimentConfig | None = None, *, base_url: str | None = None,

@@ -103,3 +103,17 @@ def estimate_pair_cost(report, model: str, n_epochs: int | str = "auto",
     return {arm: estimate_hosted_cost(model, report.files[arm].tokens, n_epochs, prices,
                                       token_limit)
             for arm in ("control", "experiment")}
+
+
+def pair_cost(cfg, report) -> dict[str, HostedCost]:
+    """Each arm's cost on the service, from the validated data's report."""
+    return estimate_pair_cost(report, cfg.base_model, cfg.openai.n_epochs,
+                              token_limit=cfg.openai.example_token_limit)
+
+
+def budget_problems(cfg, costs: dict[str, HostedCost]) -> list[str]:
+    """Why the pair exceeds budget_usd (empty: within it, or no budget)."""
+    total = sum(c.usd for c in costs.values())
+    if cfg.budget_usd is None or total <= cfg.budget_usd:
+        return []
+    return [f"the estimate {total:,.2f} USD exceeds budget_usd {cfg.budget_usd:,.2f}"]

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.errors import BadInput
+
 MIN_EXAMPLES = 10  # the service rejects a training file with fewer
 MAX_FILE_BYTES = 512 * 1024 * 1024  # the Files API's limit for purpose "fine-tune"
 MAX_SUFFIX = 40  # OpenAI allows 64; a shorter one stays valid on Azure OpenAI and in model names
@@ -53,7 +55,7 @@ MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id
 ROW_KEYS = {"messages", "tools", "functions", "parallel_tool_calls"}
 
 
-class HostedInputError(Exception):
+class HostedInputError(BadInput):
     """A model, price table or file the service would refuse; the message says which and why."""
 
 

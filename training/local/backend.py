@@ -14,7 +14,6 @@ folder is locked (training.locks) while its process lives, so two runs never wri
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -26,14 +25,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.errors import BadInput
 from training.experiment import locks
 from training.experiment.config import ExperimentConfig
 from training.experiment.events import EVENT_PREFIX, parse_event
+from training.experiment.pair import DATA_SHA256_ENV, derive_pair_id
 
 TAIL_LINES = 15  # lines of a failed arm's output shown on the console
 
 
-class PairMismatch(Exception):
+class PairMismatch(BadInput):
     """An existing pair folder was made from another config or other data."""
 
 
@@ -88,10 +89,7 @@ def describe_exit(returncode: int) -> str:
 
 def pair_id_for(cfg: ExperimentConfig, data_hashes: dict[str, str]) -> str:
     """Same config and same data -> same pair id, so a re-run resumes instead of retraining."""
-    h = hashlib.sha256(cfg.sha256().encode())
-    for key in sorted(data_hashes):
-        h.update(f"{key}={data_hashes[key]}".encode())
-    return f"{cfg.name}-{h.hexdigest()[:10]}"
+    return derive_pair_id(cfg.name, cfg.sha256(), sorted(data_hashes.items()))
 
 
 def prepare_pair(cfg: ExperimentConfig, pair_dir: Path, pair_id: str, data_hashes: dict,
@@ -141,9 +139,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-DATA_SHA256_ENV = "PAIRED_FINETUNE_DATA_SHA256"  # what the arm's files hashed to when validated
 
 
 def _arm_env(threads: int, tracking_uri: str, lock_fd: int | None = None,

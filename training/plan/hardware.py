@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from training.experiment.config import ConfigError
+
 PRICES_AS_OF = "2026-11"
 PRICES_REGION = "eastus"
 DEFAULT_GPU_VM_SIZE = "Standard_NC24ads_A100_v4"  # the infra program's default
@@ -78,3 +80,14 @@ def vm_size(name: str) -> VmSize | None:
 
 def known_sizes() -> str:
     return ", ".join(vm.name for vm in VM_SIZES.values() if not vm.retired)
+
+
+def choose_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:
+    """Once, from the hardware: bf16 where supported, fp16 on older GPUs, fp32 on CPU."""
+    if requested == "auto":
+        return ("bf16" if bf16_supported else "fp16") if cuda else "fp32"
+    if requested == "fp16" and not cuda:
+        raise ConfigError("training.precision: fp16 needs a CUDA GPU (use auto or fp32 on CPU)")
+    if requested == "bf16" and cuda and not bf16_supported:
+        raise ConfigError("training.precision: this GPU has no bf16 (use auto or fp16)")
+    return requested

@@ -32,7 +32,7 @@ def hardware() -> tuple[bool, bool]:
 
 def hardware_problems(cfg: ExperimentConfig, cuda: bool, bf16: bool) -> list[str]:
     """Precision and method against the machine (pure: the hardware is given)."""
-    from training.recipe.train import choose_precision
+    from training.plan.hardware import choose_precision
 
     problems = []
     try:

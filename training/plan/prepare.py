@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.errors import BadInput
 from training.experiment.config import ConfigError, ExperimentConfig, anchor_base_model
 
 
-class NotReady(Exception):
+class NotReady(BadInput):
     """The pair cannot start; `problems` are lines to print, `report` the data report if any."""
 
     def __init__(self, headline: str, problems: list[str] | None = None, report=None):
@@ -115,3 +116,24 @@ def prepare(cfg: ExperimentConfig, *, status=None, on_note=None) -> Prepared:
     return Prepared(cfg, pinned, files, report,
                     hashes={k: f.sha256 for k, f in by_role.items()},
                     warnings=data_mod.same_data_warnings(by_role))
+
+
+def counting_tokenizer(base_model: str | None, cfg: ExperimentConfig | None, on_note=None):
+    """The tokenizer `train data validate` counts with: --base-model's, else the experiment's
+    pinned base model's, else tiny-llama's."""
+    if base_model:
+        return tokenizer_for_name(base_model)
+    if cfg is None:
+        return tokenizer_for_name("tiny-llama")
+    return pin_and_load_tokenizer(cfg, on_note=on_note)[2]
+
+
+def preflight_here(cfg: ExperimentConfig) -> None:
+    """The settings against this machine and the model, as `train run` checks them (NotReady)."""
+    from training.experiment import base_model
+    from training.plan import preflight
+
+    cfg = base_model.pin(cfg)[0]
+    problems = preflight.problems(cfg, *base_model.load_reference(cfg))
+    if problems:
+        raise NotReady("the experiment cannot run here", problems)

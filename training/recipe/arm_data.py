@@ -74,8 +74,8 @@ def _same_as_validated(params: dict, train_file: Path, eval_file: Path | None) -
     since (while the other arm trains, say) is refused, never trained unchecked."""
     import json
 
-    from training.local.backend import DATA_SHA256_ENV
     from training.data import DataError
+    from training.experiment.pair import DATA_SHA256_ENV
 
     expected = json.loads(os.environ.get(DATA_SHA256_ENV) or "{}")
     changed = [f"{path}: changed since `train run` validated it (sha256 {want[:12]}..., now "

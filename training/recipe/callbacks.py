@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from training.experiment import tracking
 from training.experiment.events import emit
-from training.recipe.train import COMPLETE, Preemption
+from training.recipe.checkpoints import COMPLETE, Preemption
 
 log = logging.getLogger("training.recipe")
 

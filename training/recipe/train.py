@@ -27,27 +27,30 @@ import logging
 import math
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 
-from training.experiment import eval_examples, locks, tracking
-from training.recipe.arm_data import prepare_arm_data, split_holdout  # noqa: F401 - old import path
-from training.experiment.base_model import load_reference
-from training.recipe.collate import make_collator
-from training.experiment.config import ARMS, ConfigError, ExperimentConfig, load_config
 from training.data import DataError
+from training.experiment import eval_examples, locks, tracking
+from training.experiment.base_model import load_reference
+from training.experiment.config import ARMS, ConfigError, ExperimentConfig, load_config
 from training.experiment.events import EVENT_PREFIX, emit, rank  # noqa: F401 - EVENT_PREFIX: old import path
 from training.experiment.models import load_tokenizer
 from training.experiment.overrides import apply_overrides
-from training.recipe.sharding import check_enabled, fsdp_arguments, runtime_sharding, save_final_model
+from training.plan.hardware import choose_precision
+from training.recipe.arm_data import prepare_arm_data, split_holdout  # noqa: F401 - old import path
+from training.recipe.checkpoints import Preemption, latest_complete_checkpoint
+from training.recipe.collate import make_collator
+from training.recipe.sharding import (
+    check_enabled,
+    fsdp_arguments,
+    runtime_sharding,
+    save_final_model,
+)
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Writing model shards" bars in logs
 
 log = logging.getLogger("training.recipe")
-
-COMPLETE = "COMPLETE"  # written into a checkpoint folder once everything in it is on disk
-
 
 # ----------------------------------------------------------------------------- small helpers
 def world_size() -> int:
@@ -58,42 +61,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def choose_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:
-    """Once, from the hardware: bf16 where supported, fp16 on older GPUs, fp32 on CPU."""
-    if requested == "auto":
-        return ("bf16" if bf16_supported else "fp16") if cuda else "fp32"
-    if requested == "fp16" and not cuda:
-        raise ConfigError("training.precision: fp16 needs a CUDA GPU (use auto or fp32 on CPU)")
-    if requested == "bf16" and cuda and not bf16_supported:
-        raise ConfigError("training.precision: this GPU has no bf16 (use auto or fp16)")
-    return requested
-
-
-def latest_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint that was written to the end; half-written ones are never picked up."""
-    if not folder.is_dir():
-        return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).exists()]
-    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
-
-
-class Preemption:
-    """First SIGTERM/SIGINT: ask the Trainer to checkpoint and stop. Second: stop at once."""
-
-    def __init__(self):
-        self.signum: int | None = None
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt  # a second signal: give up; the marker keeps checkpoints safe
-        self.signum = signum
-        log.warning("%s received: checkpointing and stopping", signal.Signals(signum).name)
 
 
 # ----------------------------------------------------------------------------- callbacks

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 
+from training.experiment.config import ARMS
+from training.experiment.tracking import redacted
 from training.verdict import stats
 from training.verdict.store import (
     ArmRun,
@@ -29,8 +31,6 @@ from training.verdict.store import (
     open_store,
     reading_store,
 )
-from training.experiment.config import ARMS
-from training.experiment.tracking import redacted
 
 SCHEMA = "paired-finetune/compare/v1"
 # What may differ between the arms of a fair pair: the training data and the arm itself (job

@@ -7,21 +7,20 @@ line. The report built from the runs is `compare.py`'s.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from training.errors import TrainError
 from training.experiment import eval_examples
 from training.experiment.config import ARMS
+from training.experiment.pair import pair_id_problem
 from training.experiment.tracking import redacted
 
-PAIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-
-class CompareError(Exception):
+class CompareError(TrainError):
     """No such pair or a missing arm (bad input, exit 2); a store that cannot be read (a request
     that failed, exit 1)."""
 
@@ -113,8 +112,8 @@ def list_pairs(client, limit: int = 20) -> list[dict]:
 def find_runs(client, pair: str) -> dict[int, dict[str, ArmRun]]:
     """{replicate: {arm: run}} for a pair id or a parent pair id; CompareError when a pair or an
     arm is missing, naming what exists."""
-    if not PAIR_RE.match(pair):
-        raise CompareError(f"{pair!r} is not a pair id (letters, digits, '.', '_', '-')")
+    if problem := pair_id_problem(pair):  # it goes into the store's query
+        raise CompareError(f"{pair!r} is not a pair id: {problem}")
     exps = _experiments(client)
     runs = []
     for key in ("parent_pair_id", "pair_id"):
