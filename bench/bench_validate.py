@@ -191,7 +191,7 @@ def main(argv=None) -> int:
             variants.append(("without fast_bpe", token_counter, "fast_counter",
                              lambda backend: None, "the Hugging Face tokenizer"))
         if args.encoder:  # the path of any non-Llama-3 template
-            variants.append(("encoder per row", data._TokenCounter, "_chat_mode",
+            variants.append(("encoder per row", data.TokenCounter, "_chat_mode",
                              lambda self: "encoder", "the encoder"))
         for label, owner, name, replacement, who in variants:
             original = getattr(owner, name)

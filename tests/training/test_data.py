@@ -832,7 +832,7 @@ def test_the_fast_counter_equals_the_encoder_on_every_bundled_and_generated_data
     """validation's counter (token_counter) is a shortcut: on every dataset the project ships or
     generates, its multiset of lengths equals the training encoder's, row for row; also when a
     long file's counts come from a counting process (forced here from the first batch)."""
-    from training.data.token_counter import _TokenCounter
+    from training.data.token_counter import TokenCounter
     from training.data.validation import _scan_file
     from training.experiment.models import load_tokenizer
 
@@ -843,7 +843,7 @@ def test_the_fast_counter_equals_the_encoder_on_every_bundled_and_generated_data
     datasets["generated.jsonl"] = write_lines(tmp_path / "generated.jsonl", _generated_rows())
     datasets["varied.jsonl"] = write_lines(tmp_path / "varied.jsonl", VARIED)
     for name, path in datasets.items():
-        counter = _TokenCounter(tokenizer, None,
+        counter = TokenCounter(tokenizer, None,
                                 process_after_batches=1 if counting == "process" else 8)
         try:
             scan = _scan_file(str(path), counter=counter)
@@ -863,12 +863,12 @@ def test_a_counting_process_that_dies_leaves_the_counts_exact(tmp_path, tiny_tok
     batches are counted in this process, and its lengths are still the encoder's."""
     import multiprocessing
 
-    from training.data.token_counter import _TokenCounter
+    from training.data.token_counter import TokenCounter
     from training.data.validation import _scan_file
 
     first = write_lines(tmp_path / "first.jsonl", _generated_rows())
     second = write_lines(tmp_path / "second.jsonl", VARIED)
-    counter = _TokenCounter(tiny_tokenizer, None, process_after_batches=1)
+    counter = TokenCounter(tiny_tokenizer, None, process_after_batches=1)
     try:
         _scan_file(str(first), counter=counter)
         children = multiprocessing.active_children()

@@ -212,6 +212,17 @@ def enforce_budget(problems: list[str], budget_usd: float, allow_over_budget: bo
     failed("; ".join(problems) + f". {refusal}")
 
 
+def check_submit_options(dry_run: bool, out_dir, wait_: bool, pair_id, force: bool) -> None:
+    """`train submit`'s options that exclude each other, on any backend: instant, before any
+    hub lookup or request."""
+    if dry_run != (out_dir is not None):
+        bad_input("--dry-run and --out go together: --dry-run --out DIR")
+    if dry_run and wait_:
+        bad_input("--wait follows submitted jobs: it does nothing with --dry-run")
+    if pair_id is not None and force:
+        bad_input("--pair-id and --force exclude each other (--force makes a new pair id)")
+
+
 def out_option(value: str | None) -> Path | None:
     """--out as given: an empty string is not the current folder."""
     if value is not None and not value.strip():

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from training.cli.common import (
+    check_submit_options,
     checked_pair_id,
     diagnostics,
     emit_json,
@@ -162,12 +163,7 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
     from training.hosted import backend as ob
 
     console = diagnostics()
-    if dry_run != (out_dir is not None):
-        raise BadInput("--dry-run and --out go together: --dry-run --out DIR")
-    if dry_run and wait_:
-        raise BadInput("--wait follows submitted jobs: it does nothing with --dry-run")
-    if pair_id is not None and force:
-        raise BadInput("--pair-id and --force exclude each other (--force makes a new pair id)")
+    check_submit_options(dry_run, out_dir, wait_, pair_id, force)
     _azure_ml_only(backend, **_stack)
     _checked(pair_id)
     if dry_run:

@@ -17,6 +17,7 @@ import click
 from training.cli.common import (
     arm_label,
     azure_client,
+    check_submit_options,
     diagnostics,
     emit_json,
     enforce_budget,
@@ -80,12 +81,7 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
     console = diagnostics()
     warn = _warning(console)
     # usage first: instant, before any hub lookup or request
-    if dry_run != (out_dir is not None):
-        raise BadInput("--dry-run and --out go together: --dry-run --out DIR")
-    if dry_run and wait_:
-        raise BadInput("--wait follows submitted jobs: it does nothing with --dry-run")
-    if pair_id is not None and force:
-        raise BadInput("--pair-id and --force exclude each other (--force makes a new pair id)")
+    check_submit_options(dry_run, out_dir, wait_, pair_id, force)
     if from_sweep is not None and not from_sweep.strip():
         raise BadInput("--from-sweep: empty; give the sweep job's name (`train sweep` prints it)")
     if pair_id is not None:

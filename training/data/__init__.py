@@ -24,7 +24,7 @@ a tokenizer. The names below are the package's interface; import them from ``tra
 from training.data.encoding import (
     IGNORE_INDEX,
     LONG_EXAMPLE_POLICIES,
-    _chat_text_and_spans_jinja,
+    chat_text_and_spans_jinja,
     encode_chats,
     encode_example,
     encode_examples,
@@ -42,7 +42,7 @@ from training.data.rows import (
     file_sha256,
 )
 from training.data.scan import FileSummary, LengthStats
-from training.data.token_counter import _TokenCounter
+from training.data.token_counter import TokenCounter
 from training.data.validation import (
     ValidationReport,
     load_examples,
@@ -51,9 +51,28 @@ from training.data.validation import (
 )
 
 __all__ = [
-    "CHAT", "FORMATS", "IGNORE_INDEX", "LONG_EXAMPLE_POLICIES", "PROMPT_COMPLETION", "REPORT_LIMIT", "ROLES", "TEXT",
-    "DataError", "FileSummary", "LengthStats", "ValidationReport", "_TokenCounter",
-    "_chat_text_and_spans_jinja", "detect_format", "encode_chats", "encode_example",
-    "encode_examples", "file_sha256", "fit_to_length", "load_examples", "print_report", "same_data_warnings",
+    "CHAT",
+    "FORMATS",
+    "IGNORE_INDEX",
+    "LONG_EXAMPLE_POLICIES",
+    "PROMPT_COMPLETION",
+    "REPORT_LIMIT",
+    "ROLES",
+    "TEXT",
+    "DataError",
+    "FileSummary",
+    "LengthStats",
+    "TokenCounter",
+    "ValidationReport",
+    "chat_text_and_spans_jinja",
+    "detect_format",
+    "encode_chats",
+    "encode_example",
+    "encode_examples",
+    "file_sha256",
+    "fit_to_length",
+    "load_examples",
+    "print_report",
+    "same_data_warnings",
     "validate_files",
 ]

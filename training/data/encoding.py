@@ -61,9 +61,9 @@ def encode_chats(conversations: list[list[dict]], tokenizer) -> list[tuple[list[
 
 
 def _encode_chats_by_prefixes(conversations, tokenizer) -> list[tuple[list[int], list[int]]]:
-    """The fallback for a template without generation markers: spans from `_chat_text_and_spans_jinja`,
+    """The fallback for a template without generation markers: spans from `chat_text_and_spans_jinja`,
     labels on the tokens inside them."""
-    rendered = [_chat_text_and_spans_jinja(messages, tokenizer) for messages in conversations]
+    rendered = [chat_text_and_spans_jinja(messages, tokenizer) for messages in conversations]
     enc = tokenizer([text for text, _ in rendered], add_special_tokens=False,
                     return_offsets_mapping=True)
     return [
@@ -73,7 +73,7 @@ def _encode_chats_by_prefixes(conversations, tokenizer) -> list[tuple[list[int],
     ]
 
 
-def _chat_text_and_spans_jinja(
+def chat_text_and_spans_jinja(
     messages: list[dict], tokenizer
 ) -> tuple[str, list[tuple[int, int]]]:
     """For a template without generation markers: assistant turn i spans from the end of

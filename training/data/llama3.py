@@ -7,17 +7,17 @@ by the encoder.
 from __future__ import annotations
 
 # Llama-3's chat markup (see training.models.LLAMA3_CHAT_TEMPLATE).
-_HEADER_START, _HEADER_END, _EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
+HEADER_START, HEADER_END, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
 
 
-def _render_llama3(messages: list[dict], bos: str) -> str:
+def render_llama3(messages: list[dict], bos: str) -> str:
     """What LLAMA3_CHAT_TEMPLATE renders (no generation prompt), without jinja."""
     return bos + "".join(
-        f"{_HEADER_START}{m['role']}{_HEADER_END}\n\n{m['content'].strip()}{_EOT}" for m in messages
+        f"{HEADER_START}{m['role']}{HEADER_END}\n\n{m['content'].strip()}{EOT}" for m in messages
     )
 
 
-_PROBES = [
+PROBES = [
     [
         {"role": "system", "content": "  You write short comments.\n"},
         {"role": "user", "content": "Hi {{ x }} {% raw %} there\r\n\t"},
@@ -32,7 +32,7 @@ _PROBES = [
 ]
 
 
-_GENERATION_PROMPT = f"{_HEADER_START}assistant{_HEADER_END}\n\n"
+_GENERATION_PROMPT = f"{HEADER_START}assistant{HEADER_END}\n\n"
 _LLAMA3_VERDICTS: dict[tuple, bool] = {}
 
 
@@ -41,8 +41,8 @@ def _template_key(tokenizer) -> tuple:
     return tokenizer.chat_template, tuple(sorted((k, str(v)) for k, v in specials.items()))
 
 
-def _renders_like_llama3(tokenizer) -> bool:
-    """Whether the tokenizer's chat template renders exactly like `_render_llama3` (with and
+def renders_like_llama3(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders exactly like `render_llama3` (with and
     without the generation prompt) on probe conversations. Cached per template and special tokens."""
     template = getattr(tokenizer, "chat_template", None)
     if not template or not isinstance(template, str):
@@ -53,12 +53,12 @@ def _renders_like_llama3(tokenizer) -> bool:
         bos = tokenizer.bos_token or ""
         try:
             verdict = all(
-                tokenizer.apply_chat_template(m, tokenize=False) == _render_llama3(m, bos)
-                for m in _PROBES
+                tokenizer.apply_chat_template(m, tokenize=False) == render_llama3(m, bos)
+                for m in PROBES
             ) and all(
                 tokenizer.apply_chat_template(m[:i], tokenize=False, add_generation_prompt=True)
-                == _render_llama3(m[:i], bos) + _GENERATION_PROMPT
-                for m in _PROBES
+                == render_llama3(m[:i], bos) + _GENERATION_PROMPT
+                for m in PROBES
                 for i in range(1, len(m))
             )
         except Exception:
@@ -69,11 +69,11 @@ def _renders_like_llama3(tokenizer) -> bool:
     return verdict
 
 
-def _same_as_template(messages: list[dict], tokenizer) -> bool:
-    """Whether `_render_llama3` renders this conversation as the template does; if not, the
+def same_as_template(messages: list[dict], tokenizer) -> bool:
+    """Whether `render_llama3` renders this conversation as the template does; if not, the
     template is no longer taken for Llama-3's."""
     try:
-        same = tokenizer.apply_chat_template(messages, tokenize=False) == _render_llama3(
+        same = tokenizer.apply_chat_template(messages, tokenize=False) == render_llama3(
             messages, tokenizer.bos_token or ""
         )
     except Exception:

@@ -79,7 +79,7 @@ def _json_type(value: Any) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def _check_row(row: Any) -> tuple[str | None, list[str]]:
+def check_row(row: Any) -> tuple[str | None, list[str]]:
     """The row's format (None when unknown) and what is wrong with it (empty when nothing)."""
     if type(row) is not dict:
         return None, [f"not a JSON object (got {_json_type(row)})"]
@@ -156,7 +156,7 @@ def _check_chat(messages: Any) -> list[str]:
     return errors
 
 
-def _row_key(row: dict, fmt: str) -> int:
+def row_key(row: dict, fmt: str) -> int:
     """A cheap hash of what the row teaches (extra keys such as ids do not count)."""
     if fmt == CHAT:
         return hash(tuple((m["role"], m["content"]) for m in row["messages"]))
@@ -178,7 +178,7 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def _lines(f, digest) -> Iterator[tuple[int, bytes]]:
+def jsonl_lines(f, digest) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes without the newline) for every line; feeds the digest all bytes."""
     carry = b""
     number = 0
@@ -194,7 +194,7 @@ def _lines(f, digest) -> Iterator[tuple[int, bytes]]:
         yield number + 1, carry
 
 
-def _parse(number: int, line: bytes) -> tuple[Any, str | None]:
+def parse_row(number: int, line: bytes) -> tuple[Any, str | None]:
     """The line's JSON value, or (None, what is wrong)."""
     if number == 1 and line.startswith(_BOM):
         line = line[3:]
@@ -213,10 +213,10 @@ def _parse(number: int, line: bytes) -> tuple[Any, str | None]:
 
 
 # A \uD800-\uDFFF escape: json.loads turns a lone one into a str the tokenizer cannot encode.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def _surrogate_problem(value, where: str = "") -> str | None:
+def surrogate_problem(value, where: str = "") -> str | None:
     """`lone surrogate ...` for the first string in `value` that is not valid Unicode, else None
     (a proper pair of escapes is one character and passes)."""
     if isinstance(value, str):
@@ -236,7 +236,7 @@ def _surrogate_problem(value, where: str = "") -> str | None:
     else:
         return None
     for label, item in items:
-        problem = _surrogate_problem(item, label)
+        problem = surrogate_problem(item, label)
         if problem:
             return problem
     return None

@@ -19,13 +19,13 @@ from collections import deque
 from training.data.encoding import LONG_EXAMPLE_POLICIES, encode_chats
 from training.data.fast_bpe import common_prefix, count_in_process, counting_process, fast_counter
 from training.data.llama3 import (
-    _EOT,
-    _HEADER_END,
-    _HEADER_START,
-    _PROBES,
-    _render_llama3,
-    _renders_like_llama3,
-    _same_as_template,
+    EOT,
+    HEADER_END,
+    HEADER_START,
+    PROBES,
+    render_llama3,
+    renders_like_llama3,
+    same_as_template,
 )
 from training.data.rows import CHAT, PROMPT_COMPLETION, ROLES
 from training.data.scan import FileScan
@@ -48,7 +48,7 @@ def _plain_backend(tokenizer):
     return plain
 
 
-class _TokenCounter:
+class TokenCounter:
     """Counts the tokens of valid rows exactly as `encode_example` would, in batches.
 
     A row becomes a constant (its special tokens, and pieces already counted) plus pieces of text
@@ -106,21 +106,21 @@ class _TokenCounter:
         """How to count chat rows: "pieces" (Llama-3 markup, counted piece by piece) or "encoder"
         (any other template or tokenizer: `encode_chats`, as training encodes them)."""
         tok = self.tokenizer
-        if self.backend is None or not _renders_like_llama3(tok):
+        if self.backend is None or not renders_like_llama3(tok):
             return "encoder"
         bos = tok.bos_token or ""
         # Added tokens are cut out before the rest of the text is normalised and pre-tokenised, so
         # the pieces between markup tokens are encoded independently of each other: as long as each
         # markup string is one plain added token (no stripping of neighbouring spaces).
-        markup = [_HEADER_START, _HEADER_END, _EOT] + ([bos] if bos else [])
+        markup = [HEADER_START, HEADER_END, EOT] + ([bos] if bos else [])
         added = {t.content: t for t in self.backend.get_added_tokens_decoder().values()}
         for s in markup:
             t = added.get(s)
             if t is None or t.lstrip or t.rstrip or t.single_word or t.normalized:
                 return "encoder"
-        for messages in _PROBES:
+        for messages in PROBES:
             const, pieces = self._chat_pieces(messages, bos)
-            whole = self._count_one(_render_llama3(messages, bos))
+            whole = self._count_one(render_llama3(messages, bos))
             if const + sum(self._count(pieces)) != whole:
                 return "encoder"
         self.chat_const = 1 if bos else 0
@@ -137,7 +137,7 @@ class _TokenCounter:
     def _first_chat_row(self, messages: list[dict]) -> None:
         """Per file: the fast rendering matches the template (else every row goes through the
         encoder, which checks each row as training will encode it)."""
-        if self.chat_mode == "pieces" and not _same_as_template(messages, self.tokenizer):
+        if self.chat_mode == "pieces" and not same_as_template(messages, self.tokenizer):
             self.chat_mode = "encoder"
 
     def _encode_chats(self) -> None:

@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.data.rows import (
-    _SURROGATE_ESCAPE,
     CHAT,
+    SURROGATE_ESCAPE,
     DataError,
-    _check_row,
-    _lines,
-    _parse,
-    _row_key,
-    _surrogate_problem,
+    check_row,
+    jsonl_lines,
+    parse_row,
+    row_key,
+    surrogate_problem,
 )
 from training.data.scan import FileScan, FileSummary
-from training.data.token_counter import _TokenCounter
+from training.data.token_counter import TokenCounter
 
 
 @dataclass
@@ -51,7 +51,7 @@ class ValidationReport:
 
 
 
-def _scan_file(path: str, *, counter: _TokenCounter | None = None, keep: bool = False) -> FileScan:
+def _scan_file(path: str, *, counter: TokenCounter | None = None, keep: bool = False) -> FileScan:
     from training.experiment.paths import file_problem
 
     scan = FileScan(path)
@@ -77,19 +77,19 @@ def _scan_file(path: str, *, counter: _TokenCounter | None = None, keep: bool = 
         counter.start(scan)
     try:
         with f:
-            for number, line in _lines(f, digest):
+            for number, line in jsonl_lines(f, digest):
                 if not line or line.isspace():
                     continue
                 scan.rows += 1
                 if scan.first_line is None:
                     scan.first_line = number, line.lstrip(b" \t\r\xef\xbb\xbf")[:1]
-                row, error = _parse(number, line)
-                if error is None and _SURROGATE_ESCAPE.search(line):
-                    error = _surrogate_problem(row)
+                row, error = parse_row(number, line)
+                if error is None and SURROGATE_ESCAPE.search(line):
+                    error = surrogate_problem(row)
                 if error is not None:
                     scan.problem(number, error)
                     continue
-                fmt, errors = _check_row(row)
+                fmt, errors = check_row(row)
                 if fmt is not None:
                     lines = format_lines.get(fmt)
                     if lines is None:
@@ -99,7 +99,7 @@ def _scan_file(path: str, *, counter: _TokenCounter | None = None, keep: bool = 
                     for error in errors:
                         scan.problem(number, error)
                     continue
-                key = _row_key(row, fmt)
+                key = row_key(row, fmt)
                 first = seen.setdefault(key, number)
                 if first != number:
                     scan.duplicates += 1
@@ -199,7 +199,7 @@ def validate_files(paths, tokenizer=None, max_seq_length: int | None = None,
     example over ``max_seq_length`` is not a problem; each file's count of them is a warning and
     its summary's ``too_long``."""
     report = ValidationReport()
-    counter = (_TokenCounter(tokenizer, max_seq_length, long_examples)
+    counter = (TokenCounter(tokenizer, max_seq_length, long_examples)
                if tokenizer is not None else None)
     try:
         for path, problem in _expand(paths):
