@@ -76,7 +76,7 @@ def pytest_collection_modifyitems(config, items):
 # worker, so the fixture is built once (test_compare's trains several pairs). pytest-xdist's own
 # xdist_group mark does not take effect with pytest 9 (it renames item._nodeid, which pytest 9 no
 # longer reads), hence this scheduler: these modules as one unit, every other test on its own.
-KEEP_TOGETHER = {"tests/training/test_compare.py"}
+KEEP_TOGETHER = {"tests/training/verdict/test_compare.py"}
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -22,7 +22,7 @@ from training.data import (
     validate_files,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "data"
 EOT = "<|eot_id|>"
 
 
@@ -819,7 +819,7 @@ def _generated_rows() -> list[dict]:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "bench_validate", Path(__file__).resolve().parents[2] / "bench" / "bench_validate.py")
+        "bench_validate", Path(__file__).resolve().parents[3] / "bench" / "bench_validate.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return list(bench.synthetic_rows(1000, seed=11))

@@ -17,7 +17,7 @@ from training.plan.estimate import (
 )
 from training.plan.hardware import vm_size
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 N_8B = 8_030_261_248  # Meta-Llama-3-8B
 
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from tests.training.fake_azure import OUTPUTS, FakeCredential, _error, _response
 from training.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "experiments" / "paired-comments.yaml"
 
 

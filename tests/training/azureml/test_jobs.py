@@ -16,7 +16,7 @@ from training.azureml.jobs import (
 from training.experiment.config import load_config, parse_config
 from training.experiment.stack import parse_outputs
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def config(**azure):

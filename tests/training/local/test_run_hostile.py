@@ -174,7 +174,7 @@ def test_same_data_is_a_warning(tmp_path, tiny_model_path):
 
 
 def test_a_second_run_of_an_arm_is_refused_naming_the_running_one(tmp_path, tiny_model_path):
-    from tests.training.test_locks import hold_in_child
+    from tests.training.experiment.test_locks import hold_in_child
 
     cfg = write_experiment(tmp_path)
     holder = hold_in_child(tmp_path / "runs" / "p" / "experiment")  # an arm being trained

@@ -16,7 +16,7 @@ from tests.training.fake_blob import FakeBlobStorage
 from training.azureml import upload
 from training.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ROW = {"messages": [{"role": "user", "content": "Comment: def f(x): return x"},
                     {"role": "assistant", "content": "# Return x unchanged."}]}
 PATHS = {"control": "datasets/control/v1/train.jsonl",

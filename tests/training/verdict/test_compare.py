@@ -127,11 +127,13 @@ def test_replicates_are_found_and_aggregated_and_the_json_is_complete(store):
 
 @pytest.mark.slow
 def test_train_run_ends_with_the_compare_table(store):
-    err = store["run"].stderr
-    assert "replicate 2/2" in err and "Paired comparison" in err and "verdict:" in err
-    assert "Seed-to-seed spread" in err
+    err, out = store["run"].stderr, store["run"].stdout
+    assert "replicate 2/2" in err  # progress on stderr; the verdict, a result, on stdout
+    assert "Paired comparison" in out and "verdict:" in out and "Paired comparison" not in err
+    assert "Seed-to-seed spread" in out
+    assert re.search(rf"^pair {store['reps']} -> ", out, re.M), out  # the pair id, for $(...)
     for k in range(2):  # each replicate's table is titled by its own pair id, as compare names it
-        assert re.search(rf"^pair {store['reps']}-r{k} *$", err, re.M), err
+        assert re.search(rf"^pair {store['reps']}-r{k} *$", out, re.M), out
 
 
 @pytest.mark.slow

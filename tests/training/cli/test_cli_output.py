@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.training.test_register import PAIR, local_pair
+from tests.training.azureml.test_register import PAIR, local_pair
 from training.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 LOCAL = REPO / "experiments" / "local.yaml"
 
 

@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from tests.training.test_data import EXAMPLES, VARIED
+from tests.training.data.test_data import EXAMPLES, VARIED
 from training.data.fast_bpe import LLAMA3_PATTERN, FastCounter, fast_counter
 from training.data.token_counter import _plain_backend
 
@@ -164,7 +164,7 @@ pool.shutdown()
 print(counts, enabled, int(ignored[0].split()[1], 16) & 2)
 """)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=120, cwd=str(Path(__file__).resolve().parents[2]))
+                         timeout=120, cwd=str(Path(__file__).resolve().parents[3]))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "[3, 4] True 2"
     assert marker.read_text() == "ran\n"

@@ -87,4 +87,4 @@ def test_the_submitted_job_runs_as_azure_ml_launches_it(tmp_path, tiny_model_pat
         "PAIRED_FINETUNE_CODE_VERSION"]
     assert "eval_loss" in logged.data.metrics
     # the snapshot's own package ran, not the repository's
-    assert os.path.isfile(out / "code" / "training" / "recipe.py")
+    assert os.path.isfile(out / "code" / "training" / "recipe" / "__main__.py")

@@ -12,7 +12,7 @@ from training.azureml.sweep import sweep_problems
 from training.cli import main
 from training.experiment.config import load_config, parse_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "experiments" / "paired-comments.yaml"
 
 
@@ -339,7 +339,7 @@ def test_a_search_over_epochs_is_priced_at_its_dearest_trial(train, fake, tmp_pa
         space = {"training.learning_rate": {"type": "choice", "values": [1e-4, 2e-4]},
                  "training.epochs": {"type": "choice", "values": epochs_values}}
         cfg = with_sweep(path, search_space=space)
-        from tests.training.test_estimate import with_example_data
+        from tests.training.plan.test_estimate import with_example_data
 
         # data on this machine: an estimate, not a bound
         cfg.write_text(yaml.safe_dump(with_example_data(yaml.safe_load(cfg.read_text()))))
@@ -394,7 +394,7 @@ def test_a_searched_value_that_cannot_fit_the_gpu_is_refused_before_any_request(
 
 
 def test_a_dearest_trial_that_outlasts_max_run_minutes_is_said(train, fake, tmp_path):
-    from tests.training.test_estimate import with_example_data
+    from tests.training.plan.test_estimate import with_example_data
 
     space = {"training.learning_rate": {"type": "choice", "values": [1e-4, 2e-4]}}
     cfg = with_sweep(tmp_path, search_space=space)

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.training import openai_server
-from tests.training.test_openai_backend import KEY, write_config
+from tests.training.hosted.test_openai_backend import KEY, write_config
 from training.cli import main
 
 
@@ -226,7 +226,7 @@ def test_a_second_submit_of_the_same_pair_at_once_is_refused(service, tmp_path):
 
     import yaml
 
-    from tests.training.test_locks import HOLD
+    from tests.training.experiment.test_locks import HOLD
 
     cfg = write_config(tmp_path)
     data = yaml.safe_load(cfg.read_text())

@@ -5,7 +5,7 @@ import yaml
 
 from training.experiment.config import ConfigError, load_config, parse_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def base(**over) -> dict:
