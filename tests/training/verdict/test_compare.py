@@ -132,8 +132,8 @@ def test_train_run_ends_with_the_compare_table(store):
     assert "Paired comparison" in out and "verdict:" in out and "Paired comparison" not in err
     assert "Seed-to-seed spread" in out
     assert re.search(rf"^pair {store['reps']} -> ", out, re.M), out  # the pair id, for $(...)
-    for k in range(2):  # each replicate's table is titled by its own pair id, as compare names it
-        assert re.search(rf"^pair {store['reps']}-r{k} *$", out, re.M), out
+    for k in range(2):  # each replicate's summary is titled by its own pair id, as compare names it
+        assert re.search(rf"^pair {store['reps']}-r{k} *$", err, re.M), err
 
 
 @pytest.mark.slow
