@@ -62,10 +62,15 @@ def note(console):
 
 
 # ---------------------------------------------------------------------------------------- errors
+def say_error(error: TrainError) -> int:
+    """`error: MESSAGE` on stderr, one line per line of the message; returns its exit code."""
+    click.echo(f"error: {error}", err=True)
+    return error.exit_code
+
+
 def fail(error: TrainError):
     """The one way a command ends on an error: `error: MESSAGE` on stderr, the error's exit code."""
-    click.echo(f"error: {error}", err=True)
-    sys.exit(error.exit_code)
+    sys.exit(say_error(error))
 
 
 def bad_input(message: str):
@@ -242,17 +247,15 @@ def print_verdict(uri: str, pair: str, fmt: str, plot_path: Path | None = None,
     try:
         report, runs = compare(uri, pair, outputs=outputs)
     except CompareError as e:
-        click.echo(f"error: {e}", err=True)
-        return e.exit_code
+        return say_error(e)
     if plot_path is not None:
         from training.verdict.plot import plot
 
         try:
             plot(report, runs, example_diffs(runs), plot_path)
         except OSError as e:
-            click.echo(f"error: --plot {plot_path}: cannot write it ({e.strerror or e})",
-                       err=True)
-            return 2
+            return say_error(BadInput(f"--plot {plot_path}: cannot write it "
+                                      f"({e.strerror or e})"))
     if fmt == "json":
         emit_json(report)
     elif fmt == "markdown":

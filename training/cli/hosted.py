@@ -28,6 +28,7 @@ from training.cli.common import (
 )
 from training.errors import BadInput, Failed, exit_interrupted
 from training.experiment.config import BACKENDS, HOSTED_BACKENDS, load_config
+from training.experiment.locks import submit_lock
 
 
 def hosted_backend(command: str):
@@ -192,7 +193,7 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
             out.print(f"pair {prep.pair_id}: nothing was sent", highlight=False)
             return
         client = _client(backend, config_path)
-        lock = locks_submit(prep.pair_id, note(console))
+        lock = submit_lock(prep.pair_id, note(console))
         try:
             result = ob.submit_pair(client, prep, force=force, poll=min(poll_seconds, 5.0),
                                     say=lambda m: console.print(m, markup=False, highlight=False),
@@ -213,12 +214,6 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
         elif fmt == "json":
             emit_json(_pair_json(result.pair_id, backend, result.jobs,
                                  "submitted" if result.created else "already-submitted"))
-
-
-def locks_submit(pair_id: str, on_note):
-    from training.experiment.locks import submit_lock
-
-    return submit_lock(pair_id, on_note)
 
 
 def _pair_json(pair_id, backend, jobs, state, runs=None) -> dict:
