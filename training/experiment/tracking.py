@@ -227,3 +227,57 @@ def ensure_experiment(uri: str, name: str) -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# ----------------------------------------------------------------------------- what each field is
+SETTING, DATA, RESULT, IDENTITY = "setting", "data fact", "result", "identity"
+CLASSES = (SETTING, DATA, RESULT, IDENTITY)
+# Every field an arm's run carries, by kind (param, tag, metric) and name: the one table `train
+# compare` judges a pair by. A name ending in "." stands for every field under it, "*" for every
+# field of its kind. A setting must be equal in both arms (replicates: all but the seed); a data
+# fact is derived from an arm's own data and is shown side by side; a result is measured; the
+# identity names the run. A param missing here is compared as a setting (and fails a test).
+FIELDS: dict[tuple[str, str], str] = {
+    # the experiment file, one for both arms (arms, eval and sweep are not logged)
+    **{("param", k): SETTING for k in (
+        "name", "base_model", "base_model_revision", "backend", "method", "lora.", "training.",
+        "success.", "budget_usd", "openai.", "azure.")},
+    # the arm's own training data (recipe.arm_data; the hosted job's metadata; Azure ML inputs)
+    **{("param", k): DATA for k in (
+        "data.train_sha256", "data.train_rows", "data.train_too_long", "data.eval_too_long",
+        "train_file", "data.train_file", "train_data")},
+    # the eval set: the same file for both arms when it is shared (data.eval: the holdout rule)
+    **{("param", k): SETTING for k in (
+        "data.eval", "data.eval_sha256", "data.eval_rows", "validation_file", "created_by")},
+    # the recipe's own (recipe.train.run_record)
+    ("param", "arm"): IDENTITY, ("param", "pair_id"): IDENTITY,
+    **{("param", k): SETTING for k in (
+        "config_sha256", "code_version", "precision", "world_size", "sharding_resolved",
+        "trainable_params", "base_model_path")},
+    # tags: the recipe's, an Azure ML job's, a hosted job's, MLflow's own
+    **{("tag", k): IDENTITY for k in (
+        "pair_id", "arm", "replicate", "parent_pair_id", "openai_job_id", "mlflow.")},
+    **{("tag", k): SETTING for k in (
+        "base_model", "method", "base_model_revision", "code_version", "config_sha256", "seed",
+        "eval_data", "compute", "environment", "resources", "backend")},
+    ("tag", "train_data"): DATA,
+    **{("tag", k): RESULT for k in (
+        "fine_tuned_model", "per_example_losses", "job_status", "error")},
+    # metrics are measured: losses, rates, final_*, system/*, cost_usd
+    ("metric", "*"): RESULT,
+}
+
+
+def field_class(name: str, kind: str = "param") -> str | None:
+    """The class of a logged field (SETTING, DATA, RESULT, IDENTITY), None when FIELDS lacks it.
+    `recipe.<key>`: a key an Azure ML job had logged first with another value (log_params)."""
+    if kind == "param" and name.startswith("recipe."):
+        name = name.removeprefix("recipe.")
+    if (kind, name) in FIELDS:
+        return FIELDS[(kind, name)]
+    # "lora." stands for lora.r, ... and for "lora" itself (an unset section, logged as None)
+    prefixes = [k for kd, k in FIELDS
+                if kd == kind and k.endswith(".") and (name + ".").startswith(k)]
+    if prefixes:
+        return FIELDS[(kind, max(prefixes, key=len))]
+    return FIELDS.get((kind, "*"))

@@ -239,15 +239,9 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
 
     resume = latest_complete_checkpoint(out / "checkpoints")
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    params = {**tracking.flatten(cfg.model_dump(mode="json", exclude={"arms", "eval", "sweep"})),
-              **data_params, "arm": arm, "pair_id": pair_id, "config_sha256": cfg.sha256(),
-              "code_version": tracking.code_version(), "precision": precision,
-              "world_size": world_size(), "sharding_resolved": sharding,
-              "trainable_params": n_trainable, "base_model_path": model_path}
-    tags = {"pair_id": pair_id, "arm": arm, "base_model": cfg.base_model, "method": cfg.method,
-            "base_model_revision": cfg.base_model_revision or "unpinned",
-            "code_version": params["code_version"], "replicate": str(replicate),
-            "parent_pair_id": parent_pair_id or pair_id}
+    params, tags = run_record(cfg, data_params, arm, pair_id, replicate, parent_pair_id,
+                              precision=precision, sharding=sharding, n_trainable=n_trainable,
+                              model_path=model_path)
 
     run = (tracking.arm_run(out, cfg.name, f"{pair_id}-{arm}", tags, params) if tracked
            else contextlib.nullcontext())
@@ -273,6 +267,25 @@ def train_arm(cfg: ExperimentConfig, arm: str, out: Path, pair_id: str,
         write_results(trainer, tokenizer, out, metrics, eval_rows, example_losses, is_main,
                       tracked)
     return 0
+
+
+def run_record(cfg, data_params: dict, arm: str, pair_id: str, replicate: int,
+               parent_pair_id: str | None, *, precision: str, sharding: str, n_trainable: int,
+               model_path: str) -> tuple[dict, dict]:
+    """The params and tags of the arm's MLflow run; each one has its class (setting, data fact,
+    result, identity) in experiment.tracking.FIELDS. The rows cut or dropped for max_seq_length
+    are logged even when none were, so two arms always carry the same keys."""
+    params = {**tracking.flatten(cfg.model_dump(mode="json", exclude={"arms", "eval", "sweep"})),
+              "data.train_too_long": 0, "data.eval_too_long": 0,
+              **data_params, "arm": arm, "pair_id": pair_id, "config_sha256": cfg.sha256(),
+              "code_version": tracking.code_version(), "precision": precision,
+              "world_size": world_size(), "sharding_resolved": sharding,
+              "trainable_params": n_trainable, "base_model_path": model_path}
+    tags = {"pair_id": pair_id, "arm": arm, "base_model": cfg.base_model, "method": cfg.method,
+            "base_model_revision": cfg.base_model_revision or "unpinned",
+            "code_version": params["code_version"], "replicate": str(replicate),
+            "parent_pair_id": parent_pair_id or pair_id}
+    return params, tags
 
 
 # ----------------------------------------------------------------------------- the end of training

@@ -4,12 +4,15 @@ The pair's runs are read from the store by `compare_store.py` (by their tags: `p
 for all seed replicates, else `pair_id`; `arm`, `replicate`). The report (a plain dict, the
 `--format json` output documented in the README) holds:
 
-- fairness: the two arms' parameters side by side; any difference other than the training data
-  (its hash and row count) and the arm is listed, and the pair is not to be trusted;
+- fairness (`fairness.py`): every setting of the two arms side by side; any difference is
+  listed, and the pair is not to be trusted; the arms' own data facts (rows, rows lost to
+  max_seq_length) side by side, flagged only when the shared eval set was treated differently or
+  the arms lost very different shares of their rows;
 - health of each arm: final and best eval loss, perplexity, train/eval gap, steps, tokens/s,
   wall time, cost when known;
-- the paired comparison on the shared eval set (`training/stats.py`), per replicate and overall,
-  with the seed-to-seed spread when there are replicates;
+- the paired comparison on the shared eval set (`stats.py`), per replicate and overall,
+  with the seed-to-seed spread when there are replicates; below a statistic's minimum sample size
+  (`stats.MINIMUMS`) the verdict is not drawn and the eval-loss criteria are not checked;
 - the success criteria of the experiment file (logged with the runs as params), each with its
   value, and the exit code: 0 all pass on a fair, finished pair; 1 otherwise.
 
@@ -23,6 +26,13 @@ import math
 from training.experiment.config import ARMS
 from training.experiment.tracking import redacted
 from training.verdict import stats
+from training.verdict.fairness import (
+    REPLICATE_PARAMS,
+    data_facts,
+    data_problems,
+    differences,
+    finite,
+)
 from training.verdict.store import (
     ArmRun,
     find_runs,
@@ -33,12 +43,6 @@ from training.verdict.store import (
 )
 
 SCHEMA = "paired-finetune/compare/v1"
-# What may differ between the arms of a fair pair: the training data and the arm itself (job
-# inputs naming the arm's data asset included, as the Azure ML runs log them).
-ARM_PARAMS = {"arm", "data.train_sha256", "data.train_rows", "train_file", "data.train_file",
-              "train_data"}
-# What may differ between replicates of the same arm.
-REPLICATE_PARAMS = {"training.seed", "pair_id", "config_sha256"}
 
 
 # ----------------------------------------------------------------------------- the report
@@ -77,7 +81,7 @@ def azure_cost(params: dict, seconds: float | None, outputs) -> float | None:
 def health(run: ArmRun, outputs=None) -> dict:
     m, curves = run.metrics, run.curves
     seconds = run.end - run.start if None not in (run.start, run.end) else None
-    evals = [v for _, v in curves.get("eval_loss", [])]
+    evals = [v for _, v in curves.get("eval_loss", []) if _num(v) is not None]
     trains = curves.get("train_loss", [])
     eval_loss = _num(m.get("final_eval_loss", m.get("eval_loss")))
     train_loss = _num(m.get("final_train_loss", trains[-1][1] if trains else None))
@@ -88,7 +92,7 @@ def health(run: ArmRun, outputs=None) -> dict:
         "finished": run.status == "FINISHED" and eval_loss is not None,
         "seed": _num(run.params.get("training.seed")),
         "eval_loss": eval_loss, "best_eval_loss": min(evals) if evals else eval_loss,
-        "perplexity": math.exp(eval_loss) if eval_loss is not None else None,
+        "perplexity": math.exp(eval_loss) if eval_loss is not None and eval_loss < 700 else None,
         "train_loss": train_loss,
         "train_eval_gap": eval_loss - train_loss if None not in (eval_loss, train_loss) else None,
         "steps": int(steps) if steps is not None else None,
@@ -99,13 +103,6 @@ def health(run: ArmRun, outputs=None) -> dict:
             run.params, seconds, outputs),
         "started": iso_time(run.start),
     }
-
-
-def differences(a: dict, b: dict, allowed: set[str], between: str, replicate: int) -> list[dict]:
-    """Parameters that differ (or exist on one side only), except the allowed ones."""
-    keys = sorted((a.keys() | b.keys()) - allowed)
-    return [{"replicate": replicate, "between": between, "param": k, "values": [a.get(k), b.get(k)]}
-            for k in keys if a.get(k) != b.get(k)]
 
 
 def _pairable(control: ArmRun, experiment: ArmRun) -> tuple[list, list, str | None]:
@@ -134,14 +131,15 @@ def build(runs: dict[int, dict[str, ArmRun]], pair: str, tracking_uri: str,
     first = runs[min(runs)]
     for k, arms in runs.items():
         c, e = arms["control"], arms["experiment"]
-        diff = differences(c.params, e.params, ARM_PARAMS, "control vs experiment", k)
+        cl, el, why = _pairable(c, e)
+        facts = {a: data_facts(arms[a].params, None if why else len(cl)) for a in ARMS}
+        diff = differences(c.params, e.params, "control vs experiment", k)
+        diff += data_problems(facts, k)
         unfair += diff
         if k != min(runs):
             for arm in ARMS:
                 unfair += differences(first[arm].params, arms[arm].params,
-                                      ARM_PARAMS | REPLICATE_PARAMS,
-                                      f"{arm}: replicate {min(runs)} vs {k}", k)
-        cl, el, why = _pairable(c, e)
+                                      f"{arm}: replicate {min(runs)} vs {k}", k, REPLICATE_PARAMS)
         if why and "differ" in why:
             unfair.append({"replicate": k, "between": "control vs experiment",
                            "param": "eval examples (index, sha256)", "values": [None, None]})
@@ -153,7 +151,7 @@ def build(runs: dict[int, dict[str, ArmRun]], pair: str, tracking_uri: str,
         paired = stats.paired(cl, el, resamples=resamples).to_dict() if not why and cl else None
         reps.append({"replicate": k, "pair_id": c.pair_id, "seed": _num(c.params.get(
             "training.seed")), "arms": {a: health(arms[a], outputs) for a in ARMS}, "paired": paired,
-            "differences": diff})
+            "data": facts, "differences": diff})
 
     overall, spread = None, None
     if losses["control"] and len(losses["control"]) == len(runs):
@@ -179,7 +177,13 @@ def build(runs: dict[int, dict[str, ArmRun]], pair: str, tracking_uri: str,
 
     costs = [r["arms"][a]["cost_usd"] for r in reps for a in ARMS]
     total_cost = sum(costs) if None not in costs else None
-    criteria = _criteria(first["control"].params, arms_summary, total_cost)
+    scored = {a: [r["data"][a]["eval_examples"] for r in reps] for a in ARMS}
+    too_few = {a: min(n) for a, n in scored.items() if None not in n and min(n) < stats.MIN_EXAMPLES}
+    for arm, n in too_few.items():
+        notes.append(f"{arm}: its eval set has {n} example{'s' if n != 1 else ''}, fewer than the "
+                     f"{stats.MIN_EXAMPLES} an eval loss needs to be judged: its eval-loss "
+                     "criteria are not checked")
+    criteria = _criteria(first["control"].params, arms_summary, total_cost, set(too_few))
     fair = not unfair
     finished = all(a["finished"] for a in arms_summary.values())
     report = {
@@ -189,11 +193,13 @@ def build(runs: dict[int, dict[str, ArmRun]], pair: str, tracking_uri: str,
         "paired": overall, "seed_spread": spread, "notes": notes, "criteria": criteria,
         "cost_usd": total_cost,
     }
-    report["verdict"] = _verdict(report, fair, finished)
-    return report
+    unchecked = any(c["arm"] in too_few for c in criteria)  # a criterion the size left open
+    report["verdict"] = _verdict(report, fair, finished, not unchecked)
+    return finite(report)  # strict JSON: NaN or infinity become null
 
 
-def _criteria(params: dict, arms: dict, total_cost: float | None) -> list[dict]:
+def _criteria(params: dict, arms: dict, total_cost: float | None,
+              too_few: set[str] = frozenset()) -> list[dict]:
     out = []
     for name, metric in (("max_eval_loss", "eval_loss"), ("max_train_eval_gap", "train_eval_gap")):
         limit = _num(params.get(f"success.{name}"))
@@ -203,7 +209,7 @@ def _criteria(params: dict, arms: dict, total_cost: float | None) -> list[dict]:
             value = arms[arm][metric]
             out.append({"name": name, "arm": arm, "limit": limit, "value": value,
                         "passed": (value is not None and value <= limit)
-                        if arms[arm]["finished"] else None})
+                        if arms[arm]["finished"] and arm not in too_few else None})
     budget = _num(params.get("budget_usd"))
     if budget is not None:
         out.append({"name": "budget_usd", "arm": None, "limit": budget, "value": total_cost,
@@ -211,9 +217,28 @@ def _criteria(params: dict, arms: dict, total_cost: float | None) -> list[dict]:
     return out
 
 
-def _verdict(report: dict, fair: bool, finished: bool) -> dict:
+def _interval(p: dict) -> str:
+    if p["ci_low"] is None:
+        return "no interval: one example"
+    return f"95% CI {p['ci_low']:+.4f} to {p['ci_high']:+.4f}"
+
+
+def _seed_level(s: dict | None) -> str:
+    if s is None:
+        return ""
+    df = s["df"]
+    text = (f"; across {s['replicates']} replicates 95% t interval {s['ci_low']:+.4f} to "
+            f"{s['ci_high']:+.4f} ({df} degree{'s' if df != 1 else ''} of freedom")
+    if df == 1:
+        text += f", t = {s['t']:.1f}: a wide interval; 3 or more replicates narrow it"
+    return text + ")"
+
+
+def _verdict(report: dict, fair: bool, finished: bool, enough_eval: bool = True) -> dict:
+    """`enough_eval`: each arm's eval set is large enough for its eval-loss criteria."""
     p, s = report["paired"], report["seed_spread"]
-    significant = bool(p and p["excludes_zero"] and (s is None or s["stands_out"]))
+    drawn = enough_eval and (p is None or p["enough"])
+    significant = bool(p and p["enough"] and p["excludes_zero"] and (s is None or s["stands_out"]))
     better = None
     if significant:
         better = "experiment" if p["mean_diff"] < 0 else "control"
@@ -222,28 +247,36 @@ def _verdict(report: dict, fair: bool, finished: bool) -> dict:
     if not fair:
         text = "UNFAIR PAIR: the arms differ in more than their training data; cannot be trusted"
         if p:
-            text += f" (measured: {p['mean_diff']:+.4f}, 95% CI {p['ci_low']:+.4f} to " \
-                    f"{p['ci_high']:+.4f})"
+            text += f" (measured: {p['mean_diff']:+.4f}, {_interval(p)})"
     elif not finished:
         text = "not every run finished: the comparison is incomplete"
+    elif p is not None and not p["enough"]:
+        text = (f"the verdict cannot be drawn: the shared eval set has {p['n']} example"
+                f"{'s' if p['n'] != 1 else ''}, fewer than the {p['min_examples']} the paired "
+                f"statistics need (measured: {p['mean_diff']:+.4f}, {_interval(p)}; not "
+                "significant whatever it shows)")
+    elif not enough_eval:
+        text = ("the verdict cannot be drawn: an eval set is smaller than "
+                f"{stats.MIN_EXAMPLES} examples (see notes)")
     elif p is None:
         text = "no paired comparison (see notes)"
     elif significant:
         text = (f"{better} is better: eval loss {p['mean_diff']:+.4f} per token "
-                f"(95% CI {p['ci_low']:+.4f} to {p['ci_high']:+.4f}), experiment better on "
-                f"{p['share_better']:.0%} of {p['n']} examples")
+                f"({_interval(p)}), experiment better on "
+                f"{p['share_better']:.0%} of {p['n']} examples") + _seed_level(s)
     else:
-        text = (f"no clear difference: {p['mean_diff']:+.4f} (95% CI {p['ci_low']:+.4f} to "
-                f"{p['ci_high']:+.4f}"
+        text = (f"no clear difference: {p['mean_diff']:+.4f} ({_interval(p)}"
                 + ("" if s is None or s["stands_out"] or not p["excludes_zero"]
                    else "; within the seed-to-seed noise")
-                + f"); this eval set detects differences of about {p['mde']:.4f} or more")
+                + f"); this eval set detects differences of about {p['mde']:.4f} or more"
+                + _seed_level(s))
     if failed:
         text += f"; {len(failed)} success criteria failed"
-    ok = trusted and not failed
-    return {"trusted": trusted, "significant": significant, "better": better,
-            "criteria_passed": not failed if finished else None, "summary": text,
-            "exit_code": 0 if ok else 1}
+    ok = trusted and not failed and drawn
+    return {"trusted": trusted, "significant": significant, "better": better, "drawn": drawn,
+            "criteria_passed": (False if failed else None if not finished or not drawn
+                                else True),
+            "summary": text, "exit_code": 0 if ok else 1}
 
 
 def example_diffs(runs: dict[int, dict[str, ArmRun]]):

@@ -58,8 +58,10 @@ def plot(report: dict, runs: dict, diffs, path: Path) -> Path:
         right.hist(d, bins=min(40, max(10, d.size // 4)), color="tab:gray", alpha=0.75,
                    label=f"{d.size} examples")
         right.axvline(0, color="black", lw=1, label="no difference")
-        right.axvspan(p["ci_low"], p["ci_high"], color="tab:red", alpha=0.25,
-                      label=f"95% CI of the mean [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]")
+        if p["ci_low"] is not None:  # one example has no interval
+            right.axvspan(p["ci_low"], p["ci_high"], color="tab:red", alpha=0.25,
+                          label=f"95% CI of the mean [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+                          + ("" if p.get("enough", True) else " (too few examples)"))
         right.axvline(p["mean_diff"], color="tab:red", lw=2,
                       label=f"mean {p['mean_diff']:+.3f}")
         right.set(title="Per-example eval loss, experiment - control"

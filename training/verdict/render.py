@@ -13,7 +13,19 @@ def _f(value, spec: str = ".4f") -> str:
 
 
 def _ci(p: dict) -> str:
+    if p["ci_low"] is None or p["ci_high"] is None:
+        return "-"
     return f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]"
+
+
+def _lost(count, share) -> str:
+    if count is None:
+        return "-"
+    return f"{count}" + (f" ({share:.1%})" if share is not None else "")
+
+
+def _value(value) -> str:
+    return "(not logged)" if value is None else str(value)
 
 
 def _wall(seconds) -> str:
@@ -45,10 +57,24 @@ def sections(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         out.append(("Fairness", ["check", "result"],
                     [["parameters", "identical except the training data and the arm"]]))
     else:
-        rows = [[str(d["replicate"]), d["between"], d["param"], str(d["values"][0]),
-                 str(d["values"][1])] for d in report["unfair_params"]]
+        rows = [[str(d["replicate"]), d["between"], d["param"], _value(d["values"][0]),
+                 _value(d["values"][1])] for d in report["unfair_params"]]
         out.append(("UNFAIR PAIR: parameters that differ", ["rep", "between", "param", "first",
                                                             "second"], rows))
+
+    rows = []
+    for r in reps:  # the rows each arm lost to max_seq_length: data facts, side by side
+        for arm in ARMS:
+            d = (r.get("data") or {}).get(arm)
+            if d and (d["train_lost"] or d["eval_lost"]):
+                rows.append(([str(r["replicate"])] if multi else []) + [
+                    arm, d["long_examples"] or "-", _f(d["train_rows"], "d"),
+                    _lost(d["train_lost"], d["train_lost_share"]), _f(d["eval_rows"], "d"),
+                    _lost(d["eval_lost"], d["eval_lost_share"])])
+    if rows:
+        out.append(("Rows over max_seq_length (dropped or cut; each arm's own data)",
+                    (["rep"] if multi else []) + ["arm", "policy", "train rows", "train lost",
+                                                  "eval rows", "eval lost"], rows))
 
     rows = []
     for r in reps:
@@ -71,7 +97,8 @@ def sections(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
              f"{_f(a['control']['eval_loss_seed_sd'])} / {_f(a['experiment']['eval_loss_seed_sd'])}"],
             ["mean diff per replicate", ", ".join(f"{d:+.4f}" for d in s["diffs"])],
             ["sd of the diff across replicates", _f(s["diff_sd"])],
-            ["95% CI across replicates (t)", _ci(s)],
+            [f"95% CI across replicates (t, {s['df']} degree{'s' if s['df'] != 1 else ''} of "
+             "freedom)", _ci(s)],
             ["data effect stands out of the seed noise", "yes" if s["stands_out"] else "no"],
         ]))
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.training.pairs import DATA, REPO, recipe_cmd, write_experiment
-from training.verdict import compare
+from training.verdict import compare, fairness, render, stats
 from training.verdict.store import ArmRun
 
 SHORT = {"max_steps": 4, "eval_every": 2, "save_every": 4}
@@ -306,7 +306,7 @@ def test_a_known_shift_is_found_and_its_interval_covers_it():
 
 
 def test_an_arm_that_failed_is_not_judged_on_an_earlier_eval_loss():
-    c = np.ones(5)
+    c = np.ones(40)
     failed = arm_run("experiment", c, **{"success.max_eval_loss": "9.0"})
     failed.status = "FAILED"  # diverged: its last logged eval loss is from before the blow-up
     rep = compare.build({0: {"control": arm_run("control", c, **{"success.max_eval_loss": "9.0"}),
@@ -318,7 +318,7 @@ def test_an_arm_that_failed_is_not_judged_on_an_earlier_eval_loss():
 
 
 def test_different_eval_examples_or_no_shared_eval_set_are_not_paired():
-    c = np.ones(5)
+    c = np.ones(40)
     exp_run = arm_run("experiment", c + 1)
     exp_run.examples[2]["sha256"] = "other"
     rep = compare.build({0: {"control": arm_run("control", c), "experiment": exp_run}}, "p", "u")
@@ -332,7 +332,7 @@ def test_different_eval_examples_or_no_shared_eval_set_are_not_paired():
 
 
 def test_arms_that_loaded_different_base_model_revisions_are_unfair():
-    c = np.ones(5)
+    c = np.ones(40)
     rep = compare.build({0: {"control": arm_run("control", c, base_model_revision="a" * 40),
                              "experiment": arm_run("experiment", c, base_model_revision="b" * 40)}},
                         "p", "u")
@@ -347,7 +347,7 @@ def test_azure_runs_cost_their_duration_at_the_vm_price_and_meet_the_budget(budg
     from tests.training.fake_azure import OUTPUTS
     from training.experiment.stack import parse_outputs
 
-    c = np.ones(5)
+    c = np.ones(40)
     params = {"budget_usd": str(budget), "azure.instance_count": "2"}
     runs = {0: {"control": arm_run("control", c, **params),
                 "experiment": arm_run("experiment", c + 0.1, **params)}}
@@ -432,3 +432,119 @@ def test_a_uri_that_names_no_store_is_one_line_and_exit_2(tmp_path, store):
         assert result.exit_code == 2, result.output
         assert result.output.startswith(f"error: cannot read the MLflow store {uri}: ")
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------- rows over max_seq_length
+def dropped(arm, train_rows, train_lost, eval_lost=None, losses=None, **params):
+    """An arm trained with long_examples: drop; its counts logged as the recipe logged them
+    before they were always logged: only when one is non-zero."""
+    counts = {} if not (train_lost or eval_lost) else {
+        "data.train_too_long": str(train_lost), "data.eval_too_long": str(eval_lost or 0)}
+    return arm_run(arm, np.ones(40) if losses is None else losses, **{
+        "training.long_examples": "drop", "data.train_rows": str(train_rows),
+        "data.eval_rows": "40", **counts, **params})
+
+
+def pair(control, experiment, **kw):
+    return compare.build({0: {"control": control, "experiment": experiment}}, "p", "u", **kw)
+
+
+def test_rows_lost_to_max_seq_length_are_data_facts_shown_side_by_side():
+    # 2% and 3.75% of each arm's rows dropped; the control logged no counts at all ('0' vs None)
+    rep = pair(dropped("control", 300, 0), dropped("experiment", 320, 12))
+    assert rep["fair"], rep["unfair_params"]
+    facts = rep["replicate_results"][0]["data"]
+    assert facts["control"]["train_lost"] == 0 and facts["control"]["eval_lost"] == 0
+    assert facts["experiment"]["train_lost_share"] == pytest.approx(12 / 320)
+    assert facts["experiment"]["long_examples"] == "drop"
+    assert facts["experiment"]["eval_examples"] == 40
+    md = render.markdown(rep)
+    assert "Rows over max_seq_length" in md and "12 (3.8%)" in md
+    rep = pair(dropped("control", 300, 6), dropped("experiment", 320, 12))
+    assert rep["fair"] and rep["verdict"]["exit_code"] == 0
+
+
+def test_a_shared_eval_set_treated_differently_or_a_skewed_cut_is_unfair():
+    rep = pair(dropped("control", 300, 0, eval_lost=2), dropped("experiment", 320, 0))
+    assert not rep["fair"]
+    assert [d["values"] for d in rep["unfair_params"]] == [[2, 0]]
+    assert "shared eval" in rep["unfair_params"][0]["param"]
+    # 12.5% of the experiment's rows lost, none of the control's: more than SKEW_GAP apart
+    rep = pair(dropped("control", 300, 0), dropped("experiment", 320, 40))
+    assert not rep["fair"] and rep["verdict"]["exit_code"] == 1
+    (d,) = rep["unfair_params"]
+    assert "skewed" in d["param"] and d["values"] == [0.0, 0.125]
+    assert 0.125 - 0.0 > fairness.SKEW_GAP > 12 / 320
+    # without a shared eval set each arm's holdout is its own data: its losses differ freely
+    holdout = {"data.eval_sha256": "", "training.eval_fraction": "0.1"}
+    rep = pair(dropped("control", 300, 0, eval_lost=3, **holdout),
+               dropped("experiment", 320, 0, **holdout))
+    assert rep["fair"], rep["unfair_params"]
+    assert rep["replicate_results"][0]["data"]["control"]["eval_rows"] == 30
+
+
+def test_a_setting_or_a_param_of_no_known_class_still_makes_a_pair_unfair():
+    rep = pair(dropped("control", 300, 0, **{"training.max_seq_length": "512"}),
+               dropped("experiment", 320, 0, **{"training.max_seq_length": "1024",
+                                                "some.new_param": "x"}))
+    assert {d["param"]: d["values"] for d in rep["unfair_params"]} == {
+        "training.max_seq_length": ["512", "1024"], "some.new_param": [None, "x"]}
+    assert "(not logged)" in render.markdown(rep)  # not Python's None
+
+
+# ----------------------------------------------------------------------------- too little data
+def test_a_one_example_eval_set_draws_no_verdict_and_is_strict_json():
+    c = arm_run("control", [2.0], **{"success.max_eval_loss": "9.0"})
+    e = arm_run("experiment", [1.0], **{"success.max_eval_loss": "9.0"})
+    e.curves["eval_loss"].append((11, float("nan")))
+    e.metrics["final_tokens_per_second"] = float("inf")
+    rep = pair(c, e)
+    json.dumps(rep, allow_nan=False)  # null, never NaN
+    p, v = rep["paired"], rep["verdict"]
+    assert p["n"] == 1 and p["se"] is None and p["ci_low"] is None and p["mde"] is None
+    assert p["excludes_zero"] is None and p["enough"] is False
+    assert v["significant"] is False and v["better"] is None and v["drawn"] is False
+    assert v["exit_code"] == 1 and "cannot be drawn" in v["summary"]
+    assert "better" not in v["summary"].split("(")[0]
+    assert {c["passed"] for c in rep["criteria"]} == {None}  # "not checked"
+    assert v["criteria_passed"] is None
+    assert any("fewer than" in n for n in rep["notes"])
+    assert rep["arms"]["experiment"]["tokens_per_second"] is None
+    assert "not checked" in render.markdown(rep)
+
+
+def test_below_the_minimum_a_clear_shift_is_never_significant():
+    c = np.linspace(2, 3, stats.MIN_EXAMPLES - 1)
+    rep = pair(arm_run("control", c), arm_run("experiment", c - 0.5))
+    assert rep["paired"]["ci_high"] < 0  # every example better, and still
+    assert not rep["verdict"]["significant"] and rep["verdict"]["exit_code"] == 1
+    c = np.linspace(2, 3, stats.MIN_EXAMPLES)
+    rep = pair(arm_run("control", c), arm_run("experiment", c - 0.5))
+    assert rep["verdict"]["better"] == "experiment" and rep["verdict"]["exit_code"] == 0
+
+
+def test_two_replicates_say_their_interval_has_one_degree_of_freedom():
+    rng = np.random.default_rng(3)
+    c = rng.gamma(3, 0.6, 40) + 1
+    runs = {k: {"control": arm_run("control", c + 0.01 * k, rep=k),
+                "experiment": arm_run("experiment", c - 0.3 - 0.02 * k, rep=k)} for k in (0, 1)}
+    rep = compare.build(runs, "p", "u")
+    json.dumps(rep, allow_nan=False)
+    s = rep["seed_spread"]
+    assert s["df"] == 1 and s["t"] == pytest.approx(12.706, abs=1e-3)
+    assert "1 degree of freedom" in rep["verdict"]["summary"]
+    assert "1 degree of freedom" in render.markdown(rep)
+
+
+def test_a_small_holdout_leaves_the_eval_loss_criteria_unchecked():
+    small = {"data.eval_sha256": "", "training.eval_fraction": "0.1", "training.long_examples":
+             "error", "data.train_rows": "50", "success.max_eval_loss": "9.0"}
+    rep = pair(arm_run("control", np.ones(40), **small), arm_run("experiment", np.ones(40), **small))
+    assert rep["replicate_results"][0]["data"]["control"]["eval_examples"] == 5
+    assert [c["passed"] for c in rep["criteria"]] == [None, None]
+    assert rep["verdict"]["drawn"] is False and rep["verdict"]["exit_code"] == 1
+    no_criteria = {**small, "success.max_eval_loss": "None"}
+    rep = pair(arm_run("control", np.ones(40), **no_criteria),
+               arm_run("experiment", np.ones(40), **no_criteria))
+    assert rep["verdict"]["drawn"] is True  # nothing left unjudged: the note says why
+    assert any("fewer than" in n for n in rep["notes"])

@@ -1,5 +1,6 @@
 """The verdict's statistics on constructed per-example losses, where the answer is known."""
 
+import json
 import math
 
 import numpy as np
@@ -118,4 +119,47 @@ def test_one_replicate_has_no_seed_spread_and_replicates_must_match():
 def test_dicts_carry_the_fields_the_report_documents():
     p = stats.paired(losses(30), losses(30, 4)).to_dict()
     assert {"n", "mean_diff", "ci_low", "ci_high", "se", "share_better", "share_worse", "mde",
-            "control_mean", "experiment_mean", "confidence", "power", "excludes_zero"} == p.keys()
+            "control_mean", "experiment_mean", "confidence", "power", "excludes_zero", "enough",
+            "min_examples"} == p.keys()
+    _, spread = stats.aggregate([losses(30), losses(30, 5)], [losses(30, 6), losses(30, 7)])
+    assert {"replicates", "diffs", "diff_sd", "diff_se", "ci_low", "ci_high", "control_sd",
+            "experiment_sd", "confidence", "stands_out", "df", "t",
+            "min_replicates"} == spread.to_dict().keys()
+
+
+# ----------------------------------------------------------------------------- too little data
+def test_the_minimum_sample_sizes_are_stated_in_one_place():
+    assert stats.MINIMUMS == {"paired": stats.MIN_EXAMPLES, "criteria": stats.MIN_EXAMPLES,
+                              "seed_spread": stats.MIN_REPLICATES}
+    assert stats.MIN_EXAMPLES >= 20 and stats.MIN_REPLICATES == 2
+
+
+def test_one_example_has_no_interval_no_se_and_is_never_significant():
+    p = stats.paired([2.0], [1.0])  # "experiment is better" by a whole nat, on one example
+    assert p.n == 1 and p.mean_diff == -1.0
+    assert (p.ci_low, p.ci_high, p.se, p.mde) == (None, None, None, None)  # not a zero-width CI
+    assert p.excludes_zero is None and not p.enough
+    d = p.to_dict()
+    json.dumps(d, allow_nan=False)  # strict JSON: null, never NaN
+    assert d["se"] is None and d["excludes_zero"] is None and d["enough"] is False
+
+
+@pytest.mark.parametrize("n", [2, 5, 29])
+def test_below_the_minimum_a_clear_shift_is_not_called_significant(n):
+    c = losses(n)
+    p = stats.paired(c, c - 0.5)  # every example better by 0.5: the interval excludes zero
+    assert p.ci_high < 0 and p.se is not None
+    assert p.excludes_zero is None and not p.enough
+    q = stats.paired(losses(30), losses(30) - 0.5)
+    assert q.enough and q.excludes_zero is True
+
+
+def test_two_replicates_give_a_t_interval_with_one_degree_of_freedom():
+    base = losses(40)
+    _, two = stats.aggregate([base, base + 0.01], [base - 0.2, base - 0.25])
+    assert two.df == 1 and two.to_dict()["t"] == pytest.approx(12.706, abs=1e-3)
+    half = (two.ci_high - two.ci_low) / 2
+    assert half == pytest.approx(12.706 * two.diff_se, rel=1e-3)
+    _, five = stats.aggregate([base + 0.01 * k for k in range(5)],
+                              [base - 0.2 - 0.01 * k for k in range(5)])
+    assert five.df == 4 and five.to_dict()["t"] == pytest.approx(2.776, abs=1e-3)
