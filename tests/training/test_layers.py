@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "training"
-FOUNDATION = {"training", "training.errors", "training.terminal"}  # importable by every part
+FOUNDATION = {"training", "training.errors", "training.terminal", "training.strict_json"}  # importable by every part
 # part -> the parts it may import (besides itself and the foundation), lowest first
 RULES = {
     "experiment": set(),

@@ -6,7 +6,6 @@ Nothing heavy is imported here: `train --help` imports this module.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from functools import wraps
@@ -41,8 +40,10 @@ def results():
 
 
 def emit_json(data) -> None:
-    """`--format json`: one JSON object on stdout and nothing else there."""
-    click.echo(json.dumps(data, indent=2, default=str))
+    """`--format json`: one strict JSON object on stdout (NaN as null) and nothing else there."""
+    from training.strict_json import dumps
+
+    click.echo(dumps(data, indent=2, default=str))
 
 
 def format_option(*choices: str, default: str = "table"):

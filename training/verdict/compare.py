@@ -25,13 +25,13 @@ import math
 
 from training.experiment.config import ARMS
 from training.experiment.tracking import redacted
+from training.strict_json import finite
 from training.verdict import stats
 from training.verdict.fairness import (
     REPLICATE_PARAMS,
     data_facts,
     data_problems,
     differences,
-    finite,
 )
 from training.verdict.store import (
     ArmRun,

@@ -108,13 +108,3 @@ def data_problems(facts: dict[str, dict], replicate: int) -> list[dict]:
     return out
 
 
-def finite(value):
-    """`value` (a report: dicts, lists, numbers) with every NaN or infinity replaced by None, so
-    that it is strict JSON (`json.dumps(..., allow_nan=False)`)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
