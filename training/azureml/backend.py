@@ -13,32 +13,18 @@ OIDC login). No key, token or secret is printed or written.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.azureml.jobs import CONFIG_FILE, ArmJob, build_command
+from training.azureml.jobs import ArmJob, build_command
 from training.errors import TrainError
 from training.experiment.stack import StackOutputs
 from training.terminal import printable
 
 TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
 FAILED = {"Failed", "Canceled", "NotResponding"}
-# What the code snapshot never carries, whatever is next to the package.
-AMLIGNORE = """\
-# The code snapshot of a pair's jobs: the training package and the resolved experiment file.
-__pycache__/
-*.pyc
-.venv/
-runs/
-mlruns/
-mlflow.db
-tests/
-.git/
-.paired-finetune-snapshot
-"""
 
 
 class SubmitError(TrainError):
@@ -64,7 +50,7 @@ class JobView:
     status: str
     studio_url: str | None
     created: str | None = None
-    replicate: str | None = None
+    replicate: int | None = None
     experiment: str | None = None
 
 
@@ -94,33 +80,11 @@ def connect(outputs: StackOutputs, credential=None, transport=None):
                     outputs.workspace_name, **kwargs)
 
 
-SNAPSHOT_MARKER = ".paired-finetune-snapshot"  # a folder this tool wrote (and may rewrite)
 
 
-def stage_code(dest: Path, config_yaml: str) -> Path:
-    """The code snapshot: the `training` package and the resolved experiment file, nothing else.
-
-    The same content gives the same snapshot hash, so submitting again uploads nothing."""
-    import training
-
-    package = Path(training.__file__).resolve().parent
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / "training"
-    if target.is_dir() and not target.is_symlink() and (dest / SNAPSHOT_MARKER).exists():
-        shutil.rmtree(target)  # only a snapshot this tool wrote before
-    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (dest / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
-    (dest / ".amlignore").write_text(AMLIGNORE)
-    (dest / SNAPSHOT_MARKER).write_text("written by `train submit --dry-run`\n")
-    return dest
-
-
-def snapshot_files(code_dir: Path) -> list[str]:
-    """What the SDK would upload from `code_dir`, after its ignore file (relative paths)."""
-    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
-
-    files = get_upload_files_from_folder(code_dir, ignore_file=get_ignore_file(code_dir))
-    return sorted(rel for _, rel in files)
+def _replicate(tag) -> int | None:
+    """The `replicate` tag (a string, as every tag) as a number; None when absent or not one."""
+    return int(tag) if isinstance(tag, str) and tag.isdigit() else None
 
 
 def job_status(job) -> str:
@@ -137,7 +101,7 @@ def view(job) -> JobView:
     return JobView(name=printable(job.name), arm=printable(tags.get("arm", "?")),
                    pair_id=printable(tags.get("pair_id", "?")), status=printable(job_status(job)),
                    studio_url=printable(getattr(job, "studio_url", None)),
-                   created=printable(created), replicate=printable(tags.get("replicate")),
+                   created=printable(created), replicate=_replicate(tags.get("replicate")),
                    experiment=printable(getattr(job, "experiment_name", None)))
 
 

@@ -29,7 +29,7 @@ from training.experiment.stack import StackError, StackOutputs
 
 # Azure ML job names: letters, digits, '-' and '_', starting with a letter or digit; the SDK
 # lower-cases them, so pair ids are lower case from the start (lookups by name then match).
-JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,254}$")
+JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,254}\Z")
 # The tags that say which pair, arm and experiment a job is: an existing job with the same name
 # but other values is not this pair's (another config under a reused --pair-id, a sweep).
 IDENTITY_TAGS = ("pair_id", "arm", "config_sha256", "seed", "base_model_revision")

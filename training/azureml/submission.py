@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from training.azureml.backend import SNAPSHOT_MARKER, stage_code
 from training.azureml.jobs import ArmJob, JobSpecError, job_yaml
+from training.azureml.snapshot import SNAPSHOT_MARKER, stage_code
 from training.errors import BadInput
 from training.experiment.config import ARMS, ExperimentConfig
 from training.experiment.stack import StackOutputs

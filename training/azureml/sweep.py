@@ -161,7 +161,7 @@ def sweep_name(pair_id: str, arm: str, stamp: str | None = None) -> str:
     return f"{pair_id}-sweep-{arm}" + (f"-{stamp}" if stamp else "")
 
 
-SWEEP_JOB = re.compile(r"^[a-z0-9][a-z0-9_-]*-sweep-(control|experiment)(-[0-9]{14})?$")
+SWEEP_JOB = re.compile(r"^[a-z0-9][a-z0-9_-]*-sweep-(control|experiment)(-[0-9]{14})?\Z")
 
 
 def sweep_sha256(cfg: ExperimentConfig) -> str:

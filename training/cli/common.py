@@ -140,9 +140,23 @@ def stack_options(f):
     def wrapper(*args, stack, outputs_file, pulumi_dir, **kwargs):
         from training.experiment.stack import load_outputs
 
+        _check_pair_argument(kwargs.get("pair_id"))  # instant: before `pulumi stack output`
         return f(*args, outputs=load_outputs(stack, outputs_file, pulumi_dir), **kwargs)
 
     return wrapper
+
+
+def _check_pair_argument(pair_id: str | None) -> None:
+    """The command's PAIR argument or --pair-id option, by the one rule; a sweep's job name is
+    left to the commands that take one (status, cancel)."""
+    from training.azureml.sweep import SWEEP_JOB
+    from training.experiment.pair import check_pair_id
+
+    if pair_id is None or SWEEP_JOB.match(pair_id):
+        return
+    param = next((p for p in click.get_current_context().command.params
+                  if p.name == "pair_id"), None)
+    check_pair_id(pair_id, "PAIR" if isinstance(param, click.Argument) else "--pair-id")
 
 
 def azure_client(outputs):

@@ -87,7 +87,7 @@ def _list_pairs(uri: str, fmt: str) -> None:
 
     pairs = recent_pairs(uri)
     if fmt == "json":
-        emit_json(pairs)
+        emit_json({"tracking_uri": redacted(uri), "pairs": pairs})
         return
     if not pairs:
         click.echo(f"no pairs in {redacted(uri)}")

@@ -103,11 +103,12 @@ def _validate_config(cfg, console, show, fmt) -> None:
     try:
         ready = prep.prepare(cfg, on_note=note(console))
     except prep.NotReady as e:
-        if e.report is not None:
-            if fmt == "json":
-                emit_json(report_json(e.report))
-            show(e.report)
-        raise
+        if e.report is None:
+            raise
+        if fmt == "json":
+            emit_json(report_json(e.report))
+        show(e.report)
+        sys.exit(EXIT_BAD_INPUT)  # every problem is in the report, said once
     memory = []
     memory_check(ready.cfg, len(ARMS), memory.append)  # as `train run` would plan both arms
     if fmt == "json":

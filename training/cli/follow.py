@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from training.cli.common import (
+    arm_label,
     azure_client,
     checked_pair_id,
     emit_json,
@@ -73,8 +74,8 @@ def status(pair_id, outputs, fmt):
             out.print(f"no pairs in workspace {outputs.workspace_name}")
             return
         for pid, views in pairs.items():
-            arms = "  ".join(f"{v.arm}{'' if v.replicate is None else ' r' + v.replicate}: "
-                             f"{v.status}" for v in sorted(views, key=lambda v: v.name))
+            arms = "  ".join(f"{arm_label(v)}: {v.status}"
+                             for v in sorted(views, key=lambda v: v.name))
             out.print(f"{pid:<40} {(views[0].created or '')[:19]:<20} {arms}",
                       markup=False, highlight=False)
         return

@@ -94,11 +94,11 @@ def _errors():
         exit_interrupted()
 
 
-def _checked(pair_id: str | None) -> None:
+def _checked(pair_id: str | None, what: str = "PAIR") -> None:
     """The same rule for a pair id as on Azure ML, before anything is read, written or sent:
     it names uploads, dry-run files and the jobs' metadata."""
     if pair_id is not None:
-        checked_pair_id(pair_id)
+        checked_pair_id(pair_id, what)
 
 
 def _azure_ml_only(backend: str, stack=None, outputs_file=None, from_sweep=None, **_) -> None:
@@ -166,18 +166,17 @@ def _submit(*, backend, config_path, tracking_uri, pair_id, force, dry_run, out_
     console = diagnostics()
     check_submit_options(dry_run, out_dir, wait_, pair_id, force)
     _azure_ml_only(backend, **_stack)
-    _checked(pair_id)
-    if dry_run:
-        from training.azureml.submission import check_out_dir
-
-        check_out_dir(out_dir)
+    _checked(pair_id, "--pair-id")
     cfg = load_config(config_path).model_copy(update={"backend": backend})
     with _errors():
         with console.status("validating the data against the service's format and limits"):
             prep = ob.prepare(cfg, pair_id=pair_id)
         print_warnings(prep.warnings[:20], console)
         within_budget = _budget_guard(cfg, prep, _stack.get("allow_over_budget", False), console)
-        if dry_run:
+        if dry_run:  # --out is made only now, when every check has passed
+            from training.azureml.submission import check_out_dir
+
+            check_out_dir(out_dir)
             written = []
             for arm, request in ob.dry_run_requests(cfg, prep).items():
                 path = out_dir / f"{prep.pair_id}-{arm}.json"

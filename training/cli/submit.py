@@ -86,8 +86,6 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
         raise BadInput("--from-sweep: empty; give the sweep job's name (`train sweep` prints it)")
     if pair_id is not None:
         check_pair_id(pair_id)
-    if dry_run:
-        submission.check_out_dir(out_dir)
     cfg = load_config(config_path)
     for warning in jobs_mod.shared_data_warnings(outputs):
         warn(warning)
@@ -109,11 +107,13 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
 
     pair_id, planned = plan()
     config_yaml = submission.job_config(cfg, outputs).to_yaml()
-    if dry_run:
+    if dry_run:  # --out is made only now, when every check has passed
+        submission.check_out_dir(out_dir)
         files, code = submission.write_dry_run(planned, config_yaml, out_dir, note(console))
         if fmt == "json":
             emit_json({"pair_id": pair_id, "state": "dry-run", "dry_run": True,
-                       "jobs": [{"name": j.name, "arm": j.arm, "replicate": j.replicate,
+                       "jobs": [{"name": j.name, "arm": j.arm,
+                                 "replicate": j.replicate if "replicate" in j.tags else None,
                                  "status": None, "file": str(f)}
                                 for j, f in zip(planned, files, strict=True)],
                        "code": str(code)})
@@ -159,7 +159,8 @@ def _budget_guard(cfg, outputs, allow_over_budget: bool, console):
 
 def _submit(planned, config_yaml, outputs, pair_id, console, wait_, poll_seconds,
             within_budget, fmt, replan=None) -> None:
-    from training.azureml.backend import AzurePair, SubmitError, stage_code, view
+    from training.azureml.backend import AzurePair, SubmitError, view
+    from training.azureml.snapshot import stage_code
 
     pair = AzurePair(azure_client(outputs))
     while replan and pair.get(planned[0].name) is not None:  # --force: taken this second

@@ -70,8 +70,6 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget,
     console = diagnostics()
     if dry_run != (out_dir is not None):
         raise BadInput("--dry-run and --out go together: --dry-run --out DIR")
-    if dry_run:
-        check_out_dir(out_dir)
     cfg = load_config(config_path)
     if cfg.backend != "azureml":
         raise BadInput(f"train sweep runs on Azure ML; {config_path} names backend "
@@ -91,9 +89,10 @@ def sweep(config_path, outputs, arm, dry_run, out_dir, force, allow_over_budget,
     template = plan()  # the sweep's rules first: the hungriest trial needs a valid search
     check_hungriest_trial(cfg, outputs, note(console))
     config_yaml = job_config(cfg, outputs).to_yaml()
-    if dry_run:
-        from training.azureml.backend import stage_code
+    if dry_run:  # --out is made only now, when every check has passed
+        from training.azureml.snapshot import stage_code
 
+        check_out_dir(out_dir)
         path = out_dir / f"{template.name}.yml"
         try:
             remove_stale_jobs(out_dir, {path}, note(console))
@@ -130,7 +129,8 @@ def _budget(cfg, outputs, arm, allow_over_budget, console) -> None:
 
 
 def _submit_sweep(template, cfg, config_yaml, outputs, console, fmt, guard, replan=None) -> None:
-    from training.azureml.backend import AzurePair, stage_code, view
+    from training.azureml.backend import AzurePair, view
+    from training.azureml.snapshot import stage_code
     from training.azureml.sweep import build_sweep_job
     from training.azureml.sweep_plan import check_existing_sweep
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 from training.errors import BadInput
 
-PAIR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,200}$")
-SWEEP = re.compile(r"-sweep(?=-|$)")  # '-sweep' is kept for the sweeps' job names
+PAIR_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,200}")  # whole string: fullmatch
+SWEEP = re.compile(r"-sweep(?=-|\Z)")  # '-sweep' is kept for the sweeps' job names
 # what the arm's files hashed to when validated: handed from `train run` to each arm's process,
 # which refuses a file replaced since (training.recipe.arm_data)
 DATA_SHA256_ENV = "PAIRED_FINETUNE_DATA_SHA256"
@@ -26,7 +26,7 @@ class PairIdError(BadInput):
 
 def pair_id_problem(pair_id: str) -> str | None:
     """Why `pair_id` cannot name a pair, or None."""
-    if not PAIR_ID.match(pair_id or ""):
+    if not isinstance(pair_id, str) or not PAIR_ID.fullmatch(pair_id):
         return ("lower-case letters, digits, '-' and '_' only, starting with a letter or digit, "
                 "at most 201 characters (it names the Azure ML jobs, the pair folder and the "
                 "MLflow runs' pair_id tag)")
@@ -58,8 +58,13 @@ def derive_pair_id(name: str, config_sha256: str, identity: Iterable[tuple[str, 
 
 
 def replicate_id(pair_id: str, k: int) -> str:
-    """Seed replicate k of a pair (seed + k) is a pair of its own: `<pair_id>-r<k>`."""
-    return f"{pair_id}-r{k}"
+    """Seed replicate k of a pair (seed + k) is a pair of its own: `<pair_id>-r<k>`, under the
+    same rule (a pair id near the length limit leaves no room for its replicates: refused)."""
+    rid = f"{pair_id}-r{k}"
+    if problem := pair_id_problem(rid):
+        raise PairIdError(f"pair {pair_id!r}: its replicate id {rid!r} is not a pair id: "
+                          f"{problem}; choose a shorter --pair-id or experiment name")
+    return rid
 
 
 def replicate_ids(pair_id: str, replicates: int) -> list[str]:

@@ -24,6 +24,19 @@ from training.experiment.tracking import RUN_ID_FILE
 from training.local.backend import arm_finished
 
 
+def _json_object(path: Path, what: str) -> dict:
+    """A JSON object that `train run` wrote; a file edited or cut short since is bad input."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BadPair(f"{path}: {what} cannot be read ({e}); run `train run` for the pair "
+                      "again to write it anew") from None
+    if not isinstance(data, dict):
+        raise BadPair(f"{path}: {what} is not a JSON object; run `train run` for the pair again "
+                      "to write it anew")
+    return data
+
+
 def local_models(output_dir: Path, pair_id: str, name: str | None,
                  replicate: int | None) -> tuple[list[ArmModel], dict]:
     """Both arms' `model/` folders of a local pair, with the tags of its manifest and metrics;
@@ -40,7 +53,7 @@ def local_models(output_dir: Path, pair_id: str, name: str | None,
         hint = ("pairs there: " + ", ".join(known)) if known else "no pairs there"
         raise BadPair(f"no pair {pair_id!r} in {output_dir} ({hint}); --output-dir names "
                       "the folder `train run` wrote to")
-    manifest = json.loads(manifest_file.read_text())
+    manifest = _json_object(manifest_file, "the pair's manifest")
     replicates = sorted(p.name[1:] for p in pair_dir.glob("r[0-9]*") if p.is_dir())
     if replicates:
         by_arm = {arm: [(k, pair_dir / f"r{k}" / arm) for k in replicates] for arm in ARMS}
@@ -60,7 +73,7 @@ def local_models(output_dir: Path, pair_id: str, name: str | None,
     out = []
     for arm, (k, folder) in chosen.items():
         sub_id = pair_id if k is None else replicate_id(pair_id, k)
-        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics = _json_object(folder / "metrics.json", f"the {arm} arm's final metrics")
         run_file = folder / RUN_ID_FILE
         tags = clean_tags({
             "pair_id": sub_id, "arm": arm, "base_model": manifest.get("base_model"),

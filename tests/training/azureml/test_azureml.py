@@ -222,7 +222,7 @@ def test_base_model_that_cannot_be_pinned_is_exit_2(train, fake, tmp_path):
 
 
 def test_code_snapshot_is_the_package_and_the_config(tmp_path):
-    from training.azureml.backend import snapshot_files, stage_code
+    from training.azureml.snapshot import snapshot_files, stage_code
 
     code = stage_code(tmp_path / "code", "name: x\n")
     (code / "training" / "__pycache__").mkdir(exist_ok=True)

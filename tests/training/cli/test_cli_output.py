@@ -111,3 +111,46 @@ def test_errors_are_one_line_on_stderr_with_the_exit_code(tmp_path):
     bad_pair = CliRunner().invoke(main, ["compare", "Bad Pair!", "--tracking-uri",
                                          f"sqlite:///{tmp_path / 'x.db'}"])
     assert bad_pair.exit_code == 2 and "is not a pair id" in bad_pair.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["status", "abc\n", "--stack", "dev"],
+    ["logs", "Bad", "--stack", "dev"],
+    ["cancel", "a.b", "--stack", "dev"],
+    ["submit", "--pair-id", "abc\n", "--stack", "dev"],
+    ["compare", "abc\n"],
+    ["register", "abc\n", "--stack", "dev"],
+])
+def test_a_bad_pair_id_is_refused_before_the_stack_is_read(argv, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `pulumi`: reading the stack would fail
+    result = CliRunner().invoke(main, [*argv, "--pulumi-dir", str(tmp_path)]
+                                if "--stack" in argv else argv)
+    assert result.exit_code == 2, result.output
+    assert "is not a pair id" in result.stderr and "pulumi" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_corrupt_local_pair_is_bad_input_in_one_line(tmp_path):
+    pair_dir = local_pair(tmp_path / "runs", PAIR)
+    argv = ["register", PAIR, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+            "--output-dir", str(tmp_path / "runs")]
+    for manifest in ("{bad", "[]"):
+        (pair_dir / "pair.json").write_text(manifest)
+        result = CliRunner().invoke(main, argv)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.stderr.startswith(f"error: {pair_dir / 'pair.json'}: the pair's manifest")
+
+
+def test_a_dry_run_that_is_refused_makes_no_out_folder(train, tmp_path, pinned):
+    out = tmp_path / "never"
+    result = train("submit", "--dry-run", "--out", str(out), "--pair-id", "a" * 201,
+                   config=REPO / "experiments" / "llama3-70b.yaml")
+    assert result.exit_code == 2 and not out.exists(), result.output
+
+
+def test_one_replicate_has_no_replicate_number(train, tmp_path, pinned):
+    dry = json.loads(train("submit", "--dry-run", "--out", str(tmp_path / "d"),
+                           "--format", "json").stdout)
+    live = json.loads(train("submit", "--format", "json").stdout)
+    assert [j["replicate"] for j in dry["jobs"]] == [None, None]
+    assert [j["replicate"] for j in live["jobs"]] == [None, None]

@@ -193,8 +193,8 @@ def test_unknown_pair_and_the_list_of_pairs(store):
     assert proc.returncode == 2 and store["reps"] in proc.stderr and "same-data" in proc.stderr
     listing = cli(store["env"], "compare", check=0).stdout
     assert store["reps"] in listing and "finished" in listing
-    pairs = json.loads(cli(store["env"], "compare", "--format", "json", check=0).stdout)
-    assert {p["pair_id"] for p in pairs} >= {store["reps"], "same-data"}
+    listed = json.loads(cli(store["env"], "compare", "--format", "json", check=0).stdout)
+    assert {p["pair_id"] for p in listed["pairs"]} >= {store["reps"], "same-data"}
 
 
 @pytest.fixture

@@ -1,0 +1,45 @@
+"""experiment/pair.py: one rule for a pair id, one derivation, one replicate name."""
+
+import pytest
+
+from training.errors import BadInput
+from training.experiment.pair import (
+    check_pair_id,
+    derive_pair_id,
+    name_slug,
+    pair_id_problem,
+    replicate_id,
+    replicate_ids,
+)
+
+
+@pytest.mark.parametrize("pair_id", ["abc\n", "a b", "UPPER", "a.b", "../x", "-x", "_x", "", "é",
+                                     "x-sweep", "x-sweep-control", "a" * 202, "ab\x00"])
+def test_ids_that_break_the_rule(pair_id):
+    assert pair_id_problem(pair_id)
+    with pytest.raises(BadInput, match="is not a pair id"):
+        check_pair_id(pair_id)
+
+
+@pytest.mark.parametrize("pair_id", ["a", "paired-comments-2dbdb98c0e", "x_1-r0", "a" * 201,
+                                     "sweeps-x", "my-sweeper"])
+def test_ids_that_keep_it(pair_id):
+    assert pair_id_problem(pair_id) is None and check_pair_id(pair_id) == pair_id
+
+
+def test_derived_ids_keep_the_rule_and_depend_on_every_input():
+    first = derive_pair_id("Demo.v2 sweep", "c0ffee", [("control", "aa"), ("experiment", "bb")])
+    assert check_pair_id(first) == first and first.startswith("demo-v2-sweeps-")
+    assert derive_pair_id("x-sweep", "c", []).startswith("x-sweeps-")  # '-sweep' is the sweeps'
+    assert first != derive_pair_id("Demo.v2 sweep", "c0ffee", [("control", "aa"),
+                                                               ("experiment", "bc")])
+    assert first != derive_pair_id("Demo.v2 sweep", "c0ffef", [("control", "aa"),
+                                                               ("experiment", "bb")])
+    assert name_slug("A.b_c") == "a-b-c"
+
+
+def test_replicate_ids_obey_the_same_rule():
+    assert replicate_ids("p", 1) == ["p"] and replicate_ids("p", 2) == ["p-r0", "p-r1"]
+    assert replicate_id("a" * 198, 0) == "a" * 198 + "-r0"
+    with pytest.raises(BadInput, match="replicate id"):
+        replicate_id("a" * 199, 0)  # 202 characters: a pair id nothing could name
