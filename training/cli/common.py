@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from training.errors import BadInput, Failed, TrainError
+from training.errors import BadInput, Failed, TrainError, exit_interrupted
 
 # -------------------------------------------------------------------------------------- consoles
 
@@ -116,6 +116,10 @@ class TrainGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # a command without its own handler: 130, not click's "Aborted!"
+            click.echo(f"interrupted: `train {ctx.invoked_subcommand}` stopped; what it did is "
+                       "printed above, nothing after it", err=True)
+            exit_interrupted()
         except TrainError as e:
             fail(e)
         except Exception as e:

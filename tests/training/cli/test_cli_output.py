@@ -154,3 +154,33 @@ def test_one_replicate_has_no_replicate_number(train, tmp_path, pinned):
     live = json.loads(train("submit", "--format", "json").stdout)
     assert [j["replicate"] for j in dry["jobs"]] == [None, None]
     assert [j["replicate"] for j in live["jobs"]] == [None, None]
+
+
+def test_ctrl_c_in_a_command_without_its_own_handler_exits_130(tiny_model_path):
+    """`train estimate` while it counts tokens: SIGINT is exit 130 and one line, never click's
+    "Aborted!" (exit 1), so `train run && train register` stops for the right reason."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "estimate", "--config",
+                             str(LOCAL)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "torch" not in _imported(proc.pid):
+        time.sleep(0.05)  # interrupt once the command is at work, past click's start-up
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Aborted" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted: `train estimate` stopped")
+
+
+def _imported(pid: int) -> str:
+    """The shared libraries the process has mapped so far (torch's: it is counting tokens)."""
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
