@@ -172,7 +172,7 @@ def test_ctrl_c_in_a_command_without_its_own_handler_exits_130(tiny_model_path):
     while time.monotonic() < deadline and "torch" not in _imported(proc.pid):
         time.sleep(0.05)  # interrupt once the command is at work, past click's start-up
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Aborted" not in err
     assert err.strip().splitlines()[-1].startswith("interrupted: `train estimate` stopped")
