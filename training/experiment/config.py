@@ -379,15 +379,11 @@ def parse_config(data: dict, source: str = "<config>", base_dir: Path | None = N
                                   "base_model": base_model})
 
 
-# What the hub accepts as a model id: "name" or "org/name" (huggingface_hub.validate_repo_id).
-HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
-
-
 def anchor_base_model(base_model: str, base_dir: Path) -> str:
     """`tiny-llama`, a hub id, or a local folder made absolute (relative to the experiment file,
     like the data paths). A folder that exists there wins over a hub id of the same spelling; a
     path that does not exist is an error saying so, not a hub lookup of a path."""
-    from training.experiment.models import TINY_LLAMA
+    from training.experiment.models import TINY_LLAMA, hub_id_ok
 
     if base_model == TINY_LLAMA:
         return base_model
@@ -404,9 +400,10 @@ def anchor_base_model(base_model: str, base_dir: Path) -> str:
                        or base_model.endswith("/") or base_model.count("/") > 1)
     if looks_like_path:
         raise ValueError(f"no such folder: {candidate}")
-    if not HUB_ID.match(base_model) or ".." in base_model or "--" in base_model:
+    if not hub_id_ok(base_model):
         raise ValueError(f"{base_model!r} is neither a folder (no {candidate}) nor a hub model id "
-                         "such as meta-llama/Meta-Llama-3-8B")
+                         "such as meta-llama/Meta-Llama-3-8B (ASCII letters, digits, '-', '_' "
+                         "and '.', at most 96 per part)")
     return base_model
 
 

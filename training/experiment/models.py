@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,20 @@ from pathlib import Path
 TINY_LLAMA = "tiny-llama"
 # Bump when the recipe below changes: the cache folder is keyed on it.
 TINY_LLAMA_VERSION = "2"
+
+# What the hub accepts as a model id (huggingface_hub.validate_repo_id): "name" or "org/name",
+# each part 1 to 96 ASCII letters, digits, '-', '_' or '.', starting and ending with a letter, a
+# digit or '_'; no '--' or '..', no '.git' at the end. ASCII only: `\w` would take `é`, which the
+# hub refuses with a traceback after the file was accepted.
+_HUB_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+HUB_ID = re.compile(rf"(?:{_HUB_PART}/)?{_HUB_PART}", re.ASCII)
+
+
+def hub_id_ok(name: str) -> bool:
+    """Whether `name` is a model id the hub's own rule accepts."""
+    return (HUB_ID.fullmatch(name) is not None and ".." not in name and "--" not in name
+            and not name.endswith(".git"))
+
 
 BOS, EOT, PAD = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_pad|>"
 HEADER_START, HEADER_END = "<|start_header_id|>", "<|end_header_id|>"

@@ -72,3 +72,26 @@ def replicate_ids(pair_id: str, replicates: int) -> list[str]:
     if replicates == 1:
         return [pair_id]
     return [replicate_id(pair_id, k) for k in range(replicates)]
+
+
+def clash(pair_id: str, replicates: int, other_id: str, other_parent: str | None) -> str | None:
+    """Why a run tagged pair_id `other_id` (and parent_pair_id `other_parent`) belongs to another
+    pair whose names collide with this one's (`pair_id` with `replicates` replicates), or None.
+
+    A pair's names are its id and its replicates' ids (`<pair_id>-r<k>`); `train compare NAME`
+    finds runs by either tag, so two pairs sharing a name would be mixed: `--pair-id x-r0` beside
+    a replicated pair `x`, a replicated `x` beside a pair `x-r0`, or the id `x` reused with
+    another number of replicates."""
+    parent = other_parent or other_id
+    ours = set(replicate_ids(pair_id, replicates))
+    if parent == pair_id:
+        if other_id in ours:
+            return None  # this pair's own run
+        return (f"pair {pair_id} already has a run {other_id!r} in another replicate layout "
+                f"(this one's: {', '.join(sorted(ours))})")
+    shared = sorted({other_id, parent} & (ours | {pair_id}))
+    if shared:
+        whose = f"replicate {other_id!r} of pair {parent!r}" if other_id != parent \
+            else f"pair {other_id!r}"
+        return f"{', '.join(repr(s) for s in shared)} is already the name of {whose}"
+    return None

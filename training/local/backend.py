@@ -141,9 +141,35 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# The arm's folder, on its MLflow run (the run's description, a tag MLflow itself defines), so a
+# later `train run` of the same pair elsewhere can say where it was trained (start.check_store).
+NOTE_TAG, NOTE_PREFIX = "mlflow.note.content", "trained by `train run` in "
+
+
+def trained_in(tags: dict) -> str | None:
+    """The arm folder a run was trained in by `train run`, from its tags (None if not recorded)."""
+    note = tags.get(NOTE_TAG, "")
+    return note.removeprefix(NOTE_PREFIX) if note.startswith(NOTE_PREFIX) else None
+
+
+def _run_context(folder: Path | None) -> str | None:
+    """MLFLOW_RUN_CONTEXT for an arm: tags MLflow puts on the run the arm opens."""
+    if folder is None:
+        return os.environ.get("MLFLOW_RUN_CONTEXT")
+    try:
+        context = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
+    except ValueError:
+        context = None
+    if not isinstance(context, dict):
+        context = {}
+    return json.dumps({**context, NOTE_TAG: f"{NOTE_PREFIX}{folder.resolve()}"})
+
+
 def _arm_env(threads: int, tracking_uri: str, lock_fd: int | None = None,
-             data_sha256: dict | None = None) -> dict:
+             data_sha256: dict | None = None, folder: Path | None = None) -> dict:
     env = dict(os.environ)
+    if context := _run_context(folder):
+        env["MLFLOW_RUN_CONTEXT"] = context
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PAIRED_FINETUNE_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                MLFLOW_TRACKING_URI=tracking_uri)
@@ -223,7 +249,8 @@ class LocalPair:
                                     stdin=subprocess.DEVNULL, text=True, bufsize=1,
                                     env=_arm_env(self.threads, self.tracking_uri, lock.fd,
                                                  {"train": self.data_sha256.get(state.arm),
-                                                  "eval": self.data_sha256.get("eval")}),
+                                                  "eval": self.data_sha256.get("eval")},
+                                                 state.folder),
                                     start_new_session=True, pass_fds=fds,
                                     errors="backslashreplace")
             self.procs[state.arm] = proc

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.errors import BadInput
-from training.experiment.config import ExperimentConfig
-from training.experiment.pair import replicate_id
+from training.experiment.config import ARMS, ExperimentConfig
+from training.experiment.pair import clash, replicate_id, replicate_ids
 
 Say = Callable[[str], None]
 
@@ -66,6 +66,76 @@ def check_options(pair_id: str | None, output_dir: Path) -> None:
         raise BadInput(f"--output-dir {output_dir}: {problem}")
 
 
+def folder_names(folder: Path) -> list[tuple[str, str]]:
+    """(pair id, parent pair id) of each replicate of the pair in `folder` (its name), from its
+    rK/ folders (made for every replicate before any trains)."""
+    ks = sorted(int(p.name[1:]) for p in folder.glob("r*")
+                if p.is_dir() and p.name[1:].isdigit())
+    if not ks:
+        return [(folder.name, folder.name)]
+    return [(f"{folder.name}-r{k}", folder.name) for k in ks]
+
+
+def check_names(pair_id: str, replicates_n: int, output_dir: Path) -> None:
+    """Refuse a pair whose names (its id, its replicates' ids) are another pair's in output_dir:
+    `--pair-id x-r0` beside a replicated pair x, or a replicated x beside a pair x-r0."""
+    ours = set(replicate_ids(pair_id, replicates_n)) | {pair_id}
+    candidates = ours | {n.rsplit("-r", 1)[0] for n in ours if "-r" in n}
+    for other in sorted(candidates - {pair_id}):
+        folder = output_dir / other
+        if not (folder / "pair.json").is_file():
+            continue
+        for other_id, parent in folder_names(folder):
+            if problem := clash(pair_id, replicates_n, other_id, parent):
+                raise BadInput(f"pair {pair_id}: {problem} ({folder}): `train compare` would mix "
+                               "the two; choose another --pair-id")
+
+
+def check_store(uri: str, pair_id: str, replicates_n: int, ours: list[Path]) -> None:
+    """Refuse, with one MLflow search, a pair whose names are another pair's in the store, or a
+    pair the store already has finished runs of that were trained elsewhere (not in the arm
+    folders `ours`): training it here would give each arm two runs."""
+    import mlflow
+
+    from training.experiment.tracking import redacted, store_name
+    from training.local.backend import trained_in
+
+    client = mlflow.MlflowClient(uri)
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        # every run named by this pair's names has a pair_id tag starting with the pair id
+        runs = client.search_runs(experiments, f"tags.pair_id LIKE '{pair_id}%'",
+                                  max_results=1000) if experiments else []
+    except Exception as e:  # the store answered ensure_experiment: this is unexpected
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(redacted(f"MLflow tracking URI {uri}: cannot search its runs: {first}")) \
+            from None
+    mine = {(f / "mlflow_run_id").read_text().strip() for f in ours
+            if (f / "mlflow_run_id").is_file()}
+    here = {str(f.resolve()) for f in ours}
+    elsewhere: dict[str, list[str]] = {}
+    for run in runs:
+        tags = run.data.tags
+        if "pair_id" not in tags or tags.get("arm") not in ARMS:
+            continue
+        if problem := clash(pair_id, replicates_n, tags["pair_id"], tags.get("parent_pair_id")):
+            raise BadInput(f"pair {pair_id}: {problem} in the MLflow store {store_name(uri)} "
+                           "(`train compare` would mix the two): choose another --pair-id")
+        if tags["pair_id"] != pair_id and not tags["pair_id"].startswith(f"{pair_id}-r"):
+            continue
+        where = trained_in(tags)
+        if run.info.status == "FINISHED" and run.info.run_id not in mine and where not in here:
+            elsewhere.setdefault(where or "elsewhere (no local folder recorded: another "
+                                 "machine, Azure ML, or an older version)", []).append(
+                f"{tags['pair_id']} {tags['arm']}: run {run.info.run_id}")
+    if elsewhere:
+        listed = "\n  ".join(f"{where}: {', '.join(runs)}" for where, runs in elsewhere.items())
+        raise BadInput(
+            f"pair {pair_id} was already trained: the MLflow store {store_name(uri)} holds "
+            f"finished runs of it from another folder:\n  {listed}\n`train compare {pair_id}` "
+            "shows it; to train it again here (a second run of each arm), pass a new --pair-id")
+
+
 def prepare_run(cfg: ExperimentConfig, config_path: Path, output_dir: Path, arms: list[str], pair_id: str | None,
                 tracking_uri: str | None, *, on_status: Say, on_note: Say, on_warning: Say,
                 on_report: Callable[[object], None], check_interrupt: Callable[[], None]
@@ -112,6 +182,7 @@ def prepare_run(cfg: ExperimentConfig, config_path: Path, output_dir: Path, arms
     memory_check(cfg, len(arms), on_note)
     pair_id = pair_id or pair_id_for(cfg, ready.hashes)
     pair_dir = output_dir / pair_id
+    check_names(pair_id, cfg.training.replicates, output_dir)
     if pair_dir.is_symlink() and not inside(pair_dir, output_dir):
         raise BadInput(f"{pair_dir} is a symlink out of --output-dir {output_dir}: remove it or "
                        "choose another --pair-id")
@@ -123,6 +194,8 @@ def prepare_run(cfg: ExperimentConfig, config_path: Path, output_dir: Path, arms
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInput(redacted(f"MLflow tracking URI {uri}: {first}")) from None
     folders = [folder for _, folder, _ in replicates(cfg, pair_id, pair_dir)]
+    check_store(uri, pair_id, cfg.training.replicates,
+                [folder / a for folder in folders for a in ARMS])
     try:
         check_pair(cfg, pair_dir, pair_id, ready.hashes)  # another experiment's folder: refuse
         for folder in folders:  # one writer per arm: refuse before anything is written

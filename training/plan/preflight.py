@@ -6,14 +6,23 @@ its train.log, a pair folder already made) is reported on the console instead:
 
 - precision against the hardware (fp16 needs a CUDA GPU, bf16 a GPU that has it);
 - the method against the hardware (qlora needs CUDA and bitsandbytes);
+- sharding against the hardware: accelerate runs FSDP on CUDA GPUs only, so without one
+  `sharding: fsdp` is refused (the Trainer would fall back to DDP or crash inside the arm), and so
+  is `cpu_offload: true` (it offloads FSDP's shards: with no FSDP it would do nothing but change
+  the pair id); `auto` is none there, as the recipe resolves it;
 - LoRA target modules against the model's own module names, from an instance built on the meta
   device from its config (no weights are read, so an 8B model is checked in a second);
 - enough rows for a holdout when no shared eval set is given.
+
+What can run but is likely not what was meant comes back as warnings (`warnings(...)`): a warmup
+that covers every optimizer step of an arm (its learning rate never reaches
+training.learning_rate; a one-step run trains at 0).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 
 from training.experiment.config import ExperimentConfig
 
@@ -46,6 +55,13 @@ def hardware_problems(cfg: ExperimentConfig, cuda: bool, bf16: bool) -> list[str
         elif importlib.util.find_spec("bitsandbytes") is None:
             problems.append("method: qlora needs the bitsandbytes package (pip install "
                             "bitsandbytes); or use lora")
+    if not cuda and cfg.training.sharding == "fsdp":
+        problems.append("training.sharding: fsdp needs CUDA GPUs (accelerate runs FSDP on GPUs "
+                        "only): use none (or auto, which is none here) on this machine")
+    if not cuda and cfg.training.cpu_offload:
+        problems.append("training.cpu_offload: true offloads FSDP's shards, and FSDP needs CUDA "
+                        "GPUs: here it would do nothing (but change the pair id); remove it on "
+                        "this machine")
     return problems
 
 
@@ -98,6 +114,47 @@ def rows_problems(cfg: ExperimentConfig, rows: dict[str, int]) -> list[str]:
             problems.append(f"arms.{arm}.train: {n} row(s) leave nothing to train on after the "
                             "eval holdout: add rows or give a shared eval set (eval:)")
     return problems
+
+
+def optimizer_steps(cfg: ExperimentConfig, rows: int, world: int = 1) -> int:
+    """Optimizer steps of an arm trained on `rows` rows, as the Trainer counts them: max_steps,
+    else epochs x (batches per epoch // accumulation, at least 1), rounded up (pure)."""
+    t = cfg.training
+    if t.max_steps:
+        return t.max_steps
+    batches = math.ceil(rows / (t.per_device_batch_size * world))
+    return max(1, math.ceil(t.epochs * max(1, batches // t.gradient_accumulation_steps)))
+
+
+def warmup_steps(cfg: ExperimentConfig, steps: int) -> int:
+    """The Trainer's warmup: below 1 a fraction of the steps (rounded up), else steps."""
+    w = cfg.training.warmup
+    return int(w) if w >= 1 else math.ceil(steps * w)
+
+
+def warmup_warnings(cfg: ExperimentConfig, rows: dict[str, int], world: int = 1) -> list[str]:
+    """A warning when warmup covers every optimizer step of an arm (pure): the learning rate
+    climbs from 0 for the whole run and never reaches training.learning_rate."""
+    t = cfg.training
+    if t.lr_scheduler == "constant" or t.warmup == 0:  # `constant` has no warmup
+        return []
+    short = {}
+    for arm, n in rows.items():
+        if arm == "eval":
+            continue
+        trained = n if cfg.eval is not None else n - max(1, round(n * t.eval_fraction))
+        steps = optimizer_steps(cfg, max(1, trained), world)
+        if warmup_steps(cfg, steps) >= steps:
+            short[arm] = steps
+    if not short:
+        return []
+    steps = min(short.values())
+    warm = warmup_steps(cfg, steps)
+    arms = " and ".join(f"{arm} {n} step(s)" for arm, n in short.items())
+    return [f"training.warmup {t.warmup:g}: the warmup ({warm} step(s)) covers the whole run "
+            f"({arms}): the learning rate never reaches training.learning_rate "
+            f"{t.learning_rate:g}{' and the first step trains at 0' if steps == 1 else ''}; "
+            "train longer (training.max_steps or epochs) or lower training.warmup"]
 
 
 def problems(cfg: ExperimentConfig, name_or_path: str, revision: str | None,

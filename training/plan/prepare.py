@@ -5,7 +5,7 @@ expensive step: the data files are regular readable files; the base model is pin
 (training.base_model); its tokenizer loads at that revision; the data validates with it; the
 machine and the model accept the settings (training.preflight). Any failure raises `NotReady` with
 every problem found at that stage (exit 2 in the CLI); what is merely suspicious (both arms on the
-same data, an arm equal to the eval set) comes back as warnings.
+same data, an arm equal to the eval set, a warmup as long as the run) comes back as warnings.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def prepare(cfg: ExperimentConfig, *, status=None, on_note=None) -> Prepared:
         raise NotReady("the experiment cannot run here (nothing was started):", problems)
     return Prepared(cfg, pinned, files, report,
                     hashes={k: f.sha256 for k, f in by_role.items()},
-                    warnings=data_mod.same_data_warnings(by_role))
+                    warnings=data_mod.same_data_warnings(by_role)
+                    + preflight.warmup_warnings(cfg, {k: f.rows for k, f in by_role.items()}))
 
 
 def counting_tokenizer(base_model: str | None, cfg: ExperimentConfig | None, on_note=None):

@@ -323,3 +323,29 @@ def test_long_examples_is_a_policy_and_part_of_the_hash():
     with pytest.raises(ConfigError, match=r"training\.long_examples"):
         parse_config(base(training={"max_steps": 10, "long_examples": "skip"}))
 
+
+
+@pytest.mark.parametrize("hub_id", ["méta/llama-ü", "meta/llam\u0430", "org/" + "a" * 97, "a/b.git",
+                                    "-org/name", "org/name-", "org/na..me"])
+def test_a_hub_id_the_hub_refuses_is_refused_at_load_naming_the_line(tmp_path, hub_id):
+    """The hub's own rule (huggingface_hub.validate_repo_id): ASCII letters, digits, '-', '_',
+    '.'; `\\w` took Unicode letters, and the hub then raised HFValidationError with a traceback."""
+    from tests.training.pairs import write_experiment
+    from training.experiment.config import ConfigError, load_config
+
+    cfg = write_experiment(tmp_path)
+    cfg.write_text(cfg.read_text().replace("base_model: tiny-llama", f"base_model: {hub_id}"))
+    with pytest.raises(ConfigError, match=r"experiment\.yaml:2: base_model: .* is neither a "
+                                          r"folder .* nor a hub model id"):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize("hub_id", ["meta-llama/Meta-Llama-3-8B", "gpt2", "Qwen/Qwen2.5-0.5B",
+                                    "_org/a_b", "org/" + "a" * 96])
+def test_hub_ids_the_hub_accepts_load(tmp_path, hub_id):
+    from tests.training.pairs import write_experiment
+    from training.experiment.config import load_config
+
+    cfg = write_experiment(tmp_path)
+    cfg.write_text(cfg.read_text().replace("base_model: tiny-llama", f"base_model: {hub_id}"))
+    assert load_config(cfg).base_model == hub_id

@@ -43,3 +43,23 @@ def test_replicate_ids_obey_the_same_rule():
     assert replicate_id("a" * 198, 0) == "a" * 198 + "-r0"
     with pytest.raises(BadInput, match="replicate id"):
         replicate_id("a" * 199, 0)  # 202 characters: a pair id nothing could name
+
+
+def test_names_that_clash_with_another_pairs_replicates():
+    from training.experiment.pair import clash
+
+    # a pair's own runs: plain, or each replicate under its parent
+    assert clash("p", 1, "p", "p") is None and clash("p", 1, "p", None) is None
+    assert clash("p", 2, "p-r1", "p") is None
+    # --pair-id collide-r0 beside a replicated pair collide
+    assert "'collide-r0' is already the name of replicate 'collide-r0' of pair 'collide'" in \
+        clash("collide-r0", 1, "collide-r0", "collide")
+    # a replicated collide beside a pair collide-r0
+    assert "'collide-r0' is already the name of pair 'collide-r0'" in \
+        clash("collide", 2, "collide-r0", "collide-r0")
+    # the id reused with another number of replicates
+    assert "another replicate layout" in clash("collide", 1, "collide-r0", "collide")
+    assert "another replicate layout" in clash("collide", 2, "collide", "collide")
+    # a pair whose id merely starts the same way is another pair, not a clash
+    assert clash("collide", 1, "collide-other", "collide-other") is None
+    assert clash("collide", 2, "collide-r2", "collide-r2") is None  # replicates 0 and 1 only

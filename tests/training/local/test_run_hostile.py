@@ -68,6 +68,12 @@ def assert_refused(tmp_path, code, output, first):
          "error: the experiment cannot run here", "'layers' names a ModuleList"),
         ({"method": "qlora"}, "error: the experiment cannot run here",
          "method: qlora needs a CUDA GPU"),
+        # accelerate runs FSDP on GPUs only: both arms crashed with a transformers traceback
+        ({"training__sharding": "fsdp"}, "error: the experiment cannot run here",
+         "training.sharding: fsdp needs CUDA GPUs"),
+        # it offloads FSDP's shards: with no FSDP it did nothing but change the pair id
+        ({"training__cpu_offload": True}, "error: the experiment cannot run here",
+         "training.cpu_offload: true offloads FSDP's shards"),
     ],
 )
 @pytest.mark.parametrize("command", ["run", "validate"])
