@@ -186,3 +186,34 @@ def test_each_arm_run_records_its_folder(tmp_path, monkeypatch):
         mlflow.set_tracking_uri(previous)
     assert trained_in(tags) == str((tmp_path / "p" / "control").resolve())
     assert tags["team"] == "a"  # the user's own run context is kept
+
+
+@pytest.mark.slow
+def test_a_pair_trained_in_one_output_dir_is_refused_in_another(tmp_path, tracking_env):
+    """End to end: the arms' runs note their folders, and a second `train run` of the same pair
+    into another --output-dir is refused naming them (it trained again silently, and the store
+    got two runs per arm)."""
+    import subprocess
+    import sys
+
+    from tests.training.pairs import REPO
+
+    cfg = write_experiment(tmp_path, max_steps=2, eval_every=2, save_every=2)
+
+    def train_run(out):
+        return subprocess.run([sys.executable, "-m", "training.cli", "run", "--config", str(cfg),
+                               "--output-dir", str(out)], capture_output=True, text=True,
+                              env=tracking_env, cwd=REPO, timeout=120)
+
+    first = train_run(tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    [pair_dir] = (tmp_path / "a").iterdir()
+    second = train_run(tmp_path / "b")
+    assert second.returncode == 2, second.stderr
+    assert f"error: pair {pair_dir.name} was already trained" in second.stderr
+    assert str((pair_dir / "control").resolve()) in second.stderr
+    assert "Traceback" not in second.stderr and not (tmp_path / "b").exists()
+    runs = mlflow.MlflowClient(tracking_env["MLFLOW_TRACKING_URI"]).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(
+            tracking_env["MLFLOW_TRACKING_URI"]).search_experiments()])
+    assert sorted(r.data.tags["arm"] for r in runs) == ["control", "experiment"]
