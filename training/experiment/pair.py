@@ -67,6 +67,13 @@ def replicate_id(pair_id: str, k: int) -> str:
     return rid
 
 
+def split_replicate_id(pair_id: str) -> tuple[str, int] | None:
+    """(parent pair id, k) of a replicate's id `<parent>-r<k>`, or None for a name of no such
+    shape (which may still be a pair's own id)."""
+    parent, sep, k = pair_id.rpartition("-r")
+    return (parent, int(k)) if sep and parent and k.isdigit() else None
+
+
 def replicate_ids(pair_id: str, replicates: int) -> list[str]:
     """One pair id per replicate: the pair id itself when there is one replicate."""
     if replicates == 1:

@@ -4,11 +4,10 @@ the tracking store, tagged with the pair (training.experiment.registry)."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from training.experiment.config import ARMS
-from training.experiment.pair import replicate_id
+from training.experiment.pair import replicate_id, split_replicate_id
 from training.experiment.registry import (
     ArmModel,
     BadPair,
@@ -43,11 +42,11 @@ def local_models(output_dir: Path, pair_id: str, name: str | None,
     raises BadPair (no such pair) or NotFinished. Returns (models, manifest)."""
     pair_dir = output_dir / pair_id
     manifest_file = pair_dir / "pair.json"
-    parent = re.fullmatch(r"(.+)-r(\d+)", pair_id)
-    if (not manifest_file.is_file() and parent and replicate in (None, int(parent[2]))
-            and (output_dir / parent[1] / "pair.json").is_file()):
+    parent = split_replicate_id(pair_id)
+    if (not manifest_file.is_file() and parent and replicate in (None, parent[1])
+            and (output_dir / parent[0] / "pair.json").is_file()):
         # a replicate's own id, as `train run` prints it and `train compare` takes it
-        return local_models(output_dir, parent[1], name, int(parent[2]))
+        return local_models(output_dir, parent[0], name, parent[1])
     if not manifest_file.is_file():
         known = sorted(p.parent.name for p in output_dir.glob("*/pair.json"))[-10:]
         hint = ("pairs there: " + ", ".join(known)) if known else "no pairs there"

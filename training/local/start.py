@@ -12,7 +12,7 @@ from pathlib import Path
 
 from training.errors import BadInput
 from training.experiment.config import ARMS, ExperimentConfig
-from training.experiment.pair import clash, replicate_id, replicate_ids
+from training.experiment.pair import clash, replicate_id, replicate_ids, split_replicate_id
 
 Say = Callable[[str], None]
 
@@ -73,14 +73,14 @@ def folder_names(folder: Path) -> list[tuple[str, str]]:
                 if p.is_dir() and p.name[1:].isdigit())
     if not ks:
         return [(folder.name, folder.name)]
-    return [(f"{folder.name}-r{k}", folder.name) for k in ks]
+    return [(replicate_id(folder.name, k), folder.name) for k in ks]
 
 
 def check_names(pair_id: str, replicates_n: int, output_dir: Path) -> None:
     """Refuse a pair whose names (its id, its replicates' ids) are another pair's in output_dir:
     `--pair-id x-r0` beside a replicated pair x, or a replicated x beside a pair x-r0."""
     ours = set(replicate_ids(pair_id, replicates_n)) | {pair_id}
-    candidates = ours | {n.rsplit("-r", 1)[0] for n in ours if "-r" in n}
+    candidates = ours | {parts[0] for n in ours if (parts := split_replicate_id(n))}
     for other in sorted(candidates - {pair_id}):
         folder = output_dir / other
         if not (folder / "pair.json").is_file():

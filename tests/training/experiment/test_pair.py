@@ -63,3 +63,11 @@ def test_names_that_clash_with_another_pairs_replicates():
     # a pair whose id merely starts the same way is another pair, not a clash
     assert clash("collide", 1, "collide-other", "collide-other") is None
     assert clash("collide", 2, "collide-r2", "collide-r2") is None  # replicates 0 and 1 only
+
+
+def test_a_replicate_id_splits_back_into_its_pair_and_number():
+    from training.experiment.pair import split_replicate_id
+
+    assert split_replicate_id(replicate_id("my-pair", 12)) == ("my-pair", 12)
+    assert split_replicate_id("my-r-pair") is None and split_replicate_id("-r1") is None
+    assert split_replicate_id("pair-rx") is None and split_replicate_id("pair") is None
