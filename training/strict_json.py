@@ -18,6 +18,15 @@ def finite(value):
     return value
 
 
+def number(value) -> float | None:
+    """`value` (a number, or a logged param's string) as a finite float; None otherwise."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
 def dumps(value, **kwargs) -> str:
     """json.dumps of `finite(value)` that refuses a NaN (`allow_nan=False`)."""
     return json.dumps(finite(value), allow_nan=False, **kwargs)

@@ -25,7 +25,7 @@ import math
 
 from training.experiment.config import ARMS
 from training.experiment.tracking import redacted
-from training.strict_json import finite
+from training.strict_json import finite, number
 from training.verdict import stats
 from training.verdict.fairness import (
     REPLICATE_PARAMS,
@@ -46,14 +46,6 @@ SCHEMA = "paired-finetune/compare/v1"
 
 
 # ----------------------------------------------------------------------------- the report
-def _num(value) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def azure_cost(params: dict, seconds: float | None, outputs) -> float | None:
     """An Azure ML run's cost: its duration x nodes x the VM size's price per node hour (the
     experiment's azure.price_per_hour, else hardware.py's list price). The VM size, in the
@@ -71,35 +63,35 @@ def azure_cost(params: dict, seconds: float | None, outputs) -> float | None:
         given = params.get("azure.vm_size")
         size = given if given not in (None, "", "None") else (
             DEFAULT_GPU_VM_SIZE if kind == "gpu" else DEFAULT_CPU_VM_SIZE)
-    price = _num(params.get("azure.price_per_hour"))
+    price = number(params.get("azure.price_per_hour"))
     if price is None and size and (vm := vm_size(size)):
         price = vm.price_per_hour
-    nodes = _num(params.get("azure.instance_count")) or 1
+    nodes = number(params.get("azure.instance_count")) or 1
     return None if price is None else seconds / 3600 * nodes * price
 
 
 def health(run: ArmRun, outputs=None) -> dict:
     m, curves = run.metrics, run.curves
     seconds = run.end - run.start if None not in (run.start, run.end) else None
-    evals = [v for _, v in curves.get("eval_loss", []) if _num(v) is not None]
+    evals = [v for _, v in curves.get("eval_loss", []) if number(v) is not None]
     trains = curves.get("train_loss", [])
-    eval_loss = _num(m.get("final_eval_loss", m.get("eval_loss")))
-    train_loss = _num(m.get("final_train_loss", trains[-1][1] if trains else None))
+    eval_loss = number(m.get("final_eval_loss", m.get("eval_loss")))
+    train_loss = number(m.get("final_train_loss", trains[-1][1] if trains else None))
     steps = m.get("final_global_step") or max((s for s, _ in trains + curves.get("eval_loss", [])),
                                               default=None)
     return {
         "run_id": run.run_id, "pair_id": run.pair_id, "status": run.status,
         "finished": run.status == "FINISHED" and eval_loss is not None,
-        "seed": _num(run.params.get("training.seed")),
+        "seed": number(run.params.get("training.seed")),
         "eval_loss": eval_loss, "best_eval_loss": min(evals) if evals else eval_loss,
         "perplexity": math.exp(eval_loss) if eval_loss is not None and eval_loss < 700 else None,
         "train_loss": train_loss,
         "train_eval_gap": eval_loss - train_loss if None not in (eval_loss, train_loss) else None,
         "steps": int(steps) if steps is not None else None,
-        "max_steps": _num(m.get("final_max_steps", run.params.get("training.max_steps"))),
-        "tokens_per_second": _num(m.get("final_tokens_per_second", m.get("tokens_per_second"))),
+        "max_steps": number(m.get("final_max_steps", run.params.get("training.max_steps"))),
+        "tokens_per_second": number(m.get("final_tokens_per_second", m.get("tokens_per_second"))),
         "wall_seconds": seconds,
-        "cost_usd": _num(m.get("cost_usd")) if "cost_usd" in m else azure_cost(
+        "cost_usd": number(m.get("cost_usd")) if "cost_usd" in m else azure_cost(
             run.params, seconds, outputs),
         "started": iso_time(run.start),
     }
@@ -149,7 +141,7 @@ def build(runs: dict[int, dict[str, ArmRun]], pair: str, tracking_uri: str,
             losses["control"].append(cl)
             losses["experiment"].append(el)
         paired = stats.paired(cl, el, resamples=resamples).to_dict() if not why and cl else None
-        reps.append({"replicate": k, "pair_id": c.pair_id, "seed": _num(c.params.get(
+        reps.append({"replicate": k, "pair_id": c.pair_id, "seed": number(c.params.get(
             "training.seed")), "arms": {a: health(arms[a], outputs) for a in ARMS}, "paired": paired,
             "data": facts, "differences": diff})
 
@@ -202,7 +194,7 @@ def _criteria(params: dict, arms: dict, total_cost: float | None,
               too_few: set[str] = frozenset()) -> list[dict]:
     out = []
     for name, metric in (("max_eval_loss", "eval_loss"), ("max_train_eval_gap", "train_eval_gap")):
-        limit = _num(params.get(f"success.{name}"))
+        limit = number(params.get(f"success.{name}"))
         if limit is None:
             continue
         for arm in ARMS:  # an arm that did not finish is not judged on an earlier value
@@ -210,7 +202,7 @@ def _criteria(params: dict, arms: dict, total_cost: float | None,
             out.append({"name": name, "arm": arm, "limit": limit, "value": value,
                         "passed": (value is not None and value <= limit)
                         if arms[arm]["finished"] and arm not in too_few else None})
-    budget = _num(params.get("budget_usd"))
+    budget = number(params.get("budget_usd"))
     if budget is not None:
         out.append({"name": "budget_usd", "arm": None, "limit": budget, "value": total_cost,
                     "passed": None if total_cost is None else total_cost <= budget})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 from training.experiment.tracking import SETTING, field_class
+from training.strict_json import number
 
 # What may differ between replicates of the same arm (the seed, so the config's hash).
 REPLICATE_PARAMS = {"training.seed", "config_sha256"}
@@ -38,14 +39,6 @@ def differences(a: dict, b: dict, between: str, replicate: int,
     keys = sorted(k for k in a.keys() | b.keys() if compared(k) and k not in allowed)
     return [{"replicate": replicate, "between": between, "param": k, "values": [a.get(k), b.get(k)]}
             for k in keys if a.get(k) != b.get(k)]
-
-
-def _num(value) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def _int(value) -> int | None:
@@ -74,7 +67,7 @@ def data_facts(params: dict, eval_examples: int | None = None) -> dict:
     if shared:
         train_rows, eval_rows = rows, _int(params.get("data.eval_rows"))
     else:  # a holdout of the arm's own rows (recipe.arm_data.split_holdout)
-        fraction = _num(params.get("training.eval_fraction"))
+        fraction = number(params.get("training.eval_fraction"))
         eval_rows = max(1, round(rows * fraction)) if rows and fraction else None
         train_rows = rows - eval_rows if rows is not None and eval_rows is not None else rows
     train_lost = _int(params.get("data.train_too_long"))
