@@ -71,12 +71,12 @@ def estimate(config_path, stack, outputs_file, pulumi_dir, mfu, fmt):
 def render(est, console) -> None:
     from rich.table import Table
 
+    from training.plan.model_shape import params_text
+
     console.print(f"[bold]{est.vm_size}[/] ({est.vm_source}): {est.gpus_per_arm} x "
                   f"{est.accelerator} per arm, {est.nodes_per_arm} node(s), "
                   f"{est.price_per_hour:.2f} USD/node-hour ({est.price_source})")
-    size = (f"{est.n_params / 1e9:.2f}B" if est.n_params >= 1e9
-            else f"{est.n_params / 1e6:.2f}M")
-    console.print(f"model: {size} parameters, {est.method}; FLOPs = {est.flops_formula}")
+    console.print(f"model: {params_text(est.n_params)} parameters, {est.method}; FLOPs = {est.flops_formula}")
     console.print(f"throughput: {est.peak_tflops:g} TFLOP/s peak x MFU {est.mfu:.0%} "
                   f"({est.mfu_source}); tokens {est.token_source}")
     table = Table(box=None, pad_edge=False)

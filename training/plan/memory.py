@@ -31,7 +31,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
-from training.plan.model_shape import ModelShape, ShapeUnknown, model_shape  # noqa: F401 (re-exported)
+from training.plan.model_shape import (  # noqa: F401 (ShapeUnknown, model_shape: re-exported)
+    ModelShape,
+    ShapeUnknown,
+    model_shape,
+    params_text,
+)
 
 GIB = 1024**3
 NF4_BYTES = 4.127 / 8
@@ -93,7 +98,7 @@ class Plan:
         """The figures, for people: one line per part, then the total against the GPU."""
         s = self.setup
         other = "without" if s.gradient_checkpointing else "with"
-        out = [f"memory per GPU: {self.shape.n_params / 1e9:.2f}B parameters, "
+        out = [f"memory per GPU: {params_text(self.shape.n_params)} parameters, "
                f"{self.trainable / 1e6:,.1f}M trainable; {s.describe()}"]
         for name, value in self.parts.items():
             note = (f"   ({other} gradient checkpointing: {self.activations_other / GIB:,.1f} GiB)"

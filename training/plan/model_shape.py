@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def params_text(n: int) -> str:
+    """A parameter count for people: 8.03B, 1.2M (a tiny model is not "0.00B")."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+
+
 class ShapeUnknown(ValueError):
     """Neither a config.json (local or cached) nor the built-in table knows the model."""
 

@@ -104,6 +104,10 @@ def _pairable(control: ArmRun, experiment: ArmRun) -> tuple[list, list, str | No
         return [], [], "no shared eval set (each arm was evaluated on its own holdout): " \
                        "aggregate losses only"
     if control.examples is None or experiment.examples is None:
+        running = [r.arm for r in (control, experiment) if r.status == "RUNNING"]
+        if running:  # written at the end of training: not there *yet*
+            return [], [], (f"per-example eval losses are not recorded yet: {' and '.join(running)} "
+                            "still running (they are written when an arm finishes)")
         return [], [], "per-example eval losses were not recorded: aggregate losses only"
     key = [(r["index"], r["sha256"]) for r in control.examples]
     if key != [(r["index"], r["sha256"]) for r in experiment.examples]:

@@ -219,3 +219,11 @@ def test_check_as_json():
     assert data["fits"] and data["sharding"] == "none" and data["total_gib"] == 33.89
     assert set(data["parts_gib"]) == {"weights", "gradients", "optimizer", "activations",
                                       "overhead"}
+
+
+def test_a_parameter_count_reads_at_its_own_scale():
+    from training.plan.model_shape import params_text
+
+    assert params_text(8_030_261_248) == "8.03B"
+    assert params_text(1_234_567) == "1.23M"  # the tiny model is not "0.00B"
+    assert params_text(912) == "912"

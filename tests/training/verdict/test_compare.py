@@ -548,3 +548,12 @@ def test_a_small_holdout_leaves_the_eval_loss_criteria_unchecked():
                arm_run("experiment", np.ones(40), **no_criteria))
     assert rep["verdict"]["drawn"] is True  # nothing left unjudged: the note says why
     assert any("fewer than" in n for n in rep["notes"])
+
+
+def test_a_running_arm_has_no_per_example_losses_yet():
+    c = np.ones(40)
+    running = arm_run("experiment", c)
+    running.status, running.examples = "RUNNING", None
+    rep = compare.build({0: {"control": arm_run("control", c), "experiment": running}}, "p", "u")
+    assert rep["paired"] is None
+    assert any("not recorded yet: experiment still running" in n for n in rep["notes"])
