@@ -74,16 +74,6 @@ def fail(error: TrainError):
     sys.exit(say_error(error))
 
 
-def bad_input(message: str):
-    """Bad input (exit 2), reported before anything is trained or submitted."""
-    raise BadInput(message)
-
-
-def failed(message: str):
-    """A job, request or check that failed (exit 1)."""
-    raise Failed(message)
-
-
 def translate(error: BaseException) -> TrainError | None:
     """A service's error as one of ours, or None. Only SDKs already imported are asked: a
     command that never imported azure or openai cannot have raised their errors."""
@@ -179,7 +169,7 @@ def checked_pair_id(pair_id: str, what: str = "PAIR") -> str:
     from training.experiment.pair import check_pair_id
 
     if SWEEP_JOB.match(pair_id):
-        bad_input(f"{pair_id} is a sweep's job, not a pair: `train status {pair_id}` "
+        raise BadInput(f"{pair_id} is a sweep's job, not a pair: `train status {pair_id}` "
                   f"shows it and its studio link, `train cancel {pair_id}` stops it")
     return check_pair_id(pair_id, what)
 
@@ -191,7 +181,7 @@ def pair_jobs(pair, pair_id: str):
     if not jobs:
         known = list(pair.recent_pairs())[:10]
         hint = ("recent pairs: " + ", ".join(known)) if known else "no pairs in this workspace"
-        bad_input(f"no pair {pair_id!r} in this workspace ({hint})")
+        raise BadInput(f"no pair {pair_id!r} in this workspace ({hint})")
     return jobs
 
 
@@ -233,18 +223,18 @@ def enforce_budget(problems: list[str], budget_usd: float, allow_over_budget: bo
         console.print("[yellow]over budget, submitted anyway (--allow-over-budget):[/] "
                       + "; ".join(problems))
         return
-    failed("; ".join(problems) + f". {refusal}")
+    raise Failed("; ".join(problems) + f". {refusal}")
 
 
 def check_submit_options(dry_run: bool, out_dir, wait_: bool, pair_id, force: bool) -> None:
     """`train submit`'s options that exclude each other, on any backend: instant, before any
     hub lookup or request."""
     if dry_run != (out_dir is not None):
-        bad_input("--dry-run and --out go together: --dry-run --out DIR")
+        raise BadInput("--dry-run and --out go together: --dry-run --out DIR")
     if dry_run and wait_:
-        bad_input("--wait follows submitted jobs: it does nothing with --dry-run")
+        raise BadInput("--wait follows submitted jobs: it does nothing with --dry-run")
     if pair_id is not None and force:
-        bad_input("--pair-id and --force exclude each other (--force makes a new pair id)")
+        raise BadInput("--pair-id and --force exclude each other (--force makes a new pair id)")
 
 
 def out_option(value: str | None) -> Path | None:

@@ -53,8 +53,6 @@ def status(pair_id, outputs, fmt):
     from training.azureml.backend import AzurePair, view
 
     out = results()
-    if pair_id is not None and not _sweep_name(pair_id):
-        checked_pair_id(pair_id)
     pair = AzurePair(azure_client(outputs))
     if pair_id is not None and (job := _sweep_job(pair_id, pair)) is not None:
         if fmt == "json":
@@ -84,12 +82,6 @@ def status(pair_id, outputs, fmt):
         emit_json({"pair_id": pair_id, "jobs": jobs_json(views)})
     else:
         print_jobs(views, out)
-
-
-def _sweep_name(name: str) -> bool:
-    from training.azureml.sweep import SWEEP_JOB
-
-    return bool(SWEEP_JOB.match(name))
 
 
 @click.command()
@@ -142,8 +134,6 @@ def cancel(pair_id, outputs):
     from training.azureml.backend import AzurePair
 
     out = results()
-    if not _sweep_name(pair_id):
-        checked_pair_id(pair_id)
     pair = AzurePair(azure_client(outputs))
     sweep_job = _sweep_job(pair_id, pair)
     jobs = [sweep_job] if sweep_job is not None else pair_jobs(pair, pair_id)

@@ -74,7 +74,6 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
     from training.azureml import jobs as jobs_mod
     from training.azureml import submission
     from training.experiment.config import load_config
-    from training.experiment.pair import check_pair_id
     from training.experiment.tracking import code_version
     from training.plan import pair_estimate
 
@@ -84,8 +83,6 @@ def submit(config_path, outputs, pair_id, force, dry_run, out_dir, wait_, from_s
     check_submit_options(dry_run, out_dir, wait_, pair_id, force)
     if from_sweep is not None and not from_sweep.strip():
         raise BadInput("--from-sweep: empty; give the sweep job's name (`train sweep` prints it)")
-    if pair_id is not None:
-        check_pair_id(pair_id)
     cfg = load_config(config_path)
     for warning in jobs_mod.shared_data_warnings(outputs):
         warn(warning)
